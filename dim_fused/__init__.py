@@ -1,0 +1,23 @@
+"""dim_fused: fused kernels for Deep InfoMax mutual-information scoring.
+
+Each op validates its inputs, then runs on one backend: "reference" (plain
+PyTorch), "cpu" (C++), "cuda" (C++/CUDA), "triton", or "auto" (the best one for
+the tensors' device).
+"""
+
+from . import reference
+from ._dispatch import BACKENDS, available_backends
+from .estimators import ESTIMATORS, F_MEASURES
+from .functional import local_shuffle, location_permutation, mi_bound
+
+__all__ = [
+    "BACKENDS",
+    "ESTIMATORS",
+    "F_MEASURES",
+    "available_backends",
+    "local_shuffle",
+    "location_permutation",
+    "mi_bound",
+    "reference",
+]
+__version__ = "0.1.0"

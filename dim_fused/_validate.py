@@ -1,0 +1,71 @@
+"""Argument checks for the public ops: every bad input gets a clear error naming
+the argument, before any kernel launches."""
+
+from collections.abc import Sequence
+
+import torch
+
+from .estimators import check_estimator
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def tensor(value: object, name: str, *, min_dim: int = 0, max_dim: int | None = None) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.numel() == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(value.shape)}")
+    if value.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {value.dtype}")
+    if value.dim() < min_dim or (max_dim is not None and value.dim() > max_dim):
+        expected = f"{min_dim}" if max_dim == min_dim else f"{min_dim} to {max_dim or 'any'}"
+        raise ValueError(f"{name} must have {expected} dimensions, got shape {tuple(value.shape)}")
+    return value
+
+
+def same_dtype_and_device(named: Sequence[tuple[str, torch.Tensor]]) -> None:
+    first_name, first = named[0]
+    for name, other in named[1:]:
+        if other.device != first.device:
+            raise ValueError(f"{name} is on {other.device} but {first_name} is on {first.device}; put them on one device")
+        if other.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {other.dtype} but {first_name} has {first.dtype}; use one dtype")
+
+
+def scores(pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str) -> None:
+    check_estimator(estimator)
+    tensor(pos_scores, "pos_scores")
+    tensor(neg_scores, "neg_scores")
+    same_dtype_and_device([("pos_scores", pos_scores), ("neg_scores", neg_scores)])
+    if estimator == "infonce" and (
+        neg_scores.dim() != pos_scores.dim() + 1 or neg_scores.shape[1:] != pos_scores.shape
+    ):
+        raise ValueError(
+            "for estimator 'infonce', neg_scores must have shape (K, *pos_scores.shape) = "
+            f"(K, {', '.join(map(str, pos_scores.shape))}), got {tuple(neg_scores.shape)}"
+        )
+
+
+def batch(batch_size: int, name: str = "batch") -> None:
+    if batch_size < 2:
+        raise ValueError(f"{name} must be at least 2 to draw negatives from other images, got {batch_size}")
+
+
+def permutation(perm: object, num_negatives: int | None, locations: int, batch_size: int, device: torch.device) -> torch.Tensor:
+    """A (K, L, B) integer tensor whose every [k, l] row is a permutation of range(B)."""
+    if not isinstance(perm, torch.Tensor):
+        raise TypeError(f"perm must be a torch.Tensor, got {type(perm).__name__}")
+    if perm.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"perm must be an int32 or int64 tensor, got {perm.dtype}")
+    k = perm.shape[0] if perm.dim() == 3 else num_negatives
+    if perm.dim() != 3 or perm.shape[1:] != (locations, batch_size) or (num_negatives is not None and k != num_negatives):
+        raise ValueError(
+            f"perm must have shape (num_negatives, locations, batch) = ({k or 'K'}, {locations}, {batch_size}), "
+            f"got {tuple(perm.shape)}"
+        )
+    if perm.device != device:
+        raise ValueError(f"perm is on {perm.device} but the feature map is on {device}")
+    expected = torch.arange(batch_size, device=perm.device, dtype=perm.dtype)
+    if not torch.equal(perm.sort(dim=-1).values, expected.expand_as(perm)):
+        raise ValueError("perm[k, l] must be a permutation of range(batch) for every k and l")
+    return perm

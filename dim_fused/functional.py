@@ -1,0 +1,90 @@
+"""The public ops: validate, then dispatch to the chosen backend."""
+
+import torch
+
+from . import _dispatch, _validate, reference
+
+
+def mi_bound(
+    pos_scores: torch.Tensor,
+    neg_scores: torch.Tensor,
+    estimator: str = "jsd",
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Mutual-information lower bound (higher = more MI) from critic scores.
+
+    For the f-measures (jsd, gan, kl, rkl, h2, x2, w1) and dv, ``pos_scores`` and
+    ``neg_scores`` may have any shapes: the estimate averages over all elements.
+    For infonce, ``neg_scores`` has shape ``(K, *pos_scores.shape)`` and every
+    positive is contrasted with its K aligned negatives:
+    ``mean(pos - logsumexp([pos, neg_1..K])) + log(K + 1)``.
+
+    Returns a 0-dim tensor of the scores' dtype, accumulated in float32 (float64
+    for float64 scores). kl, rkl, h2 and x2 contain exp or square terms that
+    overflow by definition for large scores; they are computed faithfully.
+    """
+    _validate.scores(pos_scores, neg_scores, estimator)
+    return _dispatch.kernel("mi_bound", backend, pos_scores.device)(pos_scores, neg_scores, estimator)
+
+
+def location_permutation(
+    batch: int,
+    locations: int,
+    *,
+    num_negatives: int = 1,
+    derangement: bool = False,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Independent uniformly random permutations of range(batch), one per
+    (negative, location): a LongTensor of shape (num_negatives, locations, batch).
+
+    With ``derangement=True`` each is uniform over the permutations without a fixed
+    point, so no image is ever paired with itself. The same generator state gives the
+    same permutations on the same device.
+    """
+    _validate.batch(batch)
+    if locations < 1:
+        raise ValueError(f"locations must be at least 1, got {locations}")
+    if num_negatives < 1:
+        raise ValueError(f"num_negatives must be at least 1, got {num_negatives}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but device is {device}; use a generator on {device}")
+
+    def draw(rows: int) -> torch.Tensor:
+        # float64 keys make ties (which would bias argsort) practically impossible.
+        return torch.rand(rows, batch, generator=generator, device=device, dtype=torch.float64).argsort(dim=-1)
+
+    perm = draw(num_negatives * locations)
+    if derangement:  # rejection sampling keeps each row uniform over derangements
+        identity = torch.arange(batch, device=device)
+        redraw = (perm == identity).any(dim=-1).nonzero().squeeze(1)
+        while redraw.numel() > 0:
+            perm[redraw] = draw(redraw.numel())
+            redraw = redraw[(perm[redraw] == identity).any(dim=-1)]
+    return perm.reshape(num_negatives, locations, batch)
+
+
+def local_shuffle(
+    feature_map: torch.Tensor,
+    *,
+    perm: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The seed's ``_local_shuffle``: shuffle a (B, C, H, W) or (B, C, L) map across
+    the batch independently at every location, ``out[b, :, l] = x[perm[0, l, b], :, l]``.
+    Without ``perm``, one is drawn with ``location_permutation`` from ``generator``."""
+    _validate.tensor(feature_map, "feature_map", min_dim=3, max_dim=4)
+    batch, locations = feature_map.shape[0], feature_map[0, 0].numel()
+    _validate.batch(batch, "feature_map.shape[0] (the batch)")
+    if perm is None:
+        perm = location_permutation(batch, locations, generator=generator, device=feature_map.device)
+    else:
+        _validate.permutation(perm, None, locations, batch, feature_map.device)
+    return reference.local_shuffle(feature_map, perm[0])
+
+

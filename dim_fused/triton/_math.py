@@ -1,0 +1,96 @@
+"""Estimator terms and derivatives for Triton kernels: the same formulas as
+csrc/estimators.h. Only tl.exp / tl.log are used (no libdevice), so the kernels
+also run under the Triton interpreter."""
+
+import triton
+import triton.language as tl
+
+# Indices into dim_fused.ESTIMATORS.
+JSD = tl.constexpr(0)
+GAN = tl.constexpr(1)
+KL = tl.constexpr(2)
+RKL = tl.constexpr(3)
+H2 = tl.constexpr(4)
+X2 = tl.constexpr(5)
+W1 = tl.constexpr(6)
+DV = tl.constexpr(7)
+INFONCE = tl.constexpr(8)
+
+LOG2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def sigmoid(x):
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def positive_term(t, EST: tl.constexpr):
+    if EST == JSD:
+        r = LOG2 - softplus(-t)
+    elif EST == GAN:
+        r = -softplus(-t)
+    elif EST == RKL:
+        r = -tl.exp(-t)
+    elif EST == H2:
+        r = 1.0 - tl.exp(-t)
+    elif EST == X2:
+        r = t * t
+    else:  # KL, W1, DV
+        r = t
+    return r
+
+
+@triton.jit
+def positive_term_grad(t, EST: tl.constexpr):
+    if EST == JSD or EST == GAN:
+        r = sigmoid(-t)
+    elif EST == RKL or EST == H2:
+        r = tl.exp(-t)
+    elif EST == X2:
+        r = 2.0 * t
+    else:
+        r = tl.full(t.shape, 1.0, t.dtype)
+    return r
+
+
+@triton.jit
+def negative_term(t, EST: tl.constexpr):
+    if EST == JSD:
+        r = softplus(t) - LOG2
+    elif EST == GAN:
+        r = softplus(t)
+    elif EST == KL:
+        r = tl.exp(t - 1.0)
+    elif EST == RKL:
+        r = t - 1.0
+    elif EST == H2:
+        r = tl.exp(t) - 1.0
+    elif EST == X2:
+        a = tl.abs(t) + 1.0
+        r = -0.5 * a * a
+    else:  # W1
+        r = t
+    return r
+
+
+@triton.jit
+def negative_term_grad(t, EST: tl.constexpr):
+    if EST == JSD or EST == GAN:
+        r = sigmoid(t)
+    elif EST == KL:
+        r = tl.exp(t - 1.0)
+    elif EST == H2:
+        r = tl.exp(t)
+    elif EST == X2:
+        sign = tl.where(t > 0, 1.0, tl.where(t < 0, -1.0, 0.0))
+        r = -(tl.abs(t) + 1.0) * sign
+    else:  # RKL, W1
+        r = tl.full(t.shape, 1.0, t.dtype)
+    return r

@@ -1,0 +1,36 @@
+"""The tolerance rule of DESIGN.md section 5: a kernel's error against the float64
+oracle may be at most `factor` x the error of the reference run in the same dtype,
+plus a small floor."""
+
+import torch
+
+FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def max_error(value: torch.Tensor, oracle: torch.Tensor) -> float:
+    return (value.double() - oracle.double()).abs().max().item()
+
+
+def assert_within_reference_error(
+    kernel: torch.Tensor, same_dtype_reference: torch.Tensor, oracle: torch.Tensor, factor: float, what: str
+) -> None:
+    floor = FLOOR[kernel.dtype] * max(1.0, oracle.abs().max().item())
+    allowed = factor * max_error(same_dtype_reference, oracle) + floor
+    error = max_error(kernel, oracle)
+    assert torch.isfinite(kernel).all() == torch.isfinite(oracle).all(), f"{what}: finiteness differs"
+    assert error <= allowed, f"{what}: error {error:.3g} > allowed {allowed:.3g} (reference error x{factor} + floor)"
+
+
+def value_and_grads(fn, *inputs: torch.Tensor, dtype: torch.dtype, device: str):
+    """fn(*inputs) and its gradients w.r.t. every input, with inputs cast to dtype/device."""
+    leaves = [x.detach().to(device=device, dtype=dtype).requires_grad_() for x in inputs]
+    out = fn(*leaves)
+    grads = torch.autograd.grad(out, leaves)
+    return out.detach(), [g.detach() for g in grads]
+
+
+def poison_cuda_cache(nbytes: int = 1 << 26) -> None:
+    """Fill free blocks of the CUDA caching allocator with NaN so an output element a
+    kernel forgets to write reads back as NaN instead of a plausible stale value."""
+    if torch.cuda.is_available():
+        torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))

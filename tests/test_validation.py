@@ -1,0 +1,91 @@
+"""Every bad input raises a clear error naming the argument, before any kernel runs."""
+
+import pytest
+import torch
+
+import dim_fused
+from conftest import FUSED_CASES, require
+
+POS = torch.randn(4, 5)
+NEG = torch.randn(4, 5)
+
+
+@pytest.mark.parametrize(
+    ("pos", "neg", "estimator", "error", "match"),
+    [
+        (POS, NEG, "nope", ValueError, "estimator must be one of"),
+        (POS, NEG, "JSD", ValueError, "estimator must be one of"),
+        (POS.tolist(), NEG, "jsd", TypeError, "pos_scores must be a torch.Tensor"),
+        (torch.empty(0, 5), NEG, "jsd", ValueError, "pos_scores must be non-empty"),
+        (POS, torch.empty(3, 0), "jsd", ValueError, "neg_scores must be non-empty"),
+        (POS.long(), NEG, "jsd", TypeError, "pos_scores must be float16, bfloat16, float32 or float64"),
+        (POS, NEG.double(), "jsd", TypeError, "neg_scores has dtype torch.float64 but pos_scores has torch.float32"),
+        (POS, NEG, "infonce", ValueError, r"neg_scores must have shape \(K, \*pos_scores.shape\) = \(K, 4, 5\)"),
+        (POS, torch.randn(2, 5, 4), "infonce", ValueError, "neg_scores must have shape"),
+    ],
+)
+def test_bad_scores(pos, neg, estimator, error, match):
+    for backend in dim_fused.available_backends("cpu"):
+        with pytest.raises(error, match=match):
+            dim_fused.mi_bound(pos, neg, estimator, backend=backend)
+
+
+def test_mixed_devices():
+    if not torch.cuda.is_available():
+        pos = torch.randn(2, 3, device="meta")
+        with pytest.raises(ValueError, match="neg_scores is on cpu but pos_scores is on meta"):
+            dim_fused.mi_bound(pos, torch.randn(2, 3), "jsd")
+    else:
+        with pytest.raises(ValueError, match="neg_scores is on cpu but pos_scores is on cuda"):
+            dim_fused.mi_bound(POS.cuda(), NEG, "jsd")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="backend must be one of auto, reference, cpu, cuda, triton; got 'gpu'"):
+        dim_fused.mi_bound(POS, NEG, "jsd", backend="gpu")
+
+
+def test_cuda_backend_on_cpu_tensors_says_why():
+    with pytest.raises(RuntimeError, match="backend 'cuda'"):
+        dim_fused.mi_bound(POS, NEG, "jsd", backend="cuda")
+
+
+@pytest.mark.parametrize(("backend", "device"), FUSED_CASES)
+def test_direct_op_calls_are_checked_too(backend, device):
+    require(backend, device)
+    op = torch.ops.dim_fused.mi_bound_triton if backend == "triton" else torch.ops.dim_fused.mi_bound
+    if backend != "triton":
+        with pytest.raises(ValueError, match="unknown estimator 'nope'"):
+            op(POS.to(device), NEG.to(device), "nope")
+        with pytest.raises(ValueError, match="infonce needs neg_scores of shape"):
+            op(POS.to(device), NEG.to(device), "infonce")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch": 1, "locations": 4}, "batch must be at least 2"),
+        ({"batch": 4, "locations": 0}, "locations must be at least 1"),
+        ({"batch": 4, "locations": 2, "num_negatives": 0}, "num_negatives must be at least 1"),
+        ({"batch": 4, "locations": 2, "generator": torch.Generator(), "device": "meta"}, "generator is on cpu but device is meta"),
+    ],
+)
+def test_bad_permutation_requests(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dim_fused.location_permutation(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("feature_map", "perm", "error", "match"),
+    [
+        (torch.randn(1, 3, 4), None, ValueError, r"feature_map.shape\[0\] \(the batch\) must be at least 2"),
+        (torch.randn(3, 4), None, ValueError, "feature_map must have 3 to 4 dimensions"),
+        (torch.randn(3, 2, 4), torch.zeros(1, 4, 3, dtype=torch.long), ValueError, "must be a permutation of range"),
+        (torch.randn(3, 2, 4), torch.zeros(1, 3, 4, dtype=torch.long), ValueError, r"perm must have shape .* got \(1, 3, 4\)"),
+        (torch.randn(3, 2, 4), torch.zeros(1, 4, 3), TypeError, "perm must be an int32 or int64 tensor"),
+        (torch.randn(3, 2, 4), [[0, 1, 2]], TypeError, "perm must be a torch.Tensor"),
+    ],
+)
+def test_bad_local_shuffle(feature_map, perm, error, match):
+    with pytest.raises(error, match=match):
+        dim_fused.local_shuffle(feature_map, perm=perm)
