@@ -6,10 +6,13 @@ Environment:
                             1: require them (fail otherwise); 0: skip them.
   TORCH_CUDA_ARCH_LIST      GPU architectures (default "8.0;9.0").
   MAX_JOBS                  parallel compile jobs (ninja).
+  DIM_FUSED_CPU_CAPABILITY  avx2 (default on x86-64) or default: SIMD level of the
+                            CPU kernels; build where you run, like -march=native.
 """
 
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -63,6 +66,10 @@ with_cuda = can_build_cuda and mode != "0"
 
 sources = ["csrc/dim_fused.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
 cxx_flags = ["-O3"]  # torch picks the C++ standard its headers need
+# The CPU kernels use at::vec SIMD vectors; build them for AVX2 (as torch's own
+# AVX2 kernels are) on x86-64 unless DIM_FUSED_CPU_CAPABILITY=default.
+if platform.machine() in ("x86_64", "AMD64") and os.environ.get("DIM_FUSED_CPU_CAPABILITY", "avx2") == "avx2":
+    cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
 include_dirs = [str(ROOT / "csrc")]
 if with_cuda:
     sources += sorted(glob.glob("csrc/cuda/*.cu"))

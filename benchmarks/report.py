@@ -31,11 +31,13 @@ def check_against_reference(peer: str, pos: torch.Tensor, neg: torch.Tensor, est
     out = cases.mi_bound_fn(peer)(*leaves, estimator)
     grads = torch.autograd.grad(out, leaves)
     tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[pos.dtype]
-    for what, got, want in [("value", out, oracle), *zip(("d pos", "d neg"), grads, oracle_grads)]:
+    for what, got, want in [("value", out, oracle), *zip(("d pos", "d neg"), grads, oracle_grads, strict=True)]:
         scale = want.abs().max().item() + 1e-30
         error = (got.double() - want).abs().max().item()
         if not error <= tol * max(1.0, scale):
-            raise AssertionError(f"{peer} {estimator}: {what} is off by {error:.3g} (tolerance {tol * max(1.0, scale):.3g})")
+            raise AssertionError(
+                f"{peer} {estimator}: {what} is off by {error:.3g} (tolerance {tol * max(1.0, scale):.3g})"
+            )
 
 
 def run(quick: bool, device: torch.device, dtype: torch.dtype) -> list[dict]:
@@ -88,7 +90,9 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the small configs only (a CPU run takes well under 2 minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="the small configs only (a CPU run takes well under 2 minutes)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="folder for table.md and results.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
@@ -99,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "dim_fused": dim_fused.__version__,

@@ -23,7 +23,9 @@ def _quartiles(samples: list[float]) -> Timing:
     return Timing(median, q1, q3, len(samples))
 
 
-def measure(fn: Callable[[], object], device: torch.device, *, min_time_s: float = 0.2, max_repeats: int = 200) -> Timing:
+def measure(
+    fn: Callable[[], object], device: torch.device, *, min_time_s: float = 0.2, max_repeats: int = 200
+) -> Timing:
     for _ in range(2):  # warm-up: first-call allocations, autotuning, compilation
         fn()
     if device.type == "cuda":

@@ -11,7 +11,7 @@
 namespace dim_fused {
 
 Estimator parse_estimator(c10::string_view name) {
-  static const std::array<const char*, 9> names = {"jsd", "gan", "kl", "rkl", "h2",
+  static const std::array<const char*, 9> names = {"jsd", "gan", "kl", "rkl",    "h2",
                                                    "x2",  "w1",  "dv", "infonce"};
   for (size_t i = 0; i < names.size(); ++i) {
     if (name == names[i]) return static_cast<Estimator>(i);
@@ -34,8 +34,8 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
   int64_t num_negatives = 0;
   if (e == Estimator::InfoNCE) {
     TORCH_CHECK_VALUE(neg.dim() == pos.dim() + 1 && neg.sizes().slice(1) == pos.sizes(),
-                      "dim_fused.mi_bound: infonce needs neg_scores of shape (K, *",
-                      pos.sizes(), "), got ", neg.sizes());
+                      "dim_fused.mi_bound: infonce needs neg_scores of shape (K, *", pos.sizes(),
+                      "), got ", neg.sizes());
     num_negatives = neg.size(0);
   }
   return {pos.contiguous(), neg.contiguous(), num_negatives, e};

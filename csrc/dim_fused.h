@@ -26,9 +26,12 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
 
 template <typename scalar_t>
 Scores<scalar_t> scores_of(const MiBoundProblem& p) {
-  return Scores<scalar_t>{p.pos.const_data_ptr<scalar_t>(), p.neg.const_data_ptr<scalar_t>(),
-                          p.pos.numel(),                    p.neg.numel(),
-                          p.num_negatives,                  p.estimator};
+  return Scores<scalar_t>{p.pos.const_data_ptr<scalar_t>(),
+                          p.neg.const_data_ptr<scalar_t>(),
+                          p.pos.numel(),
+                          p.neg.numel(),
+                          p.num_negatives,
+                          p.estimator};
 }
 
 }  // namespace dim_fused

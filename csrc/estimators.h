@@ -1,8 +1,11 @@
 // Host/device math shared by the CPU and CUDA kernels: the estimator terms of
 // DESIGN.md section 1, their derivatives, an online logsumexp and the
-// per-element accumulate / gradient steps of the `mi_bound` reduction. Keeping
-// them in one header means the CPU tests exercise the very formulas the GPU
-// runs.
+// accumulate / gradient steps of the `mi_bound` reduction. Keeping them in one
+// header means the CPU tests exercise the very formulas the GPU runs.
+//
+// Every formula is written over a value type V through Math<V>: a scalar float
+// or double here (CUDA threads, CPU tails), a SIMD vector on the CPU, where
+// csrc/cpu specialises Math for at::vec::Vectorized.
 #pragma once
 
 #include <cmath>
@@ -22,82 +25,117 @@ enum class Estimator : int { JSD, GAN, KL, RKL, H2, X2, W1, DV, InfoNCE };
 
 constexpr double kLog2 = 0.69314718055994530942;
 
-// max(x, 0) + log1p(exp(-|x|)): never overflows, exact for large |x|.
+// The primitives the formulas need, for a scalar T; csrc/cpu adds SIMD vectors.
 template <typename T>
-DIM_HD T softplus(T x) {
-  return std::fmax(x, T(0)) + std::log1p(std::exp(-std::fabs(x)));
+struct Math {
+  using Scalar = T;
+  static constexpr int kWidth = 1;
+  template <typename scalar_t>
+  static DIM_HD T load(const scalar_t* p) {
+    return T(*p);
+  }
+  template <typename scalar_t>
+  static DIM_HD void store(scalar_t* p, T v) {
+    *p = scalar_t(v);
+  }
+  static DIM_HD T exp(T x) { return std::exp(x); }
+  static DIM_HD T log(T x) { return std::log(x); }
+  static DIM_HD T log1p(T x) { return std::log1p(x); }
+  static DIM_HD T abs(T x) { return std::fabs(x); }
+  static DIM_HD T max(T a, T b) { return std::fmax(a, b); }
+  static DIM_HD T sign(T x) { return T((x > T(0)) - (x < T(0))); }
+  static DIM_HD T if_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
+};
+
+// max(x, 0) + log1p(exp(-|x|)): never overflows, exact for large |x|.
+template <typename V>
+DIM_HD V softplus(V x) {
+  using M = Math<V>;
+  return M::max(x, V(0)) + M::log1p(M::exp(-M::abs(x)));
 }
 
-template <typename T>
-DIM_HD T sigmoid(T x) {
-  const T e = std::exp(-std::fabs(x));
-  return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+template <typename V>
+DIM_HD V sigmoid(V x) {
+  using M = Math<V>;
+  const V e = M::exp(-M::abs(x));
+  return M::if_nonneg(x, V(1) / (V(1) + e), e / (V(1) + e));
 }
 
 // Ep(t): what a positive score contributes (DV's positive term is t).
-template <typename T>
-DIM_HD T positive_term(Estimator e, T t) {
+template <typename V>
+DIM_HD V positive_term(Estimator e, V t) {
+  using M = Math<V>;
   switch (e) {
-    case Estimator::JSD: return T(kLog2) - softplus(-t);
+    case Estimator::JSD: return V(kLog2) - softplus(-t);
     case Estimator::GAN: return -softplus(-t);
-    case Estimator::RKL: return -std::exp(-t);
-    case Estimator::H2: return T(1) - std::exp(-t);
+    case Estimator::RKL: return -M::exp(-t);
+    case Estimator::H2: return V(1) - M::exp(-t);
     case Estimator::X2: return t * t;
     default: return t;  // KL, W1, DV
   }
 }
 
-template <typename T>
-DIM_HD T positive_term_grad(Estimator e, T t) {
+template <typename V>
+DIM_HD V positive_term_grad(Estimator e, V t) {
+  using M = Math<V>;
   switch (e) {
     case Estimator::JSD:
     case Estimator::GAN: return sigmoid(-t);
     case Estimator::RKL:
-    case Estimator::H2: return std::exp(-t);
-    case Estimator::X2: return T(2) * t;
-    default: return T(1);
+    case Estimator::H2: return M::exp(-t);
+    case Estimator::X2: return V(2) * t;
+    default: return V(1);
   }
 }
 
 // Eq(t): what a negative score contributes (not used by DV and InfoNCE).
-template <typename T>
-DIM_HD T negative_term(Estimator e, T t) {
+template <typename V>
+DIM_HD V negative_term(Estimator e, V t) {
+  using M = Math<V>;
   switch (e) {
-    case Estimator::JSD: return softplus(t) - T(kLog2);
+    case Estimator::JSD: return softplus(t) - V(kLog2);
     case Estimator::GAN: return softplus(t);
-    case Estimator::KL: return std::exp(t - T(1));
-    case Estimator::RKL: return t - T(1);
-    case Estimator::H2: return std::exp(t) - T(1);
+    case Estimator::KL: return M::exp(t - V(1));
+    case Estimator::RKL: return t - V(1);
+    case Estimator::H2: return M::exp(t) - V(1);
     case Estimator::X2: {
-      const T a = std::fabs(t) + T(1);
-      return T(-0.5) * a * a;
+      const V a = M::abs(t) + V(1);
+      return V(-0.5) * a * a;
     }
     default: return t;  // W1
   }
 }
 
-template <typename T>
-DIM_HD T negative_term_grad(Estimator e, T t) {
+template <typename V>
+DIM_HD V negative_term_grad(Estimator e, V t) {
+  using M = Math<V>;
   switch (e) {
     case Estimator::JSD:
     case Estimator::GAN: return sigmoid(t);
-    case Estimator::KL: return std::exp(t - T(1));
-    case Estimator::H2: return std::exp(t);
+    case Estimator::KL: return M::exp(t - V(1));
+    case Estimator::H2: return M::exp(t);
     // d/dt of -0.5 (|t| + 1)^2, with the subgradient 0 at t = 0.
-    case Estimator::X2: return -(std::fabs(t) + T(1)) * T((t > T(0)) - (t < T(0)));
-    default: return T(1);  // RKL, W1
+    case Estimator::X2: return -(M::abs(t) + V(1)) * M::sign(t);
+    default: return V(1);  // RKL, W1
   }
 }
 
-// Running (max, sum of exp(x - max)); mergeable in any order.
-template <typename T>
+// Running (max, sum of exp(x - max)) of finite scores.
+template <typename V>
 struct LogSumExp {
-  T max = -std::numeric_limits<T>::infinity();
-  T sum = T(0);
+  V max = V(-std::numeric_limits<typename Math<V>::Scalar>::infinity());
+  V sum = V(0);
 
-  DIM_HD void merge(T other_max, T other_sum) {
-    if (other_sum == T(0)) return;
-    if (sum == T(0)) {
+  DIM_HD void add(V x) {
+    using M = Math<V>;
+    const V new_max = M::max(max, x);
+    sum = sum * M::exp(max - new_max) + M::exp(x - new_max);
+    max = new_max;
+  }
+  // Scalar merge of two partial results, either possibly empty.
+  DIM_HD void merge(V other_max, V other_sum) {
+    if (other_sum == V(0)) return;
+    if (sum == V(0)) {
       max = other_max;
       sum = other_sum;
     } else if (other_max > max) {
@@ -107,16 +145,15 @@ struct LogSumExp {
       sum += other_sum * std::exp(other_max - max);
     }
   }
-  DIM_HD void add(T x) { merge(x, T(1)); }
-  DIM_HD T value() const { return max + std::log(sum); }
+  DIM_HD V value() const { return max + Math<V>::log(sum); }
 };
 
 // Everything the estimate needs, reduced over the scores.
-template <typename T>
+template <typename V>
 struct Totals {
-  T pos_sum = T(0);  // sum of Ep(pos); for InfoNCE, of pos - logsumexp(row)
-  T neg_sum = T(0);  // sum of Eq(neg) (f-measures)
-  LogSumExp<T> neg_lse;  // logsumexp of neg (DV)
+  V pos_sum = V(0);      // sum of Ep(pos); for InfoNCE, of pos - logsumexp(row)
+  V neg_sum = V(0);      // sum of Eq(neg) (f-measures)
+  LogSumExp<V> neg_lse;  // logsumexp of neg (DV)
 
   DIM_HD void merge(const Totals& o) {
     pos_sum += o.pos_sum;
@@ -126,7 +163,9 @@ struct Totals {
 };
 
 // The problem a kernel sees: flat contiguous scores. For InfoNCE, neg is
-// (K, n_pos) and position i is contrasted with neg[k * n_pos + i].
+// (K, n_pos) and position i is contrasted with neg[k * n_pos + i]. The
+// element steps take V = a scalar (one element at i) or a SIMD vector (the
+// Math<V>::kWidth elements from i); callers keep them in range.
 template <typename scalar_t>
 struct Scores {
   const scalar_t* pos;
@@ -136,33 +175,30 @@ struct Scores {
   int64_t num_negatives;
   Estimator estimator;
 
-  // Elements a kernel iterates over: one per positive for InfoNCE (it reads
-  // the K aligned negatives), max(n_pos, n_neg) otherwise.
-  DIM_HD int64_t extent() const {
-    return estimator == Estimator::InfoNCE ? n_pos : (n_pos > n_neg ? n_pos : n_neg);
-  }
+  DIM_HD bool per_positive() const { return estimator == Estimator::InfoNCE; }
 
-  template <typename T>
-  DIM_HD T infonce_row_lse(int64_t i) const {
-    LogSumExp<T> lse;
-    lse.add(T(pos[i]));
-    for (int64_t k = 0; k < num_negatives; ++k) lse.add(T(neg[k * n_pos + i]));
+  template <typename V>
+  DIM_HD V infonce_row_lse(int64_t i) const {
+    LogSumExp<V> lse;
+    lse.add(Math<V>::load(pos + i));
+    for (int64_t k = 0; k < num_negatives; ++k) lse.add(Math<V>::load(neg + k * n_pos + i));
     return lse.value();
   }
 
-  template <typename T>
-  DIM_HD void accumulate(Totals<T>& t, int64_t i) const {
-    if (estimator == Estimator::InfoNCE) {
-      if (i < n_pos) t.pos_sum += T(pos[i]) - infonce_row_lse<T>(i);
-      return;
-    }
-    if (i < n_pos) t.pos_sum += positive_term(estimator, T(pos[i]));
-    if (i < n_neg) {
-      if (estimator == Estimator::DV) {
-        t.neg_lse.add(T(neg[i]));
-      } else {
-        t.neg_sum += negative_term(estimator, T(neg[i]));
-      }
+  template <typename V>
+  DIM_HD void accumulate_positive(Totals<V>& t, int64_t i) const {
+    const V p = Math<V>::load(pos + i);
+    t.pos_sum += per_positive() ? p - infonce_row_lse<V>(i) : positive_term(estimator, p);
+  }
+
+  // Not for InfoNCE, whose negatives are read with their positive.
+  template <typename V>
+  DIM_HD void accumulate_negative(Totals<V>& t, int64_t i) const {
+    const V x = Math<V>::load(neg + i);
+    if (estimator == Estimator::DV) {
+      t.neg_lse.add(x);
+    } else {
+      t.neg_sum += negative_term(estimator, x);
     }
   }
 
@@ -176,28 +212,34 @@ struct Scores {
     }
   }
 
-  // d(estimate)/d(scores) times grad at element i; neg_lse is only read by DV.
-  template <typename T>
-  DIM_HD void gradient(int64_t i, T grad, T neg_lse, scalar_t* dpos, scalar_t* dneg) const {
-    const T g_pos = grad / T(n_pos);
-    if (estimator == Estimator::InfoNCE) {
-      if (i >= n_pos) return;
-      const T lse = infonce_row_lse<T>(i);
-      dpos[i] = scalar_t(g_pos * (T(1) - std::exp(T(pos[i]) - lse)));
-      for (int64_t k = 0; k < num_negatives; ++k) {
-        const int64_t j = k * n_pos + i;
-        dneg[j] = scalar_t(-g_pos * std::exp(T(neg[j]) - lse));
-      }
+  // d(estimate)/d(pos) times grad; for InfoNCE also the aligned negatives.
+  template <typename V>
+  DIM_HD void positive_gradient(int64_t i, V grad, scalar_t* dpos, scalar_t* dneg) const {
+    using M = Math<V>;
+    const V g = grad / V(typename M::Scalar(n_pos));
+    const V p = M::load(pos + i);
+    if (!per_positive()) {
+      M::store(dpos + i, g * positive_term_grad(estimator, p));
       return;
     }
-    if (i < n_pos) dpos[i] = scalar_t(g_pos * positive_term_grad(estimator, T(pos[i])));
-    if (i < n_neg) {
-      // d/dx of log mean exp(neg) is softmax(neg): no 1/n_neg factor for DV.
-      const T x = T(neg[i]);
-      const T d = estimator == Estimator::DV ? std::exp(x - neg_lse)
-                                             : negative_term_grad(estimator, x) / T(n_neg);
-      dneg[i] = scalar_t(-grad * d);
+    const V lse = infonce_row_lse<V>(i);
+    M::store(dpos + i, g * (V(1) - M::exp(p - lse)));
+    for (int64_t k = 0; k < num_negatives; ++k) {
+      const int64_t j = k * n_pos + i;
+      M::store(dneg + j, -g * M::exp(M::load(neg + j) - lse));
     }
+  }
+
+  // Not for InfoNCE; neg_lse is only read by DV.
+  template <typename V>
+  DIM_HD void negative_gradient(int64_t i, V grad, V neg_lse, scalar_t* dneg) const {
+    using M = Math<V>;
+    const V x = M::load(neg + i);
+    // d/dx of log mean exp(neg) is softmax(neg): no 1/n_neg factor for DV.
+    const V d = estimator == Estimator::DV
+                    ? M::exp(x - neg_lse)
+                    : negative_term_grad(estimator, x) / V(typename M::Scalar(n_neg));
+    M::store(dneg + i, -grad * d);
   }
 };
 

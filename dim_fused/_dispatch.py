@@ -32,7 +32,10 @@ def _unavailable_reason(backend: str, device: torch.device | None) -> str | None
     if backend == "reference":
         return None
     if backend in ("cpu", "cuda") and _ops.C_IMPORT_ERROR is not None:
-        return f"backend {backend!r} needs the compiled extension, which failed to import ({_ops.C_IMPORT_ERROR}). Build it with: {BUILD_HINT}"
+        return (
+            f"backend {backend!r} needs the compiled extension, which failed to import "
+            f"({_ops.C_IMPORT_ERROR}). Build it with: {BUILD_HINT}"
+        )
     if backend == "cpu":
         if device is not None and device.type != "cpu":
             return f"backend 'cpu' runs on CPU tensors, got tensors on {device}; use backend='cuda' or 'auto'"
@@ -46,11 +49,17 @@ def _unavailable_reason(backend: str, device: torch.device | None) -> str | None
         if not torch.cuda.is_available():
             return "backend 'cuda' needs a CUDA GPU, and torch sees none on this machine"
         if device is not None and device.type != "cuda":
-            return f"backend 'cuda' runs on CUDA tensors, got tensors on {device}; move them with .cuda() or use backend='cpu'"
+            return (
+                f"backend 'cuda' runs on CUDA tensors, got tensors on {device}; "
+                "move them with .cuda() or use backend='cpu'"
+            )
         return None
     if backend == "triton":
         if _ops.TRITON_IMPORT_ERROR is not None:
-            return f"backend 'triton' needs Triton, which failed to import ({_ops.TRITON_IMPORT_ERROR}); pip install triton"
+            return (
+                f"backend 'triton' needs Triton, which failed to import ({_ops.TRITON_IMPORT_ERROR}); "
+                "pip install triton"
+            )
         on_cpu = device is not None and device.type == "cpu"
         if on_cpu and not _triton_interpreted():
             return (

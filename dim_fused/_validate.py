@@ -27,7 +27,9 @@ def same_dtype_and_device(named: Sequence[tuple[str, torch.Tensor]]) -> None:
     first_name, first = named[0]
     for name, other in named[1:]:
         if other.device != first.device:
-            raise ValueError(f"{name} is on {other.device} but {first_name} is on {first.device}; put them on one device")
+            raise ValueError(
+                f"{name} is on {other.device} but {first_name} is on {first.device}; put them on one device"
+            )
         if other.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {other.dtype} but {first_name} has {first.dtype}; use one dtype")
 
@@ -51,14 +53,20 @@ def batch(batch_size: int, name: str = "batch") -> None:
         raise ValueError(f"{name} must be at least 2 to draw negatives from other images, got {batch_size}")
 
 
-def permutation(perm: object, num_negatives: int | None, locations: int, batch_size: int, device: torch.device) -> torch.Tensor:
+def permutation(
+    perm: object, num_negatives: int | None, locations: int, batch_size: int, device: torch.device
+) -> torch.Tensor:
     """A (K, L, B) integer tensor whose every [k, l] row is a permutation of range(B)."""
     if not isinstance(perm, torch.Tensor):
         raise TypeError(f"perm must be a torch.Tensor, got {type(perm).__name__}")
     if perm.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"perm must be an int32 or int64 tensor, got {perm.dtype}")
     k = perm.shape[0] if perm.dim() == 3 else num_negatives
-    if perm.dim() != 3 or perm.shape[1:] != (locations, batch_size) or (num_negatives is not None and k != num_negatives):
+    if (
+        perm.dim() != 3
+        or perm.shape[1:] != (locations, batch_size)
+        or (num_negatives is not None and k != num_negatives)
+    ):
         raise ValueError(
             f"perm must have shape (num_negatives, locations, batch) = ({k or 'K'}, {locations}, {batch_size}), "
             f"got {tuple(perm.shape)}"

@@ -86,5 +86,3 @@ def local_shuffle(
     else:
         _validate.permutation(perm, None, locations, batch, feature_map.device)
     return reference.local_shuffle(feature_map, perm[0])
-
-

@@ -111,8 +111,6 @@ def dot_product_mi(
     if official:
         self_entries = torch.full((batch, locations), -10.0, dtype=u.dtype, device=u.device)
         row_negatives = torch.cat([row_negatives, self_entries], dim=1)
-    candidates = torch.cat(
-        [pos.unsqueeze(-1), row_negatives.unsqueeze(1).expand(batch, locations, -1)], dim=-1
-    )
+    candidates = torch.cat([pos.unsqueeze(-1), row_negatives.unsqueeze(1).expand(batch, locations, -1)], dim=-1)
     estimate = (pos - torch.logsumexp(candidates, dim=-1)).mean()
     return estimate if official else estimate + math.log(1 + (batch - 1) * locations)

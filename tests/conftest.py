@@ -15,7 +15,12 @@ import dim_fused  # noqa: E402
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FUSED = ("cpu", "cuda", "triton")
 # (backend, device) pairs a fused kernel could run on; unavailable ones skip with the reason.
-FUSED_CASES = [(b, d) for d in ("cpu", "cuda") for b in FUSED if not (b == "cpu" and d == "cuda") and not (b == "cuda" and d == "cpu")]
+FUSED_CASES = [
+    (b, d)
+    for d in ("cpu", "cuda")
+    for b in FUSED
+    if not (b == "cpu" and d == "cuda") and not (b == "cuda" and d == "cpu")
+]
 
 
 def require(backend: str, device: str) -> None:

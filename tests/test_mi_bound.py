@@ -46,7 +46,7 @@ def check_against_oracle(backend, device, dtype, estimator, pos, neg):
     out, grads = value_and_grads(fused_fn, pos, neg, dtype=dtype, device=device)
     assert out.dtype == dtype and out.shape == ()
     assert_within_reference_error(out.cpu(), ref.cpu(), oracle, 2.0, f"{estimator} value")
-    for name, g, rg, og in zip(("pos", "neg"), grads, ref_grads, oracle_grads):
+    for name, g, rg, og in zip(("pos", "neg"), grads, ref_grads, oracle_grads, strict=True):
         assert g.shape == og.shape
         assert_within_reference_error(g.cpu(), rg.cpu(), og, 3.0, f"{estimator} d{name}")
 
@@ -128,7 +128,9 @@ def _op_for(backend):
 
 
 def _backward_op_for(backend):
-    return torch.ops.dim_fused.mi_bound_triton_backward if backend == "triton" else torch.ops.dim_fused.mi_bound_backward
+    return (
+        torch.ops.dim_fused.mi_bound_triton_backward if backend == "triton" else torch.ops.dim_fused.mi_bound_backward
+    )
 
 
 @pytest.mark.parametrize("estimator", ["jsd", "x2", "dv", "infonce"])
@@ -136,7 +138,10 @@ def _backward_op_for(backend):
 def test_opcheck(fused, estimator, requires_grad):
     backend, device = fused
     pos, neg = make_scores((4, 5), (3, 5), estimator)
-    pos, neg = pos.float().to(device).requires_grad_(requires_grad), neg.float().to(device).requires_grad_(requires_grad)
+    pos, neg = (
+        pos.float().to(device).requires_grad_(requires_grad),
+        neg.float().to(device).requires_grad_(requires_grad),
+    )
     torch.library.opcheck(_op_for(backend), (pos, neg, estimator))
     grad = torch.tensor(0.7, device=device)
     torch.library.opcheck(_backward_op_for(backend), (grad, pos.detach(), neg.detach(), estimator))
@@ -156,7 +161,7 @@ def test_torch_compile(fused, estimator):
     eager_out, eager_grads = value_and_grads(loss, pos, neg, dtype=torch.float32, device=device)
     out, grads = value_and_grads(compiled, pos, neg, dtype=torch.float32, device=device)
     torch.testing.assert_close(out, eager_out)
-    for g, eg in zip(grads, eager_grads):
+    for g, eg in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(g, eg)
 
 

@@ -4,10 +4,10 @@ import itertools
 
 import pytest
 import torch
+from conftest import DEVICES
 from scipy.stats import chisquare
 
 import dim_fused
-from conftest import DEVICES
 
 
 def seeded(seed: int, device: str = "cpu") -> torch.Generator:
@@ -84,7 +84,9 @@ def test_local_shuffle_matches_the_seed(shape):
     seed_out = seed_local_shuffle(x.reshape(batch, channels, -1).transpose(1, 2), perm[0].t())
     torch.testing.assert_close(out.reshape(batch, channels, -1), seed_out.transpose(1, 2), rtol=0, atol=0)
     for b, l in itertools.product(range(batch), range(locations)):
-        assert torch.equal(out.reshape(batch, channels, -1)[b, :, l], x.reshape(batch, channels, -1)[perm[0, l, b], :, l])
+        assert torch.equal(
+            out.reshape(batch, channels, -1)[b, :, l], x.reshape(batch, channels, -1)[perm[0, l, b], :, l]
+        )
 
 
 def test_local_shuffle_draws_from_generator():

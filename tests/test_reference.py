@@ -56,16 +56,23 @@ def naive_concat_conv_mi(feature_map, global_code, weights, biases, perm, estima
 
     def critic(local_vec, global_vec):
         h = torch.cat([local_vec, global_vec])
-        for i, (w, b) in enumerate(zip(weights, biases)):
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
             h = w.reshape(w.shape[0], -1) @ h + (b if b is not None else 0)
             if i < len(weights) - 1:
                 h = h.relu()
         return h[0]
 
-    pos = torch.stack([torch.stack([critic(f[b, :, l], global_code[b]) for l in range(locations)]) for b in range(batch)])
+    pos = torch.stack(
+        [torch.stack([critic(f[b, :, l], global_code[b]) for l in range(locations)]) for b in range(batch)]
+    )
     neg = torch.stack(
         [
-            torch.stack([torch.stack([critic(f[p[l, b], :, l], global_code[b]) for l in range(locations)]) for b in range(batch)])
+            torch.stack(
+                [
+                    torch.stack([critic(f[p[l, b], :, l], global_code[b]) for l in range(locations)])
+                    for b in range(batch)
+                ]
+            )
             for p in perm
         ]
     )
@@ -79,7 +86,9 @@ def test_concat_conv_matches_naive(estimator, hidden):
     fm = torch.randn(batch, channels, 2, 3, dtype=torch.float64)
     y = torch.randn(batch, dim, dtype=torch.float64)
     sizes = [channels + dim, *hidden, 1]
-    weights = [torch.randn(o, i, 1, 1, dtype=torch.float64) / math.sqrt(i) for i, o in zip(sizes, sizes[1:])]
+    weights = [
+        torch.randn(o, i, 1, 1, dtype=torch.float64) / math.sqrt(i) for i, o in zip(sizes, sizes[1:], strict=False)
+    ]
     biases = [torch.randn(o, dtype=torch.float64) for o in sizes[1:]]
     biases[0] = None
     perm = dim_fused.location_permutation(batch, 6, num_negatives=2)
@@ -100,7 +109,9 @@ def test_concat_conv_detach_negatives_blocks_only_the_shuffled_features():
     # feature-map gradient changes; detaching only the features keeps the positive path
     assert not torch.allclose(grads[False][0], grads[True][0])
     pos_only = torch.autograd.grad(
-        reference.mi_bound(reference.concat_conv_scores(fm.reshape(3, 2, 4), y, weights, [None, None]), torch.zeros(1, 3, 4), "jsd"),
+        reference.mi_bound(
+            reference.concat_conv_scores(fm.reshape(3, 2, 4), y, weights, [None, None]), torch.zeros(1, 3, 4), "jsd"
+        ),
         fm,
     )[0]
     torch.testing.assert_close(grads[True][0], pos_only)
@@ -164,9 +175,14 @@ def naive_dot_product_mi(local_codes, global_codes, estimator, offset):
     batch, units = local_codes.shape[:2]
     l = local_codes.reshape(batch, units, -1)
     locations = l.shape[-1]
-    u = [[[global_codes[i] @ l[j, :, p] for p in range(locations)] for j in range(batch)] for i in range(len(global_codes))]
+    u = [
+        [[global_codes[i] @ l[j, :, p] for p in range(locations)] for j in range(batch)]
+        for i in range(len(global_codes))
+    ]
     pos = [u[offset + j][j][p] for j in range(batch) for p in range(locations)]
-    neg = [u[i][j][p] for i in range(len(global_codes)) for j in range(batch) if i != offset + j for p in range(locations)]
+    neg = [
+        u[i][j][p] for i in range(len(global_codes)) for j in range(batch) if i != offset + j for p in range(locations)
+    ]
     if estimator in F_MEASURES:
         return reference.mi_bound(torch.stack(pos), torch.stack(neg), estimator)
     if estimator == "dv":

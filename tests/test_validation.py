@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import FUSED_CASES, require
 
 import dim_fused
-from conftest import FUSED_CASES, require
 
 POS = torch.randn(4, 5)
 NEG = torch.randn(4, 5)
@@ -67,7 +67,10 @@ def test_direct_op_calls_are_checked_too(backend, device):
         ({"batch": 1, "locations": 4}, "batch must be at least 2"),
         ({"batch": 4, "locations": 0}, "locations must be at least 1"),
         ({"batch": 4, "locations": 2, "num_negatives": 0}, "num_negatives must be at least 1"),
-        ({"batch": 4, "locations": 2, "generator": torch.Generator(), "device": "meta"}, "generator is on cpu but device is meta"),
+        (
+            {"batch": 4, "locations": 2, "generator": torch.Generator(), "device": "meta"},
+            "generator is on cpu but device is meta",
+        ),
     ],
 )
 def test_bad_permutation_requests(kwargs, match):
@@ -81,7 +84,12 @@ def test_bad_permutation_requests(kwargs, match):
         (torch.randn(1, 3, 4), None, ValueError, r"feature_map.shape\[0\] \(the batch\) must be at least 2"),
         (torch.randn(3, 4), None, ValueError, "feature_map must have 3 to 4 dimensions"),
         (torch.randn(3, 2, 4), torch.zeros(1, 4, 3, dtype=torch.long), ValueError, "must be a permutation of range"),
-        (torch.randn(3, 2, 4), torch.zeros(1, 3, 4, dtype=torch.long), ValueError, r"perm must have shape .* got \(1, 3, 4\)"),
+        (
+            torch.randn(3, 2, 4),
+            torch.zeros(1, 3, 4, dtype=torch.long),
+            ValueError,
+            r"perm must have shape .* got \(1, 3, 4\)",
+        ),
         (torch.randn(3, 2, 4), torch.zeros(1, 4, 3), TypeError, "perm must be an int32 or int64 tensor"),
         (torch.randn(3, 2, 4), [[0, 1, 2]], TypeError, "perm must be a torch.Tensor"),
     ],

@@ -19,6 +19,13 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 1024;
 
+// Elements a thread walks: positives (each reading its aligned negatives) for
+// InfoNCE, positives and negatives side by side otherwise.
+template <typename scalar_t>
+__host__ __device__ int64_t extent(const Scores<scalar_t>& s) {
+  return s.per_positive() || s.n_pos > s.n_neg ? s.n_pos : s.n_neg;
+}
+
 // Tree reduction of one Totals per thread; thread 0 ends with the block's.
 template <typename T>
 __device__ Totals<T> block_merge(Totals<T> t) {
@@ -37,10 +44,11 @@ template <typename scalar_t, typename T>
 __global__ void __launch_bounds__(kThreads)
     partial_totals_kernel(Scores<scalar_t> s, Totals<T>* partial) {
   Totals<T> t;
-  const int64_t n = s.extent();
+  const int64_t n = extent(s);
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * kThreads) {
-    s.accumulate(t, i);
+    if (i < s.n_pos) s.accumulate_positive(t, i);
+    if (!s.per_positive() && i < s.n_neg) s.accumulate_negative(t, i);
   }
   t = block_merge(t);
   if (threadIdx.x == 0) partial[blockIdx.x] = t;
@@ -65,20 +73,23 @@ __global__ void __launch_bounds__(kThreads)
                     scalar_t* dpos, scalar_t* dneg) {
   const T g = T(*grad);
   const T neg_lse = total != nullptr ? total->neg_lse.value() : T(0);
-  const int64_t n = s.extent();
+  const int64_t n = extent(s);
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * kThreads) {
-    s.gradient(i, g, neg_lse, dpos, dneg);
+    if (i < s.n_pos) s.positive_gradient(i, g, dpos, dneg);
+    if (!s.per_positive() && i < s.n_neg) s.negative_gradient(i, g, neg_lse, dneg);
   }
 }
 
-int64_t grid_for(int64_t n) { return std::max<int64_t>(1, std::min(kMaxBlocks, (n + kThreads - 1) / kThreads)); }
+int64_t grid_for(int64_t n) {
+  return std::max<int64_t>(1, std::min(kMaxBlocks, (n + kThreads - 1) / kThreads));
+}
 
 // Launches the two reduction passes; returns the device buffer holding the
 // merged Totals (as bytes) and writes the estimate when `estimate` is given.
 template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 at::Tensor reduce_totals(const Scores<scalar_t>& s, const at::Tensor& like, scalar_t* estimate) {
-  const int64_t blocks = grid_for(s.extent());
+  const int64_t blocks = grid_for(extent(s));
   auto bytes = like.options().dtype(at::kByte);
   at::Tensor partial = at::empty({blocks * int64_t(sizeof(Totals<T>))}, bytes);
   at::Tensor total = at::empty({int64_t(sizeof(Totals<T>))}, bytes);
@@ -96,9 +107,9 @@ at::Tensor mi_bound_cuda(const at::Tensor& pos, const at::Tensor& neg, c10::stri
   const MiBoundProblem p = check_mi_bound_inputs(pos, neg, estimator);
   const c10::cuda::CUDAGuard guard(pos.device());
   at::Tensor out = at::empty({}, pos.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pos.scalar_type(), "mi_bound_cuda", [&] {
-    reduce_totals(scores_of<scalar_t>(p), pos, out.data_ptr<scalar_t>());
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, pos.scalar_type(), "mi_bound_cuda",
+      [&] { reduce_totals(scores_of<scalar_t>(p), pos, out.data_ptr<scalar_t>()); });
   return out;
 }
 
@@ -118,11 +129,12 @@ std::tuple<at::Tensor, at::Tensor> mi_bound_backward_cuda(const at::Tensor& grad
         using T = at::opmath_type<scalar_t>;
         const auto s = scores_of<scalar_t>(p);
         at::Tensor total;
-        if (p.estimator == Estimator::DV) total = reduce_totals(s, pos, static_cast<scalar_t*>(nullptr));
+        if (p.estimator == Estimator::DV)
+          total = reduce_totals(s, pos, static_cast<scalar_t*>(nullptr));
         const auto* total_ptr =
             total.defined() ? reinterpret_cast<const Totals<T>*>(total.const_data_ptr()) : nullptr;
         const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-        gradient_kernel<<<grid_for(s.extent()) * 4, kThreads, 0, stream>>>(
+        gradient_kernel<<<grid_for(extent(s)) * 4, kThreads, 0, stream>>>(
             s, g.const_data_ptr<scalar_t>(), total_ptr, dpos.data_ptr<scalar_t>(),
             dneg.data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

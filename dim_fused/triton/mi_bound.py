@@ -27,8 +27,9 @@ def _infonce_row_lse(pos, neg_ptr, offs, mask, n_pos, num_neg, ACC: tl.constexpr
 
 
 @triton.jit
-def _partials_kernel(pos_ptr, neg_ptr, partial_ptr, n_pos, n_neg, num_neg,
-                     EST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _partials_kernel(
+    pos_ptr, neg_ptr, partial_ptr, n_pos, n_neg, num_neg, EST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr
+):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_pos = offs < n_pos
@@ -50,8 +51,20 @@ def _partials_kernel(pos_ptr, neg_ptr, partial_ptr, n_pos, n_neg, num_neg,
 
 
 @triton.jit
-def _gradient_kernel(pos_ptr, neg_ptr, grad_ptr, lse_ptr, dpos_ptr, dneg_ptr, n_pos, n_neg, num_neg,
-                     EST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _gradient_kernel(
+    pos_ptr,
+    neg_ptr,
+    grad_ptr,
+    lse_ptr,
+    dpos_ptr,
+    dneg_ptr,
+    n_pos,
+    n_neg,
+    num_neg,
+    EST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     g = tl.load(grad_ptr).to(ACC)

@@ -1,0 +1,49 @@
+# One entry point for setting up, building, testing, benchmarking and linting.
+# Every target creates the virtual environment and builds the extension first.
+PYTHON_SYSTEM ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+export MAX_JOBS ?= 2
+
+EXT_SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+.PHONY: setup build demo test bench lint format clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON_SYSTEM) -m venv $(VENV)
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Rebuilt when a C++/CUDA source changes. DIM_FUSED_CUDA=1 requires the CUDA kernels.
+$(VENV)/.built: $(VENV)/.installed $(EXT_SOURCES)
+	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+# The main job: a correctness-checked comparison of the backends, as a table.
+demo: build
+	$(PYTHON) -m benchmarks.report --quick
+
+# The test suite; without a GPU the Triton kernels run under the interpreter.
+test: build
+	$(PYTHON) -m pytest tests -q
+
+bench: build
+	$(PYTHON) -m pytest benchmarks -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+
+clean:
+	rm -rf build dim_fused/_C*.so $(VENV)/.built
