@@ -5,7 +5,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export MAX_JOBS ?= 2
 
-EXT_SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+CXX_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cuh csrc/cuda/*.cu)
+EXT_SOURCES := setup.py $(CXX_SOURCES)
 
 .PHONY: setup build demo test bench lint format clean
 
@@ -38,12 +39,12 @@ bench: build
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/clang-format --dry-run --Werror $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
-	$(VENV)/bin/clang-format -i $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 clean:
 	rm -rf build dim_fused/_C*.so $(VENV)/.built

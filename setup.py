@@ -64,7 +64,7 @@ if mode == "1" and not can_build_cuda:
     )
 with_cuda = can_build_cuda and mode != "0"
 
-sources = ["csrc/dim_fused.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+sources = [*sorted(glob.glob("csrc/*.cpp")), *sorted(glob.glob("csrc/cpu/*.cpp"))]
 cxx_flags = ["-O3"]  # torch picks the C++ standard its headers need
 # The CPU kernels use at::vec SIMD vectors; build them for AVX2 (as torch's own
 # AVX2 kernels are) on x86-64 unless DIM_FUSED_CPU_CAPABILITY=default.

@@ -6,7 +6,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdlib>
 
 namespace dim_fused {
 
@@ -41,11 +43,50 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
   return {pos.contiguous(), neg.contiguous(), num_negatives, e};
 }
 
+DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
+                                           c10::string_view estimator, bool official,
+                                           int64_t positive_offset) {
+  const Estimator e = parse_estimator(estimator);
+  TORCH_CHECK_VALUE(local.dim() >= 3 && global.dim() == 2,
+                    "dim_fused.dot_product_mi: local_codes must be (B, E, L) or (B, E, H, W) and "
+                    "global_codes (G, E); got ",
+                    local.sizes(), " and ", global.sizes());
+  TORCH_CHECK_VALUE(
+      local.scalar_type() == global.scalar_type() && local.device() == global.device(),
+      "dim_fused.dot_product_mi: local_codes and global_codes must share dtype and "
+      "device");
+  const int64_t batch = local.size(0), units = local.size(1), globals = global.size(0);
+  TORCH_CHECK_VALUE(global.size(1) == units && batch >= 2 && local.numel() > 0,
+                    "dim_fused.dot_product_mi: need B >= 2 and matching E, got local ",
+                    local.sizes(), " and global ", global.sizes());
+  TORCH_CHECK_VALUE(positive_offset >= 0 && positive_offset + batch <= globals,
+                    "dim_fused.dot_product_mi: positive_offset + B must be <= G");
+  TORCH_CHECK_VALUE(globals == batch || (e != Estimator::DV && e != Estimator::InfoNCE),
+                    "dim_fused.dot_product_mi: dv and infonce need G == B");
+  at::Tensor flat = local.reshape({batch, units, -1}).contiguous();
+  return {flat,    global.contiguous(), batch, units,   flat.size(2),
+          globals, positive_offset,     e,     official};
+}
+
+int64_t DotProductProblem::tile_images() const {
+  // DIM_FUSED_TILE_SCORES shrinks the tiles (tests use it to cross tile edges).
+  const char* env = std::getenv("DIM_FUSED_TILE_SCORES");
+  const int64_t tile_scores =
+      env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t(1) << 20;
+  return std::clamp<int64_t>(tile_scores / (globals * locations), 1, batch);
+}
+
 TORCH_LIBRARY(dim_fused, m) {
   m.def("mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator) -> Tensor");
   m.def(
       "mi_bound_backward(Tensor grad, Tensor pos_scores, Tensor neg_scores, str estimator)"
       " -> (Tensor, Tensor)");
+  m.def(
+      "dot_product_mi(Tensor local_codes, Tensor global_codes, str estimator, bool official,"
+      " int positive_offset) -> (Tensor, Tensor)");
+  m.def(
+      "dot_product_mi_backward(Tensor grad, Tensor local_codes, Tensor global_codes, Tensor stats,"
+      " str estimator, bool official, int positive_offset) -> (Tensor, Tensor)");
 }
 
 }  // namespace dim_fused

@@ -34,4 +34,45 @@ Scores<scalar_t> scores_of(const MiBoundProblem& p) {
                           p.estimator};
 }
 
+// --- dot_product_mi: encode-and-dot scores streamed tile by tile ------------
+
+// Scores u[i, (j, p)] = <global i, local (j, :, p)>; local image j's positive
+// global is row offset + j.
+struct DotProductProblem {
+  at::Tensor local;   // (B, E, L), contiguous
+  at::Tensor global;  // (G, E), contiguous
+  int64_t batch, units, locations, globals, offset;
+  Estimator estimator;
+  bool official;
+
+  int64_t positives() const { return batch * locations; }
+  int64_t negatives() const { return (globals - 1) * batch * locations; }
+  // Images per score tile: a tile holds G x images x L scores, ~4 MB in fp32.
+  int64_t tile_images() const;
+};
+DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
+                                           c10::string_view estimator, bool official,
+                                           int64_t positive_offset);
+
+// What a backend supplies: the work on one score tile, a (G, images * L)
+// matrix for the images [first, first + images). The GEMMs around it are ATen's.
+struct DotProductEpilogue {
+  // Merges the tile into `rows` (G, 4) = (sum Ep, sum Eq, max, sum exp(x - max))
+  // of each global row; InfoNCE's positive scores go to `positives` (B, L).
+  void (*reduce)(const DotProductProblem& p, const at::Tensor& tile, int64_t first,
+                 at::Tensor& rows, at::Tensor& positives);
+  // Overwrites the tile with d(estimate)/d(score) from per-row coefficients
+  // `coef` (G, 4) = (positive scale, negative scale, negative logsumexp, shift).
+  void (*gradient)(const DotProductProblem& p, at::Tensor& tile, int64_t first,
+                   const at::Tensor& coef);
+};
+
+// Returns (estimate, stats): stats (G, 2) are what the backward needs.
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
+                                                          const DotProductEpilogue& epilogue);
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& grad,
+                                                           const DotProductProblem& p,
+                                                           const at::Tensor& stats,
+                                                           const DotProductEpilogue& epilogue);
+
 }  // namespace dim_fused

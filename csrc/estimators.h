@@ -162,6 +162,48 @@ struct Totals {
   }
 };
 
+// One score's share of Totals: Ep (t for DV) for a positive; Eq for an
+// f-measure's negative, the logsumexp for DV's and InfoNCE's negatives.
+template <typename V>
+DIM_HD void accumulate_positive_term(Estimator e, Totals<V>& t, V s) {
+  t.pos_sum += positive_term(e, s);
+}
+
+template <typename V>
+DIM_HD void accumulate_negative_term(Estimator e, Totals<V>& t, V s) {
+  if (e == Estimator::DV || e == Estimator::InfoNCE) {
+    t.neg_lse.add(s);
+  } else {
+    t.neg_sum += negative_term(e, s);
+  }
+}
+
+// Encode-and-dot pairs (dot_product_mi): d(estimate)/d(score) given the
+// per-row coefficients the driver derives from the forward's statistics.
+// Positive: `scale` is grad / #positives; InfoNCE also reads the row's
+// negative logsumexp (the softmax weight of the positive is sigmoid(s - lse)).
+template <typename V>
+DIM_HD V dot_positive_grad(Estimator e, V s, V scale, V row_neg_lse) {
+  switch (e) {
+    case Estimator::InfoNCE: return scale * sigmoid(row_neg_lse - s);
+    case Estimator::DV: return scale;
+    default: return scale * positive_term_grad(e, s);
+  }
+}
+
+// Negative: f-measures, -scale * Eq'(s) with scale = grad / #negatives; DV and
+// InfoNCE, -scale * exp(s - lse + shift): DV's softmax over every negative
+// (scale = grad, lse over all negatives, shift = 0); InfoNCE's sum over the
+// row's positives p of their softmax weights exp(s - lse_p), with lse the row's
+// negative logsumexp and shift = log sum_p exp(lse - lse_p), small and exact
+// where the softmax saturates.
+template <typename V>
+DIM_HD V dot_negative_grad(Estimator e, V s, V scale, V lse, V shift) {
+  if (e == Estimator::DV || e == Estimator::InfoNCE)
+    return -scale * Math<V>::exp((s - lse) + shift);
+  return -scale * negative_term_grad(e, s);
+}
+
 // The problem a kernel sees: flat contiguous scores. For InfoNCE, neg is
 // (K, n_pos) and position i is contrasted with neg[k * n_pos + i]. The
 // element steps take V = a scalar (one element at i) or a SIMD vector (the
@@ -188,18 +230,17 @@ struct Scores {
   template <typename V>
   DIM_HD void accumulate_positive(Totals<V>& t, int64_t i) const {
     const V p = Math<V>::load(pos + i);
-    t.pos_sum += per_positive() ? p - infonce_row_lse<V>(i) : positive_term(estimator, p);
+    if (per_positive()) {
+      t.pos_sum += p - infonce_row_lse<V>(i);
+    } else {
+      accumulate_positive_term(estimator, t, p);
+    }
   }
 
   // Not for InfoNCE, whose negatives are read with their positive.
   template <typename V>
   DIM_HD void accumulate_negative(Totals<V>& t, int64_t i) const {
-    const V x = Math<V>::load(neg + i);
-    if (estimator == Estimator::DV) {
-      t.neg_lse.add(x);
-    } else {
-      t.neg_sum += negative_term(estimator, x);
-    }
+    accumulate_negative_term(estimator, t, Math<V>::load(neg + i));
   }
 
   template <typename T>

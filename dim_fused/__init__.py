@@ -8,13 +8,14 @@ the tensors' device).
 from . import reference
 from ._dispatch import BACKENDS, available_backends
 from .estimators import ESTIMATORS, F_MEASURES
-from .functional import local_shuffle, location_permutation, mi_bound
+from .functional import dot_product_mi, local_shuffle, location_permutation, mi_bound
 
 __all__ = [
     "BACKENDS",
     "ESTIMATORS",
     "F_MEASURES",
     "available_backends",
+    "dot_product_mi",
     "local_shuffle",
     "location_permutation",
     "mi_bound",

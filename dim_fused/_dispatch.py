@@ -20,6 +20,12 @@ _KERNELS: dict[str, dict[str, Callable]] = {
         "cuda": lambda *args: torch.ops.dim_fused.mi_bound(*args),
         "triton": lambda *args: torch.ops.dim_fused.mi_bound_triton(*args),
     },
+    "dot_product_mi": {
+        "reference": reference.dot_product_mi,
+        "cpu": lambda *args: torch.ops.dim_fused.dot_product_mi(*args)[0],
+        "cuda": lambda *args: torch.ops.dim_fused.dot_product_mi(*args)[0],
+        "triton": lambda *args: torch.ops.dim_fused.dot_product_mi_triton(*args)[0],
+    },
 }
 
 

@@ -48,9 +48,9 @@ def scores(pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str) -
         )
 
 
-def batch(batch_size: int, name: str = "batch") -> None:
-    if batch_size < 2:
-        raise ValueError(f"{name} must be at least 2 to draw negatives from other images, got {batch_size}")
+def batch_size(size: int, name: str = "batch") -> None:
+    if size < 2:
+        raise ValueError(f"{name} must be at least 2 to draw negatives from other images, got {size}")
 
 
 def permutation(
@@ -77,3 +77,29 @@ def permutation(
     if not torch.equal(perm.sort(dim=-1).values, expected.expand_as(perm)):
         raise ValueError("perm[k, l] must be a permutation of range(batch) for every k and l")
     return perm
+
+
+def dot_product(local_codes: torch.Tensor, global_codes: torch.Tensor, estimator: str, positive_offset: int) -> None:
+    check_estimator(estimator)
+    tensor(local_codes, "local_codes", min_dim=3, max_dim=4)
+    tensor(global_codes, "global_codes", min_dim=2, max_dim=2)
+    same_dtype_and_device([("local_codes", local_codes), ("global_codes", global_codes)])
+    batch, units = local_codes.shape[:2]
+    num_globals = global_codes.shape[0]
+    batch_size(batch, "local_codes.shape[0] (the batch)")
+    if global_codes.shape[1] != units:
+        raise ValueError(
+            f"global_codes must have E = {units} columns like local_codes (B, E, ...), got {tuple(global_codes.shape)}"
+        )
+    if num_globals < batch:
+        raise ValueError(f"global_codes must have at least B = {batch} rows, got G = {num_globals}")
+    if not 0 <= positive_offset <= num_globals - batch:
+        raise ValueError(
+            f"positive_offset must be in [0, G - B] = [0, {num_globals - batch}] so that every local image has "
+            f"its positive global row, got {positive_offset}"
+        )
+    if estimator in ("dv", "infonce") and num_globals != batch:
+        raise ValueError(
+            f"estimator {estimator!r} couples all pairs through its normaliser and needs G == B; got G = "
+            f"{num_globals}, B = {batch} (use an f-measure such as 'jsd' with globals gathered from other ranks)"
+        )

@@ -44,7 +44,7 @@ def location_permutation(
     point, so no image is ever paired with itself. The same generator state gives the
     same permutations on the same device.
     """
-    _validate.batch(batch)
+    _validate.batch_size(batch)
     if locations < 1:
         raise ValueError(f"locations must be at least 1, got {locations}")
     if num_negatives < 1:
@@ -80,9 +80,38 @@ def local_shuffle(
     Without ``perm``, one is drawn with ``location_permutation`` from ``generator``."""
     _validate.tensor(feature_map, "feature_map", min_dim=3, max_dim=4)
     batch, locations = feature_map.shape[0], feature_map[0, 0].numel()
-    _validate.batch(batch, "feature_map.shape[0] (the batch)")
+    _validate.batch_size(batch, "feature_map.shape[0] (the batch)")
     if perm is None:
         perm = location_permutation(batch, locations, generator=generator, device=feature_map.device)
     else:
         _validate.permutation(perm, None, locations, batch, feature_map.device)
     return reference.local_shuffle(feature_map, perm[0])
+
+
+def dot_product_mi(
+    local_codes: torch.Tensor,
+    global_codes: torch.Tensor,
+    *,
+    estimator: str = "jsd",
+    official: bool = False,
+    positive_offset: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Local MI of the encode-and-dot critic, streamed: never a G x B x L score tensor.
+
+    ``local_codes``: (B, E, H, W) or (B, E, L); ``global_codes``: (G, E) with G >= B.
+    Scores ``u[i, j, p] = <global_codes[i], local_codes[j, :, p]>``; local image j's
+    positive global is row ``positive_offset + j`` and every other pair is a negative.
+    f-measures average Ep over the B*L positives and Eq over the (G-1)*B*L negatives;
+    ``dv`` is ``mean(pos) - log mean exp(neg)``; ``infonce`` contrasts each positive
+    (i, p) with the (B-1)*L local vectors of the other images:
+    ``mean(u_pos - logsumexp(candidates)) + log(1 + (B-1)*L)``. ``dv`` and ``infonce``
+    need G == B.
+
+    ``official=True`` returns exactly the negative of the official DIM code's loss:
+    its InfoNCE keeps the L self pairs in the denominator at score -10 and has no log
+    term; its Jan-2019 DV normalises by log(B(B-1)) (log L below the default).
+    """
+    _validate.dot_product(local_codes, global_codes, estimator, positive_offset)
+    kernel = _dispatch.kernel("dot_product_mi", backend, local_codes.device)
+    return kernel(local_codes, global_codes, estimator, official, positive_offset)

@@ -1,77 +1,28 @@
-// mi_bound on the CPU: SIMD vectors (at::vec) over fixed-size chunks reduced in
-// parallel, then merged in chunk order, so the result does not depend on the
-// number of threads. float and double run vectorised; half and bfloat16 run the
-// scalar steps in float.
+// mi_bound on the CPU: SIMD vectors over fixed-size chunks reduced in parallel,
+// then merged in chunk order, so the result does not depend on the number of
+// threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
 #include <type_traits>
 #include <vector>
 
 #include "../dim_fused.h"
+#include "vectorized.h"
 
 namespace dim_fused {
 
-template <typename T>
-struct Math<at::vec::Vectorized<T>> {
-  using V = at::vec::Vectorized<T>;
-  using Scalar = T;
-  static constexpr int kWidth = V::size();
-  static V load(const T* p) { return V::loadu(p); }
-  static void store(T* p, V v) { v.store(p); }
-  static V exp(V x) { return x.exp(); }
-  static V log(V x) { return x.log(); }
-  static V log1p(V x) { return x.log1p(); }
-  static V abs(V x) { return x.abs(); }
-  static V max(V a, V b) { return at::vec::maximum(a, b); }
-  static V sign(V x) { return x.gt(V(0)) - x.lt(V(0)); }
-  static V if_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
-};
-
 namespace {
 
+using cpu::acc_type;
+using cpu::for_each_vector;
+using cpu::reduce_range;
+using cpu::vector_type;
+
 constexpr int64_t kChunk = 1 << 14;
-
-template <typename scalar_t>
-using acc_type = at::opmath_type<scalar_t>;
-
-// SIMD vectors where the scores are already in the accumulation type.
-template <typename scalar_t>
-using vector_type = std::conditional_t<std::is_same_v<scalar_t, acc_type<scalar_t>>,
-                                       at::vec::Vectorized<scalar_t>, acc_type<scalar_t>>;
-
-template <typename V, typename T = typename Math<V>::Scalar>
-Totals<T> lanes_merged(const Totals<V>& t) {
-  if constexpr (Math<V>::kWidth == 1) {
-    return t;
-  } else {
-    T pos[Math<V>::kWidth], neg[Math<V>::kWidth], max[Math<V>::kWidth], sum[Math<V>::kWidth];
-    t.pos_sum.store(pos);
-    t.neg_sum.store(neg);
-    t.neg_lse.max.store(max);
-    t.neg_lse.sum.store(sum);
-    Totals<T> out;
-    for (int lane = 0; lane < Math<V>::kWidth; ++lane) {
-      out.pos_sum += pos[lane];
-      out.neg_sum += neg[lane];
-      out.neg_lse.merge(max[lane], sum[lane]);
-    }
-    return out;
-  }
-}
-
-// Calls step(V, i) on the full vectors of [begin, end), then step(scalar, i) on the tail.
-template <typename V, typename Step>
-void for_each_vector(int64_t begin, int64_t end, const Step& step) {
-  constexpr int64_t width = Math<V>::kWidth;
-  int64_t i = begin;
-  for (; i + width <= end; i += width) step(V{}, i);
-  for (; i < end; ++i) step(typename Math<V>::Scalar{}, i);
-}
 
 // Sum over chunks of [0, n) of per-element steps, merged in chunk order.
 template <typename T, typename V, typename Accumulate>
@@ -80,17 +31,7 @@ Totals<T> reduce_chunks(int64_t n, const Accumulate& accumulate) {
   std::vector<Totals<T>> partial(chunks);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      Totals<V> vector_totals;
-      Totals<T> scalar_totals;
-      for_each_vector<V>(c * kChunk, std::min(n, (c + 1) * kChunk), [&](auto lane, int64_t i) {
-        if constexpr (std::is_same_v<decltype(lane), V>) {
-          accumulate(vector_totals, i);
-        } else {
-          accumulate(scalar_totals, i);
-        }
-      });
-      partial[c] = lanes_merged(vector_totals);
-      partial[c].merge(scalar_totals);
+      partial[c] = reduce_range<V>(c * kChunk, std::min(n, (c + 1) * kChunk), accumulate);
     }
   });
   Totals<T> total;

@@ -12,11 +12,14 @@
 #include <torch/library.h>
 
 #include "../dim_fused.h"
+#include "reduce.cuh"
 
 namespace dim_fused {
 namespace {
 
-constexpr int kThreads = 256;
+using cuda::block_merge;
+using cuda::kThreads;
+
 constexpr int64_t kMaxBlocks = 1024;
 
 // Elements a thread walks: positives (each reading its aligned negatives) for
@@ -24,20 +27,6 @@ constexpr int64_t kMaxBlocks = 1024;
 template <typename scalar_t>
 __host__ __device__ int64_t extent(const Scores<scalar_t>& s) {
   return s.per_positive() || s.n_pos > s.n_neg ? s.n_pos : s.n_neg;
-}
-
-// Tree reduction of one Totals per thread; thread 0 ends with the block's.
-template <typename T>
-__device__ Totals<T> block_merge(Totals<T> t) {
-  __shared__ alignas(Totals<T>) unsigned char storage[kThreads * sizeof(Totals<T>)];
-  auto* shared = reinterpret_cast<Totals<T>*>(storage);
-  shared[threadIdx.x] = t;
-  __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-    if (threadIdx.x < stride) shared[threadIdx.x].merge(shared[threadIdx.x + stride]);
-    __syncthreads();
-  }
-  return shared[0];
 }
 
 template <typename scalar_t, typename T>

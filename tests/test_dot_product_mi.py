@@ -1,0 +1,154 @@
+"""dim_fused.dot_product_mi on every fused backend against the float64 reference."""
+
+import pytest
+import torch
+from helpers import assert_within_reference_error, poison_cuda_cache, value_and_grads
+
+import dim_fused
+from dim_fused import ESTIMATORS, F_MEASURES, reference
+
+# (B, E, spatial, G, offset): odd sizes, G > B with offsets, several tiles.
+SHAPES = [
+    (2, 3, (1,), 2, 0),  # smallest: B = 2, L = 1
+    (3, 5, (2, 3), 3, 0),  # (B, E, H, W) maps
+    (4, 7, (5,), 9, 3),  # more globals than images (other ranks'), offset
+    (5, 33, (17,), 5, 0),  # E and L not multiples of any tile
+]
+
+
+def cases(estimators):
+    for shape in SHAPES:
+        for estimator in estimators:
+            if shape[3] != shape[0] and estimator in ("dv", "infonce"):
+                continue
+            yield pytest.param(shape, estimator, id=f"{estimator}-B{shape[0]}E{shape[1]}L{shape[2]}G{shape[3]}")
+
+
+def make_codes(shape, scale=0.5):
+    batch, units, spatial, num_globals, _ = shape
+    local = torch.randn(batch, units, *spatial, dtype=torch.float64) * scale
+    global_codes = torch.randn(num_globals, units, dtype=torch.float64) * scale
+    return local, global_codes
+
+
+def dtypes_for(backend, device):
+    if backend == "triton" and device == "cpu":
+        return [torch.float64, torch.float32]  # the interpreter's dot: no 16-bit checks here
+    return [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+
+
+def check(backend, device, dtype, estimator, local, global_codes, offset=0, official=False):
+    def fused(loc, glo):
+        return dim_fused.dot_product_mi(
+            loc, glo, estimator=estimator, official=official, positive_offset=offset, backend=backend
+        )
+
+    def ref(loc, glo):
+        return reference.dot_product_mi(loc, glo, estimator, official, offset)
+
+    oracle, oracle_grads = value_and_grads(ref, local, global_codes, dtype=torch.float64, device="cpu")
+    same, same_grads = value_and_grads(ref, local, global_codes, dtype=dtype, device=device)
+    poison_cuda_cache()
+    out, grads = value_and_grads(fused, local, global_codes, dtype=dtype, device=device)
+    assert out.dtype == dtype and out.shape == ()
+    assert_within_reference_error(out.cpu(), same.cpu(), oracle, 2.0, f"{estimator} value")
+    for name, g, sg, og in zip(("local", "global"), grads, same_grads, oracle_grads, strict=True):
+        assert g.shape == og.shape
+        assert_within_reference_error(g.cpu(), sg.cpu(), og, 3.0, f"{estimator} d{name}")
+
+
+@pytest.mark.parametrize(("shape", "estimator"), list(cases(ESTIMATORS)))
+def test_matches_oracle(fused, shape, estimator):
+    backend, device = fused
+    if backend == "triton" and device == "cpu" and shape[0] * shape[2][0] > 1000:
+        pytest.skip("too large for the Triton interpreter")
+    local, global_codes = make_codes(shape)
+    for dtype in dtypes_for(backend, device):
+        check(backend, device, dtype, estimator, local, global_codes, offset=shape[4])
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_many_tiles(fused, estimator, monkeypatch):
+    """Tiles of one image: statistics merged across tiles, gradients written per tile."""
+    monkeypatch.setenv("DIM_FUSED_TILE_SCORES", "1")
+    backend, device = fused
+    local, global_codes = make_codes((5, 4, (7,), 5, 0))
+    check(backend, device, torch.float32, estimator, local, global_codes)
+
+
+@pytest.mark.parametrize("estimator", ["dv", "infonce", *F_MEASURES[:2]])
+def test_official_mode(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((4, 6, (3, 3), 4, 0))
+    check(backend, device, torch.float32, estimator, local, global_codes, official=True)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "gan", "w1", "dv", "infonce"])
+def test_large_magnitude_codes_stay_finite(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((3, 4, (5,), 3, 0), scale=30.0)  # scores in the thousands
+    out, grads = value_and_grads(
+        lambda loc, glo: dim_fused.dot_product_mi(loc, glo, estimator=estimator, backend=backend),
+        local,
+        global_codes,
+        dtype=torch.float32,
+        device=device,
+    )
+    assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+    check(backend, device, torch.float32, estimator, local, global_codes)
+
+
+def test_non_contiguous_inputs(fused):
+    backend, device = fused
+    local = torch.randn(4, 6, 5, dtype=torch.float64).transpose(1, 2)  # (4, 5, 6): E = 5, L = 6
+    global_codes = torch.randn(5, 4, dtype=torch.float64).t()  # (4, 5)
+    assert not local.is_contiguous() and not global_codes.is_contiguous()
+    for estimator in ("jsd", "infonce"):
+        check(backend, device, torch.float32, estimator, local, global_codes)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "x2", "dv", "infonce"])
+def test_gradcheck_float64(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((3, 4, (2,), 3, 0))
+    inputs = (local.to(device).requires_grad_(), global_codes.to(device).requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda loc, glo: dim_fused.dot_product_mi(loc, glo, estimator=estimator, backend=backend), inputs
+    )
+
+
+def _ops_for(backend):
+    if backend == "triton":
+        return torch.ops.dim_fused.dot_product_mi_triton, torch.ops.dim_fused.dot_product_mi_triton_backward
+    return torch.ops.dim_fused.dot_product_mi, torch.ops.dim_fused.dot_product_mi_backward
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "dv", "infonce"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(fused, estimator, requires_grad):
+    backend, device = fused
+    local, global_codes = make_codes((3, 5, (4,), 3, 0))
+    local = local.float().to(device).requires_grad_(requires_grad)
+    global_codes = global_codes.float().to(device).requires_grad_(requires_grad)
+    op, backward_op = _ops_for(backend)
+    torch.library.opcheck(op, (local, global_codes, estimator, False, 0))
+    _, stats = op(local.detach(), global_codes.detach(), estimator, False, 0)
+    grad = torch.tensor(-1.5, device=device)
+    torch.library.opcheck(backward_op, (grad, local.detach(), global_codes.detach(), stats, estimator, False, 0))
+
+
+def test_torch_compile(fused):
+    backend, device = fused
+    torch._dynamo.reset()
+    local, global_codes = make_codes((3, 5, (2, 2), 3, 0))
+
+    def loss(loc, glo):
+        return -dim_fused.dot_product_mi(torch.relu(loc), glo * 2.0, estimator="infonce", backend=backend)
+
+    eager, eager_grads = value_and_grads(loss, local, global_codes, dtype=torch.float32, device=device)
+    out, grads = value_and_grads(
+        torch.compile(loss, fullgraph=True), local, global_codes, dtype=torch.float32, device=device
+    )
+    torch.testing.assert_close(out, eager)
+    for g, eg in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, eg)
