@@ -16,18 +16,15 @@ at::ScalarType acc_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// The tile's local vectors as rows: (images * L, E).
-at::Tensor local_rows(const DotProductProblem& p, int64_t first, int64_t images) {
-  return p.local.narrow(0, first, images).transpose(1, 2).reshape({images * p.locations, p.units});
-}
-
+// Tiles are (images, G, L): one batched GEMM of the globals (broadcast, not
+// copied) with each image's (E, L) codes, in the layout they already have.
 template <typename Body>
 void for_each_tile(const DotProductProblem& p, const Body& body) {
   const int64_t step = p.tile_images();
   for (int64_t first = 0; first < p.batch; first += step) {
     const int64_t images = std::min(step, p.batch - first);
-    const at::Tensor rows = local_rows(p, first, images);
-    body(first, images, rows, at::mm(p.global, rows.t()));
+    const at::Tensor local = p.local.narrow(0, first, images);
+    body(first, images, local, at::bmm(p.global.expand({images, p.globals, p.units}), local));
   }
 }
 
@@ -93,12 +90,13 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
   }
   at::Tensor d_global = at::zeros({p.globals, p.units}, stats.options());
   at::Tensor d_local = at::empty({p.batch, p.units, p.locations}, p.local.options());
-  for_each_tile(p, [&](int64_t first, int64_t images, const at::Tensor& rows, at::Tensor tile) {
+  const at::Tensor zero = at::zeros({p.globals, p.units}, p.global.options());
+  for_each_tile(p, [&](int64_t first, int64_t images, const at::Tensor& local, at::Tensor tile) {
     epilogue.gradient(p, tile, first, coef);
-    d_global.add_(at::mm(tile, rows));
-    const at::Tensor d_rows = at::mm(tile.t(), p.global);  // (images * L, E)
-    d_local.narrow(0, first, images)
-        .copy_(d_rows.view({images, p.locations, p.units}).transpose(1, 2));
+    // The sum over the tile's images of dS_j (G, L) @ local_j^T (L, E), accumulated in fp32.
+    d_global.add_(at::addbmm(zero, tile, local.transpose(1, 2), /*beta=*/0));
+    at::Tensor d_local_tile = d_local.narrow(0, first, images);
+    at::bmm_out(d_local_tile, p.global.t().expand({images, p.units, p.globals}), tile);
   });
   return {d_local, d_global.to(p.global.scalar_type())};
 }

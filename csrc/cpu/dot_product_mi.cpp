@@ -1,7 +1,7 @@
 // dot_product_mi on the CPU: the shared tile driver with SIMD epilogues, one
-// global row per task. A row's scores for image j sit in the L contiguous
-// columns [(j - first) L, (j - first + 1) L) of the tile: the row's positive
-// image gives one such segment, every other column is a negative.
+// global row per task. In an (images, G, L) tile, row i's scores against image
+// j are the L contiguous values at tile[j - first][i]: a positive segment when
+// j is the row's image (i - offset), a negative one otherwise.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -15,21 +15,16 @@ namespace {
 
 using cpu::acc_type;
 using cpu::for_each_vector;
-using cpu::reduce_range;
 using cpu::vector_type;
 
-struct RowSegments {
-  int64_t columns;    // images * L
-  int64_t pos_begin;  // the positive segment; empty when the row has none here
-  int64_t pos_end;
-};
-
-RowSegments segments(const DotProductProblem& p, const at::Tensor& tile, int64_t first,
-                     int64_t row) {
-  const int64_t columns = tile.size(1), images = columns / p.locations;
-  const int64_t image = row - p.offset - first;
-  if (image < 0 || image >= images) return {columns, 0, 0};
-  return {columns, image * p.locations, (image + 1) * p.locations};
+// Calls visit(segment pointer, image j, positive?) for row i's segments of the tile.
+template <typename scalar_t, typename Visit>
+void for_each_segment(const DotProductProblem& p, scalar_t* tile, int64_t images, int64_t first,
+                      int64_t row, const Visit& visit) {
+  for (int64_t k = 0; k < images; ++k) {
+    const int64_t image = first + k;
+    visit(tile + (k * p.globals + row) * p.locations, image, row - p.offset == image);
+  }
 }
 
 void reduce_cpu(const DotProductProblem& p, const at::Tensor& tile, int64_t first, at::Tensor& rows,
@@ -41,25 +36,27 @@ void reduce_cpu(const DotProductProblem& p, const at::Tensor& tile, int64_t firs
         const scalar_t* scores = tile.const_data_ptr<scalar_t>();
         T* row_stats = rows.data_ptr<T>();
         T* pos_out = positives.data_ptr<T>();
+        const int64_t L = p.locations;
         at::parallel_for(0, p.globals, 1, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
-            const scalar_t* row = scores + i * tile.size(1);
-            const RowSegments seg = segments(p, tile, first, i);
-            auto negative = [&](auto& t, int64_t c) {
-              accumulate_negative_term(p.estimator, t,
-                                       Math<std::decay_t<decltype(t.pos_sum)>>::load(row + c));
-            };
-            Totals<T> t = reduce_range<V>(0, seg.pos_begin, negative);
-            t.merge(reduce_range<V>(seg.pos_end, seg.columns, negative));
-            if (p.estimator == Estimator::InfoNCE) {
-              T* out = pos_out + (i - p.offset) * p.locations - seg.pos_begin;
-              for (int64_t c = seg.pos_begin; c < seg.pos_end; ++c) out[c] = T(row[c]);
-            } else {
-              t.merge(reduce_range<V>(seg.pos_begin, seg.pos_end, [&](auto& tt, int64_t c) {
-                accumulate_positive_term(p.estimator, tt,
-                                         Math<std::decay_t<decltype(tt.pos_sum)>>::load(row + c));
-              }));
-            }
+            cpu::LaneTotals<V> totals;
+            for_each_segment(p, scores, tile.size(0), first, i,
+                             [&](const scalar_t* seg, int64_t image, bool positive) {
+                               if (positive && p.estimator == Estimator::InfoNCE) {
+                                 for (int64_t c = 0; c < L; ++c) pos_out[image * L + c] = T(seg[c]);
+                                 return;
+                               }
+                               totals.add(0, L, [&](auto& t, int64_t c) {
+                                 const auto s =
+                                     Math<std::decay_t<decltype(t.pos_sum)>>::load(seg + c);
+                                 if (positive) {
+                                   accumulate_positive_term(p.estimator, t, s);
+                                 } else {
+                                   accumulate_negative_term(p.estimator, t, s);
+                                 }
+                               });
+                             });
+            const Totals<T> t = totals.merged();
             T* stats = row_stats + 4 * i;
             Totals<T> held;
             held.pos_sum = stats[0];
@@ -86,21 +83,18 @@ void gradient_cpu(const DotProductProblem& p, at::Tensor& tile, int64_t first,
         const T* row_coef = coef.const_data_ptr<T>();
         at::parallel_for(0, p.globals, 1, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
-            scalar_t* row = scores + i * tile.size(1);
             const T* c = row_coef + 4 * i;
-            const RowSegments seg = segments(p, tile, first, i);
-            auto negative = [&](auto lane, int64_t col) {
-              using L = decltype(lane);
-              Math<L>::store(row + col, dot_negative_grad(p.estimator, Math<L>::load(row + col),
-                                                          L(c[1]), L(c[2]), L(c[3])));
-            };
-            for_each_vector<V>(0, seg.pos_begin, negative);
-            for_each_vector<V>(seg.pos_end, seg.columns, negative);
-            for_each_vector<V>(seg.pos_begin, seg.pos_end, [&](auto lane, int64_t col) {
-              using L = decltype(lane);
-              Math<L>::store(row + col, dot_positive_grad(p.estimator, Math<L>::load(row + col),
-                                                          L(c[0]), L(c[2])));
-            });
+            for_each_segment(
+                p, scores, tile.size(0), first, i, [&](scalar_t* seg, int64_t, bool positive) {
+                  for_each_vector<V>(0, p.locations, [&](auto lane, int64_t col) {
+                    using L = decltype(lane);
+                    const L s = Math<L>::load(seg + col);
+                    Math<L>::store(
+                        seg + col,
+                        positive ? dot_positive_grad(p.estimator, s, L(c[0]), L(c[2]))
+                                 : dot_negative_grad(p.estimator, s, L(c[1]), L(c[2]), L(c[3])));
+                  });
+                });
           }
         });
       });

@@ -67,21 +67,36 @@ void for_each_vector(int64_t begin, int64_t end, const Step& step) {
   for (; i < end; ++i) step(typename Math<V>::Scalar{}, i);
 }
 
-// Reduces step(totals, i) over [begin, end) into one scalar Totals.
+// Totals kept per SIMD lane plus a scalar tail; step(totals, i) is called with
+// whichever fits at i. merged() folds the lanes in a fixed order.
+template <typename V>
+struct LaneTotals {
+  using T = typename Math<V>::Scalar;
+  Totals<V> vectors;
+  Totals<T> tail;
+
+  template <typename Step>
+  void add(int64_t begin, int64_t end, const Step& step) {
+    for_each_vector<V>(begin, end, [&](auto lane, int64_t i) {
+      if constexpr (std::is_same_v<decltype(lane), V>) {
+        step(vectors, i);
+      } else {
+        step(tail, i);
+      }
+    });
+  }
+  Totals<T> merged() const {
+    Totals<T> out = lanes_merged(vectors);
+    out.merge(tail);
+    return out;
+  }
+};
+
 template <typename V, typename Step>
 Totals<typename Math<V>::Scalar> reduce_range(int64_t begin, int64_t end, const Step& step) {
-  Totals<V> vectors;
-  Totals<typename Math<V>::Scalar> tail;
-  for_each_vector<V>(begin, end, [&](auto lane, int64_t i) {
-    if constexpr (std::is_same_v<decltype(lane), V>) {
-      step(vectors, i);
-    } else {
-      step(tail, i);
-    }
-  });
-  Totals<typename Math<V>::Scalar> out = lanes_merged(vectors);
-  out.merge(tail);
-  return out;
+  LaneTotals<V> totals;
+  totals.add(begin, end, step);
+  return totals.merged();
 }
 
 }  // namespace cpu

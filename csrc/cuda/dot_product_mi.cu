@@ -21,21 +21,25 @@ using cuda::kThreads;
 
 constexpr int64_t kColumnsPerBlock = 8 * kThreads;
 
-// Where one tile sits in the problem.
+// Where one (images, G, L) tile sits in the problem. Row i's scores form the
+// `columns` = images * L values (image k, location l) at tile[k][i][l].
 struct TileShape {
-  int64_t columns;     // images * L
-  int64_t locations;   // L
-  int64_t row_offset;  // global row of image `first` = offset + first
+  int64_t columns;
+  int64_t globals;
+  int64_t locations;
+  int64_t row_offset;  // the global row whose positive is the tile's first image
   Estimator estimator;
 
-  // Is (row, column) a positive pair?
+  __device__ int64_t index(int64_t row, int64_t column) const {
+    return ((column / locations) * globals + row) * locations + column % locations;
+  }
   __device__ bool positive(int64_t row, int64_t column) const {
     return row - row_offset == column / locations;
   }
 };
 
 TileShape shape_of(const DotProductProblem& p, const at::Tensor& tile, int64_t first) {
-  return {tile.size(1), p.locations, p.offset + first, p.estimator};
+  return {tile.size(0) * p.locations, p.globals, p.locations, p.offset + first, p.estimator};
 }
 
 template <typename scalar_t, typename T>
@@ -43,10 +47,9 @@ __global__ void __launch_bounds__(kThreads)
     row_partials_kernel(const scalar_t* tile, TileShape s, Totals<T>* partial, T* positives) {
   const int64_t row = blockIdx.y;
   const int64_t end = std::min(s.columns, int64_t(blockIdx.x + 1) * kColumnsPerBlock);
-  const scalar_t* scores = tile + row * s.columns;
   Totals<T> t;
   for (int64_t c = blockIdx.x * kColumnsPerBlock + threadIdx.x; c < end; c += kThreads) {
-    const T x = T(scores[c]);
+    const T x = T(tile[s.index(row, c)]);
     if (!s.positive(row, c)) {
       accumulate_negative_term(s.estimator, t, x);
     } else if (s.estimator == Estimator::InfoNCE) {
@@ -83,7 +86,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = num_rows * s.columns;
   for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < n;
        k += int64_t(gridDim.x) * kThreads) {
-    const int64_t row = k / s.columns, column = k % s.columns;
+    const int64_t row = (k / s.locations) % s.globals;
+    const int64_t column = (k / (s.globals * s.locations)) * s.locations + k % s.locations;
     const T* c = coef + 4 * row;
     const T x = T(tile[k]);
     tile[k] =
@@ -94,7 +98,7 @@ __global__ void __launch_bounds__(kThreads)
 
 void reduce_cuda(const DotProductProblem& p, const at::Tensor& tile, int64_t first,
                  at::Tensor& rows, at::Tensor& positives) {
-  const int64_t blocks = (tile.size(1) + kColumnsPerBlock - 1) / kColumnsPerBlock;
+  const int64_t blocks = (tile.size(0) * p.locations + kColumnsPerBlock - 1) / kColumnsPerBlock;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, tile.scalar_type(), "dot_product_reduce_cuda", [&] {

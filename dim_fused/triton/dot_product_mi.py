@@ -141,7 +141,9 @@ def _gradient_kernel(
     else:
         d_neg = -neg_scale * negative_term_grad(s, EST)
     d = tl.where(positive, d_pos, d_neg)
-    tl.store(out_ptr + rows[:, None] * n_cols + cols[None, :], d.to(out_ptr.dtype.element_ty), mask=valid)
+    # (images, G, L) layout, like the C++ driver's tiles: the GEMMs after it need no transposes.
+    out = out_ptr + ((cols[None, :] // locations) * n_rows + rows[:, None]) * locations + cols[None, :] % locations
+    tl.store(out, d.to(out_ptr.dtype.element_ty), mask=valid)
 
 
 def _meta(local: torch.Tensor, estimator: str) -> dict:
@@ -211,20 +213,18 @@ def backward(grad, local, global_codes, stats, estimator: str, official: bool, o
         coef[:, 1] = g / num_neg
     d_global = torch.zeros(globals_, units, dtype=stats.dtype, device=local.device)
     d_local = torch.empty_like(local3)
+    zero = torch.zeros(globals_, units, dtype=local.dtype, device=local.device)
     step = max(1, min(batch, _tile_scores() // (globals_ * locations)))
     meta = _meta(local, estimator)
     for first in range(0, batch, step):
         images = min(step, batch - first)
         chunk = local3[first : first + images]
         n_cols = images * locations
-        tile = torch.empty(globals_, n_cols, dtype=local.dtype, device=local.device)
+        tile = torch.empty(images, globals_, locations, dtype=local.dtype, device=local.device)
         grid = (triton.cdiv(globals_, BLOCK_M), triton.cdiv(n_cols, BLOCK_N))
         _gradient_kernel[grid](
             global_codes, chunk, coef, tile, globals_, n_cols, units, locations, offset + first, **meta
         )
-        rows = chunk.transpose(1, 2).reshape(n_cols, units)
-        d_global += torch.mm(tile, rows)
-        d_local[first : first + images] = (
-            torch.mm(tile.t(), global_codes).view(images, locations, units).transpose(1, 2)
-        )
+        d_global += torch.addbmm(zero, tile, chunk.transpose(1, 2), beta=0)
+        torch.bmm(global_codes.t().expand(images, units, globals_), tile, out=d_local[first : first + images])
     return d_local.view(local.shape), d_global.to(global_codes.dtype)
