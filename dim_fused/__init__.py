@@ -5,7 +5,7 @@ PyTorch), "cpu" (C++), "cuda" (C++/CUDA), "triton", or "auto" (the best one for
 the tensors' device).
 """
 
-from . import reference
+from . import distributed, nn, official, reference
 from ._dispatch import BACKENDS, available_backends
 from .estimators import ESTIMATORS, F_MEASURES
 from .functional import dot_product_mi, local_shuffle, location_permutation, mi_bound
@@ -19,6 +19,9 @@ __all__ = [
     "local_shuffle",
     "location_permutation",
     "mi_bound",
+    "distributed",
+    "nn",
+    "official",
     "reference",
 ]
 __version__ = "0.1.0"

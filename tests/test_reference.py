@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import dim_fused
-from dim_fused import ESTIMATORS, F_MEASURES, reference
+from dim_fused import ESTIMATORS, F_MEASURES, official, reference
 from dim_fused.estimators import negative_term, positive_term
 
 
@@ -117,60 +116,6 @@ def test_concat_conv_detach_negatives_blocks_only_the_shuffled_features():
     torch.testing.assert_close(grads[True][0], pos_only)
 
 
-# Ports of the official DIM loss functions (rdevon/DIM, cortex_DIM/functions),
-# kept as the official code writes them: l is (N, units, n_locals), m is (N, units, 1).
-
-
-def official_fenchel_dual_loss(l, m, measure):
-    N, units, n_locals = l.size()
-    n_multis = m.size(2)
-    l = l.view(N, units, n_locals).permute(0, 2, 1).reshape(-1, units)
-    m = m.view(N, units, n_multis).permute(0, 2, 1).reshape(-1, units)
-    u = torch.mm(m, l.t()).reshape(N, n_multis, N, n_locals).permute(0, 2, 3, 1)
-    mask = torch.eye(N, dtype=l.dtype)
-    n_mask = 1 - mask
-    E_pos = positive_term(u, measure).mean(2).mean(2)
-    E_neg = negative_term(u, measure).mean(2).mean(2)
-    E_pos = (E_pos * mask).sum() / mask.sum()
-    E_neg = (E_neg * n_mask).sum() / n_mask.sum()
-    return E_neg - E_pos
-
-
-def official_infonce_loss(l, m):
-    N, units, n_locals = l.size()
-    _, _, n_multis = m.size()
-    l_p = l.permute(0, 2, 1)
-    m_p = m.permute(0, 2, 1)
-    l_n = l_p.reshape(-1, units)
-    m_n = m_p.reshape(-1, units)
-    u_p = torch.matmul(l_p, m).unsqueeze(2)
-    u_n = torch.mm(m_n, l_n.t())
-    u_n = u_n.reshape(N, n_multis, N, n_locals).permute(0, 2, 3, 1)
-    mask = torch.eye(N, dtype=l.dtype)[:, :, None, None]
-    n_mask = 1 - mask
-    u_n = (n_mask * u_n) - (10.0 * (1 - n_mask))
-    u_n = u_n.reshape(N, N * n_locals, n_multis).unsqueeze(dim=1).expand(-1, n_locals, -1, -1)
-    pred_lgt = torch.cat([u_p, u_n], dim=2)
-    pred_log = F.log_softmax(pred_lgt, dim=2)
-    return -pred_log[:, :, 0].mean()
-
-
-def official_donsker_varadhan_loss(l, m):
-    """The Jan-2019 version with its shapes made consistent (mask broadcast per location)."""
-    N, units, n_locals = l.size()
-    n_multis = m.size(2)
-    l = l.view(N, units, n_locals).permute(0, 2, 1).reshape(-1, units)
-    m = m.view(N, units, n_multis).permute(0, 2, 1).reshape(-1, units)
-    u = torch.mm(m, l.t()).reshape(N, n_multis, N, n_locals).permute(0, 2, 3, 1)[..., 0]
-    mask = torch.eye(N, dtype=l.dtype)
-    n_mask = 1 - mask
-    E_pos = (u.mean(2) * mask).sum() / mask.sum()
-    u = u - 100 * (1 - n_mask)[:, :, None]
-    u_max = torch.max(u)
-    E_neg = torch.log((n_mask[:, :, None] * torch.exp(u - u_max)).sum() + 1e-6) + u_max - math.log(n_mask.sum())
-    return E_neg - E_pos
-
-
 def naive_dot_product_mi(local_codes, global_codes, estimator, offset):
     batch, units = local_codes.shape[:2]
     l = local_codes.reshape(batch, units, -1)
@@ -216,15 +161,9 @@ def test_dot_product_with_more_globals_and_an_offset(estimator):
 def test_dot_product_official_mode_is_minus_the_official_loss(estimator):
     local = torch.randn(4, 6, 3, 3, dtype=torch.float64)
     global_codes = torch.randn(4, 6, dtype=torch.float64)
-    l, m = local.reshape(4, 6, 9), global_codes.unsqueeze(-1)
-    if estimator == "infonce":
-        official = official_infonce_loss(l, m)
-    elif estimator == "dv":
-        official = official_donsker_varadhan_loss(l, m)
-    else:
-        official = official_fenchel_dual_loss(l, m, estimator)
+    expected = official.dot_product_mi(local, global_codes, estimator)
     got = reference.dot_product_mi(local, global_codes, estimator, official=True)
-    assert got.item() == pytest.approx(-official.item(), rel=1e-6, abs=1e-6)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6, abs=1e-6)
     if estimator == "dv":  # the official normalisation is log L above the default's
         default = reference.dot_product_mi(local, global_codes, "dv")
         assert (default - got).item() == pytest.approx(math.log(9), rel=1e-12)

@@ -97,3 +97,65 @@ def test_bad_permutation_requests(kwargs, match):
 def test_bad_local_shuffle(feature_map, perm, error, match):
     with pytest.raises(error, match=match):
         dim_fused.local_shuffle(feature_map, perm=perm)
+
+
+LOCAL = torch.randn(3, 4, 5)
+GLOBAL = torch.randn(3, 4)
+
+
+@pytest.mark.parametrize(
+    ("local", "global_codes", "kwargs", "error", "match"),
+    [
+        (LOCAL, torch.randn(3, 5), {}, ValueError, r"global_codes must have E = 4 columns"),
+        (LOCAL, torch.randn(2, 4), {}, ValueError, r"global_codes must have at least B = 3 rows, got G = 2"),
+        (
+            LOCAL,
+            torch.randn(5, 4),
+            {"positive_offset": 3},
+            ValueError,
+            r"positive_offset must be in \[0, G - B\] = \[0, 2\]",
+        ),
+        (LOCAL, GLOBAL, {"positive_offset": -1}, ValueError, "positive_offset must be in"),
+        (LOCAL, torch.randn(5, 4), {"estimator": "dv"}, ValueError, "'dv' couples all pairs .* needs G == B"),
+        (LOCAL, torch.randn(5, 4), {"estimator": "infonce"}, ValueError, "'infonce' couples all pairs"),
+        (
+            torch.randn(1, 4, 5),
+            torch.randn(1, 4),
+            {},
+            ValueError,
+            r"local_codes.shape\[0\] \(the batch\) must be at least 2",
+        ),
+        (torch.randn(3, 4), GLOBAL, {}, ValueError, "local_codes must have 3 to 4 dimensions"),
+        (LOCAL, torch.randn(3, 4, 1), {}, ValueError, "global_codes must have 2 dimensions"),
+        (
+            LOCAL,
+            GLOBAL.double(),
+            {},
+            TypeError,
+            "global_codes has dtype torch.float64 but local_codes has torch.float32",
+        ),
+        (LOCAL.int(), GLOBAL, {}, TypeError, "local_codes must be float16"),
+        (LOCAL, GLOBAL, {"estimator": "nce"}, ValueError, "estimator must be one of"),
+        (torch.empty(3, 4, 0), GLOBAL, {}, ValueError, "local_codes must be non-empty"),
+    ],
+)
+def test_bad_dot_product_inputs(local, global_codes, kwargs, error, match):
+    for backend in dim_fused.available_backends("cpu"):
+        with pytest.raises(error, match=match):
+            dim_fused.dot_product_mi(local, global_codes, backend=backend, **kwargs)
+
+
+def test_dot_product_mixed_devices():
+    with pytest.raises(ValueError, match="global_codes is on cpu but local_codes is on meta"):
+        dim_fused.dot_product_mi(LOCAL.to("meta"), GLOBAL)
+
+
+@pytest.mark.parametrize(("backend", "device"), FUSED_CASES)
+def test_direct_dot_product_op_calls_are_checked(backend, device):
+    require(backend, device)
+    if backend == "triton":
+        pytest.skip("the Triton op is reached through the validated functional API only")
+    with pytest.raises(ValueError, match="dv and infonce need G == B"):
+        torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), torch.randn(4, 4, device=device), "dv", False, 0)
+    with pytest.raises(ValueError, match="positive_offset"):
+        torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), GLOBAL.to(device), "jsd", False, 1)

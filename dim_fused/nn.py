@@ -1,0 +1,65 @@
+"""Modules around the fused ops."""
+
+import torch
+from torch import nn
+
+from . import functional
+
+
+class MI1x1ConvNet(nn.Module):
+    """The official DIM code's 1x1-conv encoder for the encode-and-dot critic:
+    1x1 conv - BatchNorm - ReLU - 1x1 conv, plus a linear 1x1 shortcut initialised
+    near the identity, then LayerNorm over channels. (B, C, H, W) -> (B, units, H, W)."""
+
+    def __init__(self, in_channels: int, units: int) -> None:
+        super().__init__()
+        self.block_nonlinear = nn.Sequential(
+            nn.Conv2d(in_channels, units, kernel_size=1, bias=False),
+            nn.BatchNorm2d(units),
+            nn.ReLU(),
+            nn.Conv2d(units, units, kernel_size=1, bias=True),
+        )
+        self.layer_norm = nn.LayerNorm(units)
+        self.linear_shortcut = nn.Conv2d(in_channels, units, kernel_size=1, bias=False)
+        if units >= in_channels:
+            with torch.no_grad():
+                self.linear_shortcut.weight.uniform_(-0.01, 0.01)
+                eye = torch.eye(units, in_channels, dtype=torch.bool)[:, :, None, None]
+                self.linear_shortcut.weight.masked_fill_(eye, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.block_nonlinear(x) + self.linear_shortcut(x)
+        return self.layer_norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class EncodeAndDotCritic(nn.Module):
+    """DIM's encode-and-dot local critic (Figure 4 of the paper; the official code's
+    default): local codes phi(f) and global codes psi(y) from MI1x1ConvNets, every
+    (global, local) pair scored by a dot product, the estimate streamed by
+    ``dim_fused.dot_product_mi``."""
+
+    def __init__(self, local_channels: int, global_dim: int, units: int = 2048) -> None:
+        super().__init__()
+        self.local_net = MI1x1ConvNet(local_channels, units)
+        self.global_net = MI1x1ConvNet(global_dim, units)
+
+    def encode(self, feature_map: torch.Tensor, global_code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) or (B, C, L) map and (B, D) code -> (B, units, ...) and (B, units)."""
+        local_in = feature_map.unsqueeze(-1) if feature_map.dim() == 3 else feature_map
+        local_codes = self.local_net(local_in).reshape(feature_map.shape[0], -1, *feature_map.shape[2:])
+        global_codes = self.global_net(global_code[:, :, None, None]).flatten(1)
+        return local_codes, global_codes
+
+    def forward(
+        self,
+        feature_map: torch.Tensor,
+        global_code: torch.Tensor,
+        *,
+        estimator: str = "jsd",
+        official: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor:
+        local_codes, global_codes = self.encode(feature_map, global_code)
+        return functional.dot_product_mi(
+            local_codes, global_codes, estimator=estimator, official=official, backend=backend
+        )
