@@ -1,122 +1,266 @@
-"""Run the benchmark configs, check every fused result against the reference,
-time it side by side with its peers, and print a markdown table.
+"""Benchmark report: every fused op against its peers, side by side in one process.
 
-    python -m benchmarks.report [--quick] [--out DIR] [--dtype float32]
+Each fused result (value and gradients) is checked against the float64 reference
+before it is timed; a wrong kernel is reported, never timed. Each peer is then run
+once to warm up (and compile), once to measure its peak memory, and repeatedly to
+time it. A peer that runs out of memory is recorded as such.
+
+    python -m benchmarks.report [--quick] [--out DIR] [--dtype float32] [--device cuda]
+
+Writes to --out: table.md, results.json and results.csv (raw numbers with device,
+versions, date and command) and PNG plots (time and memory against batch size and
+feature-map size; a summary of speed-ups).
 """
 
 import argparse
+import csv
 import datetime
+import gc
 import json
 import platform
+import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 import dim_fused
-from dim_fused import reference
 
-from . import cases, configs
+from . import cases, configs, memory
+from .ceilings import measure_ceilings
+from .configs import Config
 from .timing import measure
 
-
-def check_against_reference(peer: str, pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> None:
-    """Refuse to time a kernel whose value or gradients disagree with the float64 oracle."""
-    exact = [x.detach().double().requires_grad_() for x in (pos, neg)]
-    oracle = reference.mi_bound(*exact, estimator)
-    oracle_grads = torch.autograd.grad(oracle, exact)
-    leaves = [x.detach().requires_grad_() for x in (pos, neg)]
-    out = cases.mi_bound_fn(peer)(*leaves, estimator)
-    grads = torch.autograd.grad(out, leaves)
-    tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}[pos.dtype]
-    for what, got, want in [("value", out, oracle), *zip(("d pos", "d neg"), grads, oracle_grads, strict=True)]:
-        scale = want.abs().max().item() + 1e-30
-        error = (got.double() - want).abs().max().item()
-        if not error <= tol * max(1.0, scale):
-            raise AssertionError(
-                f"{peer} {estimator}: {what} is off by {error:.3g} (tolerance {tol * max(1.0, scale):.3g})"
-            )
+NUMERIC = ("median_ms", "q1_ms", "q3_ms", "peak_bytes")
 
 
-def run(quick: bool, device: torch.device, dtype: torch.dtype) -> list[dict]:
-    config_list = configs.MI_BOUND_QUICK if quick else configs.MI_BOUND
-    jobs = [
-        (config, estimator, mode)
-        for config in config_list
-        for estimator in configs.MI_BOUND_ESTIMATORS
-        for mode in cases.MODES
-    ]
-    rows = []
-    for config, estimator, mode in tqdm(jobs, desc="mi_bound", unit="case", file=sys.stderr):
-        pos, neg = cases.mi_bound_inputs(config, device, dtype)
-        timings = {}
-        for peer in cases.PEERS:
-            row = {"op": "mi_bound", "config": config.name, "estimator": estimator, "mode": mode, "peer": peer}
-            reason = cases.unavailable(peer, device)
-            if reason is None and peer in cases.FUSED:
-                check_against_reference(peer, pos, neg, estimator)
-            if reason is not None:
-                rows.append({**row, "skipped": reason})
-                continue
-            timing = measure(cases.step(cases.mi_bound_fn(peer), (pos, neg), mode, estimator), device)
-            timings[peer] = timing.median_ms
-            nbytes = cases.mi_bound_bytes(config, pos.element_size(), mode)
-            rows.append({**row, **asdict(timing), "bytes": nbytes, "gb_per_s": nbytes / timing.median_ms / 1e6})
-        for row in rows[-len(cases.PEERS) :]:
-            if "median_ms" in row:
-                row["vs_reference"] = timings["reference"] / row["median_ms"]
-                row["vs_compiled"] = timings["compiled"] / row["median_ms"]
+def run_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict) -> dict:
+    """One row: status "ok" with numbers, or "skipped" / "wrong result" / "out of memory" with the reason."""
+    reason = cases.unavailable(peer, device)
+    if reason is not None:
+        return {"status": "skipped", "reason": reason}
+    try:
+        if peer in cases.FUSED:
+            key = (config.op, config.locations, config.units, config.num_negatives, peer, estimator)
+            if key not in checked:
+                checked[key] = None
+                try:
+                    cases.check(config, peer, device, dtype, estimator)
+                except cases.WrongResult as wrong:
+                    checked[key] = str(wrong)
+            if checked[key] is not None:
+                return {"status": "wrong result", "reason": checked[key]}
+        fn = cases.step(config.op, peer, inputs, estimator, mode)
+        fn()  # warm-up; compiles the torch.compile peer
+        peak = memory.peak_extra_bytes(fn, device)
+        timing = measure(fn, device)
+    except Exception as error:  # noqa: BLE001 - only out-of-memory is an outcome; the rest propagates
+        if not memory.is_out_of_memory(error):
+            raise
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"status": "out of memory", "reason": str(error).splitlines()[0][:200]}
+    return {"status": "ok", **vars(timing), "peak_bytes": peak}
+
+
+def run(config_list: list[Config], device: torch.device, dtype: torch.dtype, ceilings: dict, progress: bool = True):
+    jobs = [(c, e, m) for c in config_list for e in c.estimators for m in cases.MODES]
+    rows, checked = [], {}
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    for config, estimator, mode in tqdm(jobs, desc="benchmarks", unit="case", file=sys.stderr, disable=not progress):
+        inputs = cases.make_inputs(config, device, dtype)
+        group = []
+        for peer in cases.PEERS[config.op]:
+            row = {
+                "op": config.op,
+                "config": config.name,
+                "series": config.series,
+                "batch": config.batch,
+                "locations": config.locations,
+                "units": config.units,
+                "num_negatives": config.num_negatives,
+                "estimator": estimator,
+                "mode": mode,
+                "peer": peer,
+                "flop": cases.flops(config, mode),
+                "bytes": cases.bytes_moved(config, itemsize, mode),
+                **run_peer(config, peer, estimator, mode, inputs, device, dtype, checked),
+            }
+            group.append(row)
+        del inputs
+        _derive(group, ceilings)
+        rows += group
     return rows
+
+
+def _derive(group: list[dict], ceilings: dict) -> None:
+    """Ratios against the reference and the compiled reference of the same case, and throughputs."""
+    by_peer = {r["peer"]: r for r in group if r["status"] == "ok"}
+    gemm_ceiling = ceilings.get("gemm_bf16_tflop_per_s") or ceilings.get("gemm_fp32_tflop_per_s")
+    for row in by_peer.values():
+        seconds = row["median_ms"] / 1e3
+        row["tflop_per_s"] = row["flop"] / seconds / 1e12 if row["flop"] else None
+        row["gb_per_s"] = row["bytes"] / seconds / 1e9
+        row["gemm_fraction"] = row["tflop_per_s"] / gemm_ceiling if row["tflop_per_s"] and gemm_ceiling else None
+        row["copy_fraction"] = row["gb_per_s"] / ceilings["copy_gb_per_s"]
+        for peer in ("reference", "compiled"):
+            if peer in by_peer:
+                row[f"speedup_vs_{peer}"] = by_peer[peer]["median_ms"] / row["median_ms"]
+                if by_peer[peer]["peak_bytes"] >= 2**20:  # below a MiB the ratio is page-size noise
+                    row[f"memory_vs_{peer}"] = row["peak_bytes"] / by_peer[peer]["peak_bytes"]
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None else format(value, spec)
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| op | config | estimator | mode | peer | median ms | IQR ms | x vs reference | x vs compiled | GB/s |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| op | config | estimator | mode | peer | median ms | IQR ms | x vs reference | x vs compiled "
+        "| peak MB | memory / reference | TFLOP/s | GB/s | of GEMM ceiling | of copy ceiling |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         head = f"| {r['op']} | {r['config']} | {r['estimator']} | {r['mode']} | {r['peer']} |"
-        if "skipped" in r:
-            lines.append(f"{head} skipped: {r['skipped'][:60]} | | | | |")
-        else:
-            lines.append(
-                f"{head} {r['median_ms']:.4f} | {r['q3_ms'] - r['q1_ms']:.4f} | {r['vs_reference']:.2f} | "
-                f"{r['vs_compiled']:.2f} | {r['gb_per_s']:.2f} |"
-            )
+        if r["status"] != "ok":
+            lines.append(f"{head} {r['status']}: {r['reason'][:70]} |" + " |" * 9)
+            continue
+        lines.append(
+            f"{head} {r['median_ms']:.3f} | {r['q3_ms'] - r['q1_ms']:.3f}"
+            f" | {_fmt(r.get('speedup_vs_reference'), '.2f')}"
+            f" | {_fmt(r.get('speedup_vs_compiled'), '.2f')} | {r['peak_bytes'] / 2**20:.1f}"
+            f" | {_fmt(r.get('memory_vs_reference'), '.3f')} | {_fmt(r['tflop_per_s'], '.3f')} | {r['gb_per_s']:.1f}"
+            f" | {_fmt(r['gemm_fraction'], '.0%')} | {r['copy_fraction']:.0%} |"
+        )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--quick", action="store_true", help="the small configs only (a CPU run takes well under 2 minutes)"
-    )
-    parser.add_argument("--out", type=Path, default=None, help="folder for table.md and results.json")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
-    args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    rows = run(args.quick, device, dtype)
-    table = markdown(rows)
-    meta = {
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    """Time and memory against the sweep axis, one line per peer, out-of-memory points
+    marked; and a bar chart of forward+backward speed-ups over the reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    sweeps = {(r["op"], r["series"], r["estimator"]) for r in rows if r["series"] and r["mode"] == "forward+backward"}
+    for op, series, estimator in sorted(sweeps):
+        key = (op, series, estimator, "forward+backward")
+        chosen = [r for r in rows if (r["op"], r["series"], r["estimator"], r["mode"]) == key]
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for peer in dict.fromkeys(r["peer"] for r in chosen):
+            mine = [r for r in chosen if r["peer"] == peer]
+            ok = [r for r in mine if r["status"] == "ok"]
+            oom = [r for r in mine if r["status"] == "out of memory"]
+            if not ok and not oom:
+                continue
+            for axis, key, scale in ((axes[0], "median_ms", 1.0), (axes[1], "peak_bytes", 2**-20)):
+                (line,) = axis.plot([r[series] for r in ok], [r[key] * scale for r in ok], marker="o", label=peer)
+                if oom:
+                    top = max([r[key] * scale for r in ok] or [1.0])
+                    axis.scatter([r[series] for r in oom], [top] * len(oom), marker="x", s=80, color=line.get_color())
+        for axis, label in ((axes[0], "forward+backward time (ms)"), (axes[1], "peak extra memory (MB)")):
+            axis.set_xscale("log", base=2)
+            if all(y > 0 for line in axis.get_lines() for y in line.get_ydata()):
+                axis.set_yscale("log")
+            axis.set_xlabel(series)
+            axis.set_ylabel(label)
+            axis.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{op}, {estimator}: x = out of memory")
+        fig.tight_layout()
+        path = out / f"{op}-{series}-{estimator}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+
+    bars = [
+        r
+        for r in rows
+        if r["mode"] == "forward+backward" and r.get("speedup_vs_reference") and r["peer"] != "reference"
+    ]
+    if bars:
+        fig, axis = plt.subplots(figsize=(max(6, 0.35 * len(bars)), 4))
+        axis.bar(range(len(bars)), [r["speedup_vs_reference"] for r in bars])
+        labels = [f"{r['config']}/{r['estimator']}/{r['peer']}" for r in bars]
+        axis.set_xticks(range(len(bars)), labels, rotation=90, fontsize=7)
+        axis.axhline(1.0, color="gray", linewidth=0.8)
+        axis.set_ylabel("forward+backward speed-up over reference")
+        fig.tight_layout()
+        path = out / "speedup.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: dict) -> dict:
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.report " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command,
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
         "dim_fused": dim_fused.__version__,
-        "dtype": args.dtype,
+        "dtype": str(dtype).removeprefix("torch."),
+        "ceilings": ceilings,
     }
-    print(f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {args.dtype}, {meta['date']}")
-    print(table)
+
+
+def write(rows: list[dict], meta: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    ceilings = ", ".join(f"{k} = {v:.1f}" for k, v in meta["ceilings"].items())
+    header = f"{meta['date']}, {meta['device']}, torch {meta['torch']}, {meta['dtype']}; measured ceilings: {ceilings}"
+    (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{markdown(rows)}\n")
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return [out / "table.md", out / "results.json", out / "results.csv", *plots(rows, out)]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help="the DIM CIFAR-10 settings only (a CPU run takes under 2 minutes)"
+    )
+    size.add_argument("--tiny", action="store_true", help="toy sizes, seconds end to end (what the tests run)")
+    parser.add_argument("--ops", nargs="+", choices=sorted(cases.PEERS), help="only these ops")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the table, raw numbers and plots")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    parser.add_argument(
+        "--cpu-memory-gb", type=float, default=12.0, help="on the CPU, allocations beyond this count as out of memory"
+    )
+    args = parser.parse_args(argv)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if device.type == "cpu":
+        memory.prepare_cpu_accounting()
+        memory.limit_cpu_memory(args.cpu_memory_gb)
+    config_list = configs.TINY if args.tiny else configs.QUICK if args.quick else configs.FULL
+    if args.ops:
+        config_list = [c for c in config_list if c.op in args.ops]
+    command = "python -m benchmarks.report " + shlex.join(argv if argv is not None else sys.argv[1:])
+    ceilings = measure_ceilings(device)
+    rows = run(config_list, device, dtype, ceilings)
+    meta = metadata(device, dtype, command, ceilings)
+    print(f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}")
+    print(", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
+    print(markdown(rows))
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{table}\n")
-        (args.out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        for path in write(rows, meta, args.out):
+            print(f"wrote {path}")
+    return rows
 
 
 if __name__ == "__main__":
