@@ -3,6 +3,7 @@
 // kernels and autograd formulas are registered from dim_fused/_ops.py.
 #include "dim_fused.h"
 
+#include <ATen/ATen.h>
 #include <Python.h>
 #include <torch/library.h>
 
@@ -76,6 +77,70 @@ int64_t DotProductProblem::tile_images() const {
   return std::clamp<int64_t>(tile_scores / (globals * locations), 1, batch);
 }
 
+ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
+                                           const at::Tensor& global_code,
+                                           at::TensorList weights,
+                                           at::TensorList biases,
+                                           const at::Tensor& perm, c10::string_view estimator,
+                                           bool detach_negatives) {
+  const Estimator e = parse_estimator(estimator);
+  const char* op = "dim_fused.concat_conv_mi: ";
+  TORCH_CHECK_VALUE(feature_map.dim() >= 3 && global_code.dim() == 2 &&
+                        global_code.size(0) == feature_map.size(0) && feature_map.size(0) >= 2,
+                    op, "need feature_map (B >= 2, C, ...) and global_code (B, D), got ",
+                    feature_map.sizes(), " and ", global_code.sizes());
+  const int64_t batch = feature_map.size(0), channels = feature_map.size(1);
+  TORCH_CHECK_VALUE(weights.size() >= 2 && biases.size() == weights.size(), op,
+                    "need at least two layers and one bias entry per layer");
+  int64_t width = channels + global_code.size(1);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == width, op, "weights[", i, "] must be (out, ",
+                      width, "), got ", w.sizes());
+    const at::Tensor& b = biases[i];  // empty: no bias
+    TORCH_CHECK_VALUE(b.numel() == 0 || (b.dim() == 1 && b.size(0) == w.size(0)), op, "biases[",
+                      i, "] must be (", w.size(0), ") or empty");
+    TORCH_CHECK_VALUE(w.scalar_type() == feature_map.scalar_type() && w.device() == feature_map.device(),
+                      op, "weights must match feature_map's dtype and device");
+    width = w.size(0);
+  }
+  TORCH_CHECK_VALUE(width == 1, op, "the last layer must have one output");
+  const at::Tensor flat = feature_map.reshape({batch, channels, -1});
+  const int64_t locations = flat.size(2);
+  TORCH_CHECK_VALUE(perm.dim() == 3 && perm.size(1) == locations && perm.size(2) == batch &&
+                        perm.scalar_type() == at::kLong && perm.device() == feature_map.device(),
+                    op, "perm must be an int64 (K, L, B) tensor on the feature map's device");
+  const int64_t k = perm.size(0);
+  // Row b * L + l of negative k reads local row perm[k, l, b] * L + l.
+  const at::Tensor rows = at::arange(batch * locations, perm.options());
+  const at::Tensor negatives =
+      (perm.transpose(1, 2) * locations + at::arange(locations, perm.options())).reshape({k, -1});
+  std::vector<at::Tensor> weight_list(weights.begin(), weights.end());
+  std::vector<std::optional<at::Tensor>> bias_list;
+  for (const auto& b : biases) bias_list.push_back(b.numel() > 0 ? std::optional(b) : std::nullopt);
+  return {flat.transpose(1, 2).reshape({batch * locations, channels}).contiguous(),
+          global_code.contiguous(),
+          std::move(weight_list),
+          std::move(bias_list),
+          at::cat({rows.unsqueeze(0), negatives}, 0),
+          batch,
+          locations,
+          channels,
+          k,
+          e,
+          estimator,
+          detach_negatives};
+}
+
+int64_t ConcatConvProblem::chunk_images() const {
+  // DIM_FUSED_CHUNK_VALUES shrinks the chunks (tests use it to cross chunk edges).
+  const char* env = std::getenv("DIM_FUSED_CHUNK_VALUES");
+  const int64_t values = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t(1) << 20;
+  int64_t widest = 1;
+  for (const auto& w : weights) widest = std::max(widest, w.size(0));
+  return std::clamp<int64_t>(values / (widest * locations), 1, batch);
+}
+
 TORCH_LIBRARY(dim_fused, m) {
   m.def("mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator) -> Tensor");
   m.def(
@@ -87,6 +152,13 @@ TORCH_LIBRARY(dim_fused, m) {
   m.def(
       "dot_product_mi_backward(Tensor grad, Tensor local_codes, Tensor global_codes, Tensor stats,"
       " str estimator, bool official, int positive_offset) -> (Tensor, Tensor)");
+  m.def(
+      "concat_conv_mi(Tensor feature_map, Tensor global_code, Tensor[] weights, Tensor[] biases,"
+      " Tensor perm, str estimator, bool detach_negatives) -> (Tensor, Tensor)");
+  m.def(
+      "concat_conv_mi_backward(Tensor grad, Tensor feature_map, Tensor global_code, Tensor[] weights,"
+      " Tensor[] biases, Tensor perm, Tensor scores, str estimator, bool detach_negatives)"
+      " -> (Tensor, Tensor, Tensor[], Tensor[])");
 }
 
 }  // namespace dim_fused

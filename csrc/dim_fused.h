@@ -4,7 +4,12 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
+#include <optional>
 #include <string>
+#include <tuple>
+#include <vector>
+
+#include <ATen/core/List.h>
 
 #include "estimators.h"
 
@@ -74,5 +79,48 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
                                                            const DotProductEpilogue& epilogue);
+
+// --- concat_conv_mi: the concat-and-conv critic, rows streamed in chunks -----
+
+// Row r = b * L + l of pair set k' (k' = 0: positives, k' = k + 1: negative k)
+// scores local vector sources[k'][r] (a row of `local_rows`) against global b.
+struct ConcatConvProblem {
+  at::Tensor local_rows;   // (B * L, C): row b * L + l is feature_map[b, :, l]
+  at::Tensor global_code;  // (B, D)
+  std::vector<at::Tensor> weights;                // 2-D (out, in), weights[0] in = C + D
+  std::vector<std::optional<at::Tensor>> biases;  // (out,) or none (an empty tensor in the op)
+  at::Tensor sources;                             // (1 + K, B * L) int64
+  int64_t batch, locations, channels, num_negatives;
+  Estimator estimator;
+  c10::string_view estimator_name;
+  bool detach_negatives;
+
+  // Images per chunk of rows: a chunk's widest activation holds ~1 M values.
+  int64_t chunk_images() const;
+};
+ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
+                                           const at::Tensor& global_code,
+                                           at::TensorList weights,
+                                           at::TensorList biases,
+                                           const at::Tensor& perm, c10::string_view estimator,
+                                           bool detach_negatives);
+
+// What a backend supplies around the ATen GEMMs.
+struct ConcatConvKernels {
+  // out[r] = relu(P[src[r]] + Q[(first_row + r) / L]): the first hidden layer of
+  // a chunk of rows, the tiled concat never formed. out is (rows, H1).
+  void (*first_layer)(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
+                      int64_t first_row, int64_t locations, at::Tensor& out);
+  // dP[src[r]] += dZ[r]; src holds no index twice, so no atomics are needed.
+  void (*scatter_rows)(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src);
+};
+
+// (estimate, scores (1 + K, B, L)); the scores are what the backward needs.
+std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProblem& p,
+                                                          const ConcatConvKernels& kernels);
+// (d feature_map (B, C, L), d global_code, d weights, d biases (empty where none)).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
+                        const at::Tensor& scores, const ConcatConvKernels& kernels);
 
 }  // namespace dim_fused

@@ -8,13 +8,14 @@ the tensors' device).
 from . import distributed, nn, official, reference
 from ._dispatch import BACKENDS, available_backends
 from .estimators import ESTIMATORS, F_MEASURES
-from .functional import dot_product_mi, local_shuffle, location_permutation, mi_bound
+from .functional import concat_conv_mi, dot_product_mi, local_shuffle, location_permutation, mi_bound
 
 __all__ = [
     "BACKENDS",
     "ESTIMATORS",
     "F_MEASURES",
     "available_backends",
+    "concat_conv_mi",
     "dot_product_mi",
     "local_shuffle",
     "location_permutation",

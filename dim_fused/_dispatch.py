@@ -20,6 +20,14 @@ _KERNELS: dict[str, dict[str, Callable]] = {
         "cuda": lambda *args: torch.ops.dim_fused.mi_bound(*args),
         "triton": lambda *args: torch.ops.dim_fused.mi_bound_triton(*args),
     },
+    "concat_conv_mi": {
+        "reference": lambda fmap, code, weights, biases, perm, estimator, detach: reference.concat_conv_mi(
+            fmap, code, weights, [b if b.numel() else None for b in biases], perm, estimator, detach
+        ),
+        "cpu": lambda *args: torch.ops.dim_fused.concat_conv_mi(*args)[0],
+        "cuda": lambda *args: torch.ops.dim_fused.concat_conv_mi(*args)[0],
+        "triton": lambda *args: torch.ops.dim_fused.concat_conv_mi_triton(*args)[0],
+    },
     "dot_product_mi": {
         "reference": reference.dot_product_mi,
         "cpu": lambda *args: torch.ops.dim_fused.dot_product_mi(*args)[0],

@@ -24,6 +24,7 @@ except ImportError as error:
 
 TRITON_IMPORT_ERROR: str | None = None
 try:
+    from .triton import concat_conv_mi as triton_concat_conv_mi
     from .triton import dot_product_mi as triton_dot_product_mi
     from .triton import mi_bound as triton_mi_bound
 except ImportError as error:  # triton missing or unusable on this platform
@@ -151,3 +152,86 @@ if TRITON_IMPORT_ERROR is None:
 
     dot_product_mi_triton_backward.register_fake(_dot_product_mi_backward_fake)
     _register_dot_product_mi("dim_fused::dot_product_mi_triton", dot_product_mi_triton_backward)
+
+
+# --- concat_conv_mi -----------------------------------------------------------
+
+
+def _concat_conv_mi_fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives):
+    scores = feature_map.new_empty((perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel()))
+    return feature_map.new_empty(()), scores
+
+
+def _concat_conv_mi_backward_fake(
+    grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
+):
+    return (
+        feature_map.new_empty(feature_map.shape),
+        global_code.new_empty(global_code.shape),
+        [w.new_empty(w.shape) for w in weights],
+        [b.new_empty(b.shape) for b in biases],
+    )
+
+
+def _register_concat_conv_mi(op: str, backward_op) -> None:
+    def setup_context(ctx, inputs, output):
+        feature_map, global_code, weights, biases, perm, estimator, detach_negatives = inputs
+        present = [b is not None for b in biases]
+        ctx.save_for_backward(
+            feature_map, global_code, perm, output[1], *weights, *[b for b in biases if b is not None]
+        )
+        ctx.layout = (len(weights), present, estimator, detach_negatives)
+
+    def backward(ctx, grad, _grad_scores):
+        num_layers, present, estimator, detach_negatives = ctx.layout
+        feature_map, global_code, perm, scores, *params = ctx.saved_tensors
+        weights, stored = params[:num_layers], iter(params[num_layers:])
+        biases = [next(stored) if has else None for has in present]
+        d_map, d_code, d_weights, d_biases = backward_op(
+            grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
+        )
+        d_biases = [d if has else None for d, has in zip(d_biases, present, strict=True)]
+        return d_map, d_code, list(d_weights), d_biases, None, None, None
+
+    torch.library.register_fake(op)(_concat_conv_mi_fake)
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
+if C_IMPORT_ERROR is None:
+    torch.library.register_fake("dim_fused::concat_conv_mi_backward")(_concat_conv_mi_backward_fake)
+    _register_concat_conv_mi("dim_fused::concat_conv_mi", torch.ops.dim_fused.concat_conv_mi_backward)
+
+if TRITON_IMPORT_ERROR is None:
+
+    @torch.library.custom_op("dim_fused::concat_conv_mi_triton_backward", mutates_args=())
+    def concat_conv_mi_triton_backward(
+        grad: torch.Tensor,
+        feature_map: torch.Tensor,
+        global_code: torch.Tensor,
+        weights: list[torch.Tensor],
+        biases: list[torch.Tensor],
+        perm: torch.Tensor,
+        scores: torch.Tensor,
+        estimator: str,
+        detach_negatives: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        return triton_concat_conv_mi.backward(
+            grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
+        )
+
+    @torch.library.custom_op("dim_fused::concat_conv_mi_triton", mutates_args=())
+    def concat_conv_mi_triton(
+        feature_map: torch.Tensor,
+        global_code: torch.Tensor,
+        weights: list[torch.Tensor],
+        biases: list[torch.Tensor],
+        perm: torch.Tensor,
+        estimator: str,
+        detach_negatives: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return triton_concat_conv_mi.forward(
+            feature_map, global_code, weights, biases, perm, estimator, detach_negatives
+        )
+
+    concat_conv_mi_triton_backward.register_fake(_concat_conv_mi_backward_fake)
+    _register_concat_conv_mi("dim_fused::concat_conv_mi_triton", concat_conv_mi_triton_backward)

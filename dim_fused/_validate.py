@@ -61,11 +61,11 @@ def permutation(
         raise TypeError(f"perm must be a torch.Tensor, got {type(perm).__name__}")
     if perm.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"perm must be an int32 or int64 tensor, got {perm.dtype}")
-    k = perm.shape[0] if perm.dim() == 3 else num_negatives
+    k = num_negatives if num_negatives is not None else (perm.shape[0] if perm.dim() == 3 else None)
     if (
         perm.dim() != 3
         or perm.shape[1:] != (locations, batch_size)
-        or (num_negatives is not None and k != num_negatives)
+        or (num_negatives is not None and perm.shape[0] != num_negatives)
     ):
         raise ValueError(
             f"perm must have shape (num_negatives, locations, batch) = ({k or 'K'}, {locations}, {batch_size}), "
@@ -73,6 +73,8 @@ def permutation(
         )
     if perm.device != device:
         raise ValueError(f"perm is on {perm.device} but the feature map is on {device}")
+    if torch.compiler.is_compiling():
+        return perm  # the content check reads the data: eager mode only
     expected = torch.arange(batch_size, device=perm.device, dtype=perm.dtype)
     if not torch.equal(perm.sort(dim=-1).values, expected.expand_as(perm)):
         raise ValueError("perm[k, l] must be a permutation of range(batch) for every k and l")
@@ -103,3 +105,35 @@ def dot_product(local_codes: torch.Tensor, global_codes: torch.Tensor, estimator
             f"estimator {estimator!r} couples all pairs through its normaliser and needs G == B; got G = "
             f"{num_globals}, B = {batch} (use an f-measure such as 'jsd' with globals gathered from other ranks)"
         )
+
+
+def critic_layers(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], in_features: int, like: torch.Tensor
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """1x1-conv layers as (out, in) matrices: weights[0] reads in_features = C + D,
+    each layer reads the previous one's outputs, the last has one output."""
+    if not isinstance(weights, (list, tuple)) or len(weights) < 2:
+        raise ValueError("weights must be a list of at least two layers (one hidden layer and the score layer)")
+    if not isinstance(biases, (list, tuple)) or len(biases) != len(weights):
+        raise ValueError(f"biases must be a list with one entry (a tensor or None) per layer, {len(weights)} here")
+    matrices, width = [], in_features
+    for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+        tensor(weight, f"weights[{i}]", min_dim=2, max_dim=4)
+        if weight.dim() > 2 and any(size != 1 for size in weight.shape[2:]):
+            raise ValueError(
+                f"weights[{i}] must be (out, in) or a 1x1 conv's (out, in, 1, 1), got {tuple(weight.shape)}"
+            )
+        if weight.shape[1] != width:
+            what = "C + D (local channels, then global code)" if i == 0 else f"weights[{i - 1}]'s outputs"
+            raise ValueError(f"weights[{i}] must read {width} inputs = {what}, got shape {tuple(weight.shape)}")
+        same_dtype_and_device([("feature_map", like), (f"weights[{i}]", weight)])
+        if bias is not None:
+            tensor(bias, f"biases[{i}]", min_dim=1, max_dim=1)
+            same_dtype_and_device([("feature_map", like), (f"biases[{i}]", bias)])
+            if bias.shape[0] != weight.shape[0]:
+                raise ValueError(f"biases[{i}] must have {weight.shape[0]} entries, got {tuple(bias.shape)}")
+        matrices.append(weight.reshape(weight.shape[0], weight.shape[1]))
+        width = weight.shape[0]
+    if width != 1:
+        raise ValueError(f"the last layer must have one output (the score), got {width}")
+    return matrices, list(biases)

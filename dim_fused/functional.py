@@ -1,8 +1,11 @@
 """The public ops: validate, then dispatch to the chosen backend."""
 
+from collections.abc import Sequence
+
 import torch
 
 from . import _dispatch, _validate, reference
+from .estimators import check_estimator
 
 
 def mi_bound(
@@ -115,3 +118,60 @@ def dot_product_mi(
     _validate.dot_product(local_codes, global_codes, estimator, positive_offset)
     kernel = _dispatch.kernel("dot_product_mi", backend, local_codes.device)
     return kernel(local_codes, global_codes, estimator, official, positive_offset)
+
+
+def concat_conv_mi(
+    feature_map: torch.Tensor,
+    global_code: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    biases: Sequence[torch.Tensor | None],
+    *,
+    estimator: str = "jsd",
+    num_negatives: int | None = None,
+    perm: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    derangement: bool = False,
+    detach_negatives: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Local MI of the concat-and-conv critic (the seed's Figure 3), fused.
+
+    The critic scores a local vector against a global code with 1x1 convs over their
+    concatenation: ``weights[i]`` is (out, in) or (out, in, 1, 1), ``weights[0]`` reads
+    C + D inputs (local channels first), the last layer has one output; ReLU between
+    layers, none on the score; ``biases[i]`` is (out,) or None. Positive (b, l):
+    critic(f[b, :, l], y[b]); negative k of (b, l): critic(f[perm[k, l, b], :, l], y[b]).
+    Returns ``mi_bound(pos (B, L), neg (K, B, L), estimator)``.
+
+    ``perm`` (K, L, B) comes from ``location_permutation``; without it one is drawn
+    from ``generator`` with ``num_negatives`` (default 1) and ``derangement``, and the
+    same generator state given to ``location_permutation`` on the same device yields
+    it. ``detach_negatives`` stops gradients into ``feature_map`` through negative
+    pairs (the seed's stop_gradient) while the critic and ``global_code`` still learn
+    from them. No concatenated, tiled or shuffled tensor is formed.
+    """
+    _validate.tensor(feature_map, "feature_map", min_dim=3, max_dim=4)
+    _validate.tensor(global_code, "global_code", min_dim=2, max_dim=2)
+    _validate.same_dtype_and_device([("feature_map", feature_map), ("global_code", global_code)])
+    check_estimator(estimator)
+    batch, channels = feature_map.shape[:2]
+    _validate.batch_size(batch, "feature_map.shape[0] (the batch)")
+    if global_code.shape[0] != batch:
+        raise ValueError(f"global_code must have B = {batch} rows like feature_map, got {tuple(global_code.shape)}")
+    locations = feature_map[0, 0].numel()
+    matrices, biases = _validate.critic_layers(weights, biases, channels + global_code.shape[1], feature_map)
+    if perm is None:
+        perm = location_permutation(
+            batch,
+            locations,
+            num_negatives=1 if num_negatives is None else num_negatives,
+            derangement=derangement,
+            generator=generator,
+            device=feature_map.device,
+        )
+    else:
+        perm = _validate.permutation(perm, num_negatives, locations, batch, feature_map.device).long()
+    no_bias = feature_map.new_empty(0)  # the ops' marker for a layer without bias
+    biases = [no_bias if b is None else b for b in biases]
+    kernel = _dispatch.kernel("concat_conv_mi", backend, feature_map.device)
+    return kernel(feature_map, global_code, matrices, biases, perm, estimator, detach_negatives)

@@ -1,5 +1,7 @@
 """Modules around the fused ops."""
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -62,4 +64,55 @@ class EncodeAndDotCritic(nn.Module):
         local_codes, global_codes = self.encode(feature_map, global_code)
         return functional.dot_product_mi(
             local_codes, global_codes, estimator=estimator, official=official, backend=backend
+        )
+
+
+class ConcatConvDiscriminator(nn.Sequential):
+    """DIM's concat-and-conv local critic (Figure 3 of the paper, the seed's
+    ``_local_discriminator``): 1x1 convs C + D -> hidden... -> 1 with ReLU between,
+    scored by the fused ``dim_fused.concat_conv_mi``.
+
+    It *is* the ``nn.Sequential`` of ``nn.Conv2d(kernel_size=1)`` and ``nn.ReLU``
+    layers, so its state_dict loads from and saves to that layout unchanged.
+    """
+
+    def __init__(self, local_channels: int, global_dim: int, hidden: Sequence[int] = (512, 512)) -> None:
+        sizes = [local_channels + global_dim, *hidden, 1]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
+            layers.append(nn.Conv2d(fan_in, fan_out, kernel_size=1))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
+
+    @property
+    def convs(self) -> list[nn.Conv2d]:
+        return [m for m in self if isinstance(m, nn.Conv2d)]
+
+    def forward(
+        self,
+        feature_map: torch.Tensor,
+        global_code: torch.Tensor,
+        *,
+        estimator: str = "jsd",
+        num_negatives: int = 1,
+        perm: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        derangement: bool = False,
+        detach_negatives: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor:
+        convs = self.convs
+        return functional.concat_conv_mi(
+            feature_map,
+            global_code,
+            [c.weight for c in convs],
+            [c.bias for c in convs],
+            estimator=estimator,
+            num_negatives=None if perm is not None else num_negatives,
+            perm=perm,
+            generator=generator,
+            derangement=derangement,
+            detach_negatives=detach_negatives,
+            backend=backend,
         )

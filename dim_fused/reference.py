@@ -87,13 +87,8 @@ def dot_product_mi(
     official: bool = False,
     positive_offset: int = 0,
 ) -> torch.Tensor:
-    """Local MI of the encode-and-dot critic over every (global, local image) pair.
-
-    Local image j's positive global is row positive_offset + j; all other pairs are
-    negatives. official=True reproduces the official code's InfoNCE (self entries kept
-    in the denominator at -10, no log term) and its Jan-2019 DV (normalised by
-    log(B(B-1)), i.e. log L below the default, without its 1e-6 epsilon).
-    """
+    """Local MI of the encode-and-dot critic (see dim_fused.dot_product_mi), from the
+    full G x B x L score tensor; official DV without the official 1e-6 epsilon."""
     u = dot_product_scores(local_codes, global_codes)
     num_globals, batch, locations = u.shape
     images = torch.arange(batch, device=u.device)

@@ -34,3 +34,17 @@ def poison_cuda_cache(nbytes: int = 1 << 26) -> None:
     kernel forgets to write reads back as NaN instead of a plausible stale value."""
     if torch.cuda.is_available():
         torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))
+
+
+def assert_matches_oracle(fused, reference_fn, inputs, *, dtype, device, names, what) -> None:
+    """Value and gradients of `fused` (at dtype, on device) against `reference_fn` in
+    float64 on the CPU, within the tolerance rule; outputs written over poison."""
+    oracle, oracle_grads = value_and_grads(reference_fn, *inputs, dtype=torch.float64, device="cpu")
+    same, same_grads = value_and_grads(reference_fn, *inputs, dtype=dtype, device=device)
+    poison_cuda_cache()
+    out, grads = value_and_grads(fused, *inputs, dtype=dtype, device=device)
+    assert out.dtype == dtype and out.shape == ()
+    assert_within_reference_error(out.cpu(), same.cpu(), oracle, 2.0, f"{what} value")
+    for name, g, sg, og in zip(names, grads, same_grads, oracle_grads, strict=True):
+        assert g.shape == og.shape
+        assert_within_reference_error(g.cpu(), sg.cpu(), og, 3.0, f"{what} d{name}")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import assert_within_reference_error, poison_cuda_cache, value_and_grads
+from helpers import assert_matches_oracle, value_and_grads
 
 import dim_fused
 from dim_fused import ESTIMATORS, F_MEASURES, reference
@@ -46,15 +46,9 @@ def check(backend, device, dtype, estimator, local, global_codes, offset=0, offi
     def ref(loc, glo):
         return reference.dot_product_mi(loc, glo, estimator, official, offset)
 
-    oracle, oracle_grads = value_and_grads(ref, local, global_codes, dtype=torch.float64, device="cpu")
-    same, same_grads = value_and_grads(ref, local, global_codes, dtype=dtype, device=device)
-    poison_cuda_cache()
-    out, grads = value_and_grads(fused, local, global_codes, dtype=dtype, device=device)
-    assert out.dtype == dtype and out.shape == ()
-    assert_within_reference_error(out.cpu(), same.cpu(), oracle, 2.0, f"{estimator} value")
-    for name, g, sg, og in zip(("local", "global"), grads, same_grads, oracle_grads, strict=True):
-        assert g.shape == og.shape
-        assert_within_reference_error(g.cpu(), sg.cpu(), og, 3.0, f"{estimator} d{name}")
+    assert_matches_oracle(
+        fused, ref, (local, global_codes), dtype=dtype, device=device, names=("local", "global"), what=estimator
+    )
 
 
 @pytest.mark.parametrize(("shape", "estimator"), list(cases(ESTIMATORS)))

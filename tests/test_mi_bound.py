@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_within_reference_error, poison_cuda_cache, value_and_grads
+from helpers import assert_matches_oracle, value_and_grads
 
 import dim_fused
 from dim_fused import ESTIMATORS, reference
@@ -40,15 +40,9 @@ def check_against_oracle(backend, device, dtype, estimator, pos, neg):
     def ref_fn(p, n):
         return reference.mi_bound(p, n, estimator)
 
-    oracle, oracle_grads = value_and_grads(ref_fn, pos, neg, dtype=torch.float64, device="cpu")
-    ref, ref_grads = value_and_grads(ref_fn, pos, neg, dtype=dtype, device=device)
-    poison_cuda_cache()
-    out, grads = value_and_grads(fused_fn, pos, neg, dtype=dtype, device=device)
-    assert out.dtype == dtype and out.shape == ()
-    assert_within_reference_error(out.cpu(), ref.cpu(), oracle, 2.0, f"{estimator} value")
-    for name, g, rg, og in zip(("pos", "neg"), grads, ref_grads, oracle_grads, strict=True):
-        assert g.shape == og.shape
-        assert_within_reference_error(g.cpu(), rg.cpu(), og, 3.0, f"{estimator} d{name}")
+    assert_matches_oracle(
+        fused_fn, ref_fn, (pos, neg), dtype=dtype, device=device, names=("pos", "neg"), what=estimator
+    )
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

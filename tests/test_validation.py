@@ -159,3 +159,49 @@ def test_direct_dot_product_op_calls_are_checked(backend, device):
         torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), torch.randn(4, 4, device=device), "dv", False, 0)
     with pytest.raises(ValueError, match="positive_offset"):
         torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), GLOBAL.to(device), "jsd", False, 1)
+
+
+def _critic(channels=3, dim=2, hidden=(5,), last=1):
+    sizes = [channels + dim, *hidden, last]
+    weights = [torch.randn(o, i, 1, 1) for i, o in zip(sizes, sizes[1:], strict=False)]
+    return weights, [torch.randn(w.shape[0]) for w in weights]
+
+
+FMAP, CODE = torch.randn(3, 3, 2, 2), torch.randn(3, 2)
+
+
+@pytest.mark.parametrize(
+    ("fmap", "code", "layers", "kwargs", "error", "match"),
+    [
+        (torch.randn(1, 3, 4), torch.randn(1, 2), _critic(), {}, ValueError, r"feature_map.shape\[0\] \(the batch\)"),
+        (FMAP, torch.randn(4, 2), _critic(), {}, ValueError, "global_code must have B = 3 rows"),
+        (FMAP, CODE, _critic(dim=3), {}, ValueError, r"weights\[0\] must read 5 inputs = C \+ D"),
+        (FMAP, CODE, _critic(last=2), {}, ValueError, "the last layer must have one output"),
+        (FMAP, CODE, (_critic()[0][:1], _critic()[1][:1]), {}, ValueError, "at least two layers"),
+        (FMAP, CODE, (_critic()[0], _critic()[1][:1]), {}, ValueError, "one entry .* per layer"),
+        (FMAP, CODE, (_critic()[0], [torch.randn(4), None]), {}, ValueError, r"biases\[0\] must have 5 entries"),
+        (FMAP, CODE, _critic(), {"perm": torch.zeros(1, 4, 3, dtype=torch.long)}, ValueError, "permutation"),
+        (FMAP, CODE, _critic(), {"perm": torch.zeros(1, 3, 4, dtype=torch.long)}, ValueError, "perm must have shape"),
+        (
+            FMAP,
+            CODE,
+            _critic(),
+            {"perm": dim_fused.location_permutation(3, 4, num_negatives=2), "num_negatives": 3},
+            ValueError,
+            r"perm must have shape \(num_negatives, locations, batch\) = \(3, 4, 3\)",
+        ),
+        (FMAP, CODE.double(), _critic(), {}, TypeError, "global_code has dtype torch.float64"),
+        (FMAP, CODE, ([w.double() for w in _critic()[0]], _critic()[1]), {}, TypeError, r"weights\[0\] has dtype"),
+        (FMAP, CODE, _critic(), {"estimator": "mine"}, ValueError, "estimator must be one of"),
+    ],
+)
+def test_bad_concat_conv_inputs(fmap, code, layers, kwargs, error, match):
+    for backend in dim_fused.available_backends("cpu"):
+        with pytest.raises(error, match=match):
+            dim_fused.concat_conv_mi(fmap, code, *layers, backend=backend, **kwargs)
+
+
+def test_concat_conv_mixed_devices():
+    weights, biases = _critic()
+    with pytest.raises(ValueError, match="global_code is on cpu but feature_map is on meta"):
+        dim_fused.concat_conv_mi(FMAP.to("meta"), CODE, weights, biases)

@@ -1,0 +1,151 @@
+// The row-chunk driver of concat_conv_mi, shared by the CPU and CUDA backends.
+// The first layer is split: W1 [f; y] + b1 = P[row] + Q[image] with P = f W1f^T
+// per location (one GEMM over B * L rows) and Q = y W1y^T + b1 per image, so the
+// (B, C + D, L) concat and its shuffled copies never exist; a negative row just
+// reads another row of P. Chunks of whole images run the hidden layers as ATen
+// GEMMs (cuBLAS / BLAS, bias + ReLU fused where ATen has it) and keep only the
+// scores; the estimate is dim_fused::mi_bound of those. The backward recomputes
+// each chunk's activations, back-propagates through them, and scatters the
+// first-layer gradient into dP (through each permutation, so without atomics)
+// and dQ; four GEMMs then give the first layer's and the inputs' gradients.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include "dim_fused.h"
+
+namespace dim_fused {
+namespace {
+
+at::Tensor mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string_view estimator) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dim_fused::mi_bound", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
+  return op.call(pos, neg, estimator);
+}
+
+std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad, const at::Tensor& pos,
+                                                        const at::Tensor& neg,
+                                                        c10::string_view estimator) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dim_fused::mi_bound_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, c10::string_view)>();
+  return op.call(grad, pos, neg, estimator);
+}
+
+// First-layer halves: P (B * L, H1) per location, Q (B, H1) per image.
+std::pair<at::Tensor, at::Tensor> split_first_layer(const ConcatConvProblem& p) {
+  const at::Tensor& w = p.weights[0];
+  const at::Tensor P = at::mm(p.local_rows, w.narrow(1, 0, p.channels).t());
+  const at::Tensor wy = w.narrow(1, p.channels, w.size(1) - p.channels);
+  const at::Tensor Q = p.biases[0] ? at::addmm(*p.biases[0], p.global_code, wy.t())
+                                   : at::mm(p.global_code, wy.t());
+  return {P, Q};
+}
+
+// Activations of layers 1..n-1 for one chunk (layer 1 from the kernel), and its scores.
+std::pair<std::vector<at::Tensor>, at::Tensor> chunk_forward(const ConcatConvProblem& p,
+                                                             const ConcatConvKernels& kernels,
+                                                             const at::Tensor& P,
+                                                             const at::Tensor& Q, int64_t pairs,
+                                                             int64_t first_row, int64_t rows) {
+  std::vector<at::Tensor> hidden;
+  hidden.push_back(at::empty({rows, p.weights[0].size(0)}, P.options()));
+  kernels.first_layer(P, Q, p.sources[pairs].narrow(0, first_row, rows), first_row, p.locations,
+                      hidden.back());
+  const size_t last = p.weights.size() - 1;
+  for (size_t i = 1; i < last; ++i) {
+    const at::Tensor wt = p.weights[i].t();
+    hidden.push_back(p.biases[i] ? at::_addmm_activation(*p.biases[i], hidden.back(), wt)
+                                 : at::relu(at::mm(hidden.back(), wt)));
+  }
+  const at::Tensor wt = p.weights[last].t();
+  at::Tensor scores = p.biases[last] ? at::addmm(*p.biases[last], hidden.back(), wt)
+                                     : at::mm(hidden.back(), wt);
+  return {std::move(hidden), scores.view({rows})};
+}
+
+template <typename Body>
+void for_each_chunk(const ConcatConvProblem& p, const Body& body) {
+  const int64_t step = p.chunk_images();
+  for (int64_t pairs = 0; pairs <= p.num_negatives; ++pairs) {
+    for (int64_t image = 0; image < p.batch; image += step) {
+      const int64_t images = std::min(step, p.batch - image);
+      body(pairs, image, images, image * p.locations, images * p.locations);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProblem& p,
+                                                          const ConcatConvKernels& kernels) {
+  const auto [P, Q] = split_first_layer(p);
+  at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, P.options());
+  const at::Tensor flat_scores = scores.view({p.num_negatives + 1, -1});
+  for_each_chunk(p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows) {
+    flat_scores[pairs].narrow(0, first_row, rows).copy_(
+        chunk_forward(p, kernels, P, Q, pairs, first_row, rows).second);
+  });
+  return {mi_bound_op(scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name), scores};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
+                        const at::Tensor& scores, const ConcatConvKernels& kernels) {
+  const auto [d_pos, d_neg] = mi_bound_backward_op(
+      grad, scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+  const at::Tensor d_scores = at::cat({d_pos.unsqueeze(0), d_neg}, 0).view({p.num_negatives + 1, -1});
+
+  const auto [P, Q] = split_first_layer(p);
+  const auto acc = P.options().dtype(P.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  // dP feeds W1f's gradient (every pair) and the features' gradient (without the
+  // negative pairs when they are detached, as the seed's stop_gradient does).
+  at::Tensor dP = at::zeros(P.sizes(), acc);
+  at::Tensor dP_features = p.detach_negatives ? at::zeros(P.sizes(), acc) : dP;
+  at::Tensor dQ = at::zeros(Q.sizes(), acc);
+  std::vector<at::Tensor> d_weights, d_biases;
+  for (size_t i = 0; i < p.weights.size(); ++i) {
+    d_weights.push_back(at::zeros(p.weights[i].sizes(), acc));
+    d_biases.push_back(p.biases[i] ? at::zeros(p.biases[i]->sizes(), acc) : at::empty({0}, acc));
+  }
+  const size_t last = p.weights.size() - 1;
+  for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t images, int64_t first_row, int64_t rows) {
+    const auto [hidden, unused] = chunk_forward(p, kernels, P, Q, pairs, first_row, rows);
+    // d(estimate)/d(score) -> the output layer -> each hidden layer, through its ReLU.
+    const at::Tensor d_t = d_scores[pairs].narrow(0, first_row, rows).unsqueeze(1);  // (rows, 1)
+    d_weights[last].add_(at::mm(d_t.t(), hidden.back()));
+    if (p.biases[last]) d_biases[last].add_(d_t.sum(0));
+    at::Tensor d_hidden = at::mm(d_t, p.weights[last]);
+    for (size_t i = last; i-- > 0;) {
+      const at::Tensor d_z = at::threshold_backward(d_hidden, hidden[i], 0);
+      if (p.biases[i] && i > 0) d_biases[i].add_(d_z.sum(0));
+      if (i == 0) {
+        dQ.narrow(0, image, images).add_(d_z.view({images, p.locations, -1}).sum(1));
+        const at::Tensor src = p.sources[pairs].narrow(0, first_row, rows);
+        kernels.scatter_rows(dP, d_z, src);
+        if (pairs == 0 && p.detach_negatives) kernels.scatter_rows(dP_features, d_z, src);
+        break;
+      }
+      d_weights[i].add_(at::mm(d_z.t(), hidden[i - 1]));
+      d_hidden = at::mm(d_z, p.weights[i]);
+    }
+  });
+  // The first layer: W1 = [W1f, W1y], b1 (through Q), and the inputs.
+  const at::Tensor w1 = p.weights[0];
+  const at::Tensor dP_in = dP.to(P.scalar_type()), dQ_in = dQ.to(Q.scalar_type());
+  d_weights[0].narrow(1, 0, p.channels).add_(at::mm(dP_in.t(), p.local_rows));
+  d_weights[0].narrow(1, p.channels, w1.size(1) - p.channels).add_(at::mm(dQ_in.t(), p.global_code));
+  if (p.biases[0]) d_biases[0].add_(dQ.sum(0));
+  const at::Tensor d_local =
+      at::mm(dP_features.to(P.scalar_type()), w1.narrow(1, 0, p.channels));  // (B * L, C)
+  const at::Tensor d_global = at::mm(dQ_in, w1.narrow(1, p.channels, w1.size(1) - p.channels));
+  const auto dtype = p.local_rows.scalar_type();
+  for (auto& d : d_weights) d = d.to(dtype);
+  for (auto& d : d_biases) d = d.to(dtype);
+  return {d_local.view({p.batch, p.locations, p.channels}).transpose(1, 2).contiguous(), d_global,
+          d_weights, d_biases};
+}
+
+}  // namespace dim_fused

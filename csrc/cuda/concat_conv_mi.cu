@@ -1,0 +1,106 @@
+// concat_conv_mi on CUDA: the shared row-chunk driver (cuBLAS GEMMs through
+// ATen, bias + ReLU fused in cuBLASLt's epilogue) with these two elementwise
+// kernels: the first layer's gather + add + ReLU, and the gradient's scatter
+// through a permutation, which never writes one row twice (no atomics).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../dim_fused.h"
+#include "reduce.cuh"
+
+namespace dim_fused {
+namespace {
+
+using cuda::kThreads;
+
+int64_t blocks_for(int64_t n) { return std::min<int64_t>((n + kThreads - 1) / kThreads, 65535); }
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    first_layer_kernel(const scalar_t* P, const scalar_t* Q, const int64_t* src, int64_t first_row,
+                       int64_t locations, int64_t rows, int64_t width, scalar_t* out) {
+  using T = at::opmath_type<scalar_t>;
+  for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < rows * width;
+       k += int64_t(gridDim.x) * kThreads) {
+    const int64_t r = k / width, h = k % width;
+    const T sum = T(P[src[r] * width + h]) + T(Q[((first_row + r) / locations) * width + h]);
+    out[k] = scalar_t(sum > T(0) ? sum : T(0));
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+    scatter_rows_kernel(acc_t* dP, const scalar_t* dZ, const int64_t* src, int64_t rows,
+                        int64_t width) {
+  for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < rows * width;
+       k += int64_t(gridDim.x) * kThreads) {
+    const int64_t r = k / width, h = k % width;
+    dP[src[r] * width + h] += acc_t(dZ[k]);
+  }
+}
+
+void first_layer_cuda(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
+                      int64_t first_row, int64_t locations, at::Tensor& out) {
+  const int64_t rows = out.size(0), width = out.size(1);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, P.scalar_type(), "first_layer_cuda", [&] {
+    first_layer_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(
+        P.const_data_ptr<scalar_t>(), Q.const_data_ptr<scalar_t>(), src.const_data_ptr<int64_t>(),
+        first_row, locations, rows, width, out.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+void scatter_rows_cuda(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src) {
+  const int64_t rows = dZ.size(0), width = dZ.size(1);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dZ.scalar_type(), "scatter_rows_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scatter_rows_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(
+        dP.data_ptr<acc_t>(), dZ.const_data_ptr<scalar_t>(), src.const_data_ptr<int64_t>(), rows,
+        width);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+constexpr ConcatConvKernels kCudaKernels{&first_layer_cuda, &scatter_rows_cuda};
+
+std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cuda(
+    const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
+    at::TensorList biases, const at::Tensor& perm,
+    c10::string_view estimator, bool detach_negatives) {
+  const c10::cuda::CUDAGuard guard(feature_map.device());
+  return concat_conv_mi_forward(check_concat_conv_inputs(feature_map, global_code, weights, biases,
+                                                         perm, estimator, detach_negatives),
+                                kCudaKernels);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+concat_conv_mi_backward_cuda(const at::Tensor& grad, const at::Tensor& feature_map,
+                             const at::Tensor& global_code, at::TensorList weights,
+                             at::TensorList biases,
+                             const at::Tensor& perm, const at::Tensor& scores,
+                             c10::string_view estimator, bool detach_negatives) {
+  const c10::cuda::CUDAGuard guard(feature_map.device());
+  auto result = concat_conv_mi_backward(
+      grad,
+      check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, estimator,
+                               detach_negatives),
+      scores, kCudaKernels);
+  std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dim_fused, CUDA, m) {
+  m.impl("concat_conv_mi", &concat_conv_mi_cuda);
+  m.impl("concat_conv_mi_backward", &concat_conv_mi_backward_cuda);
+}
+
+}  // namespace dim_fused
