@@ -23,7 +23,8 @@ at::Tensor mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string
   return op.call(pos, neg, estimator);
 }
 
-std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad, const at::Tensor& pos,
+std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad,
+                                                        const at::Tensor& pos,
                                                         const at::Tensor& neg,
                                                         c10::string_view estimator) {
   static auto op =
@@ -39,8 +40,8 @@ std::pair<at::Tensor, at::Tensor> split_first_layer(const ConcatConvProblem& p) 
   const at::Tensor& w = p.weights[0];
   const at::Tensor P = at::mm(p.local_rows, w.narrow(1, 0, p.channels).t());
   const at::Tensor wy = w.narrow(1, p.channels, w.size(1) - p.channels);
-  const at::Tensor Q = p.biases[0] ? at::addmm(*p.biases[0], p.global_code, wy.t())
-                                   : at::mm(p.global_code, wy.t());
+  const at::Tensor Q =
+      p.biases[0] ? at::addmm(*p.biases[0], p.global_code, wy.t()) : at::mm(p.global_code, wy.t());
   return {P, Q};
 }
 
@@ -61,8 +62,8 @@ std::pair<std::vector<at::Tensor>, at::Tensor> chunk_forward(const ConcatConvPro
                                  : at::relu(at::mm(hidden.back(), wt)));
   }
   const at::Tensor wt = p.weights[last].t();
-  at::Tensor scores = p.biases[last] ? at::addmm(*p.biases[last], hidden.back(), wt)
-                                     : at::mm(hidden.back(), wt);
+  at::Tensor scores =
+      p.biases[last] ? at::addmm(*p.biases[last], hidden.back(), wt) : at::mm(hidden.back(), wt);
   return {std::move(hidden), scores.view({rows})};
 }
 
@@ -85,8 +86,9 @@ std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProble
   at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, P.options());
   const at::Tensor flat_scores = scores.view({p.num_negatives + 1, -1});
   for_each_chunk(p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows) {
-    flat_scores[pairs].narrow(0, first_row, rows).copy_(
-        chunk_forward(p, kernels, P, Q, pairs, first_row, rows).second);
+    flat_scores[pairs]
+        .narrow(0, first_row, rows)
+        .copy_(chunk_forward(p, kernels, P, Q, pairs, first_row, rows).second);
   });
   return {mi_bound_op(scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name), scores};
 }
@@ -94,9 +96,10 @@ std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProble
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
                         const at::Tensor& scores, const ConcatConvKernels& kernels) {
-  const auto [d_pos, d_neg] = mi_bound_backward_op(
-      grad, scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
-  const at::Tensor d_scores = at::cat({d_pos.unsqueeze(0), d_neg}, 0).view({p.num_negatives + 1, -1});
+  const auto [d_pos, d_neg] =
+      mi_bound_backward_op(grad, scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+  const at::Tensor d_scores =
+      at::cat({d_pos.unsqueeze(0), d_neg}, 0).view({p.num_negatives + 1, -1});
 
   const auto [P, Q] = split_first_layer(p);
   const auto acc = P.options().dtype(P.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
@@ -111,7 +114,8 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     d_biases.push_back(p.biases[i] ? at::zeros(p.biases[i]->sizes(), acc) : at::empty({0}, acc));
   }
   const size_t last = p.weights.size() - 1;
-  for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t images, int64_t first_row, int64_t rows) {
+  for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t images, int64_t first_row,
+                        int64_t rows) {
     const auto [hidden, unused] = chunk_forward(p, kernels, P, Q, pairs, first_row, rows);
     // d(estimate)/d(score) -> the output layer -> each hidden layer, through its ReLU.
     const at::Tensor d_t = d_scores[pairs].narrow(0, first_row, rows).unsqueeze(1);  // (rows, 1)
@@ -136,7 +140,9 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   const at::Tensor w1 = p.weights[0];
   const at::Tensor dP_in = dP.to(P.scalar_type()), dQ_in = dQ.to(Q.scalar_type());
   d_weights[0].narrow(1, 0, p.channels).add_(at::mm(dP_in.t(), p.local_rows));
-  d_weights[0].narrow(1, p.channels, w1.size(1) - p.channels).add_(at::mm(dQ_in.t(), p.global_code));
+  d_weights[0]
+      .narrow(1, p.channels, w1.size(1) - p.channels)
+      .add_(at::mm(dQ_in.t(), p.global_code));
   if (p.biases[0]) d_biases[0].add_(dQ.sum(0));
   const at::Tensor d_local =
       at::mm(dP_features.to(P.scalar_type()), w1.narrow(1, 0, p.channels));  // (B * L, C)

@@ -78,11 +78,9 @@ int64_t DotProductProblem::tile_images() const {
 }
 
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
-                                           const at::Tensor& global_code,
-                                           at::TensorList weights,
-                                           at::TensorList biases,
-                                           const at::Tensor& perm, c10::string_view estimator,
-                                           bool detach_negatives) {
+                                           const at::Tensor& global_code, at::TensorList weights,
+                                           at::TensorList biases, const at::Tensor& perm,
+                                           c10::string_view estimator, bool detach_negatives) {
   const Estimator e = parse_estimator(estimator);
   const char* op = "dim_fused.concat_conv_mi: ";
   TORCH_CHECK_VALUE(feature_map.dim() >= 3 && global_code.dim() == 2 &&
@@ -98,10 +96,11 @@ ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
     TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == width, op, "weights[", i, "] must be (out, ",
                       width, "), got ", w.sizes());
     const at::Tensor& b = biases[i];  // empty: no bias
-    TORCH_CHECK_VALUE(b.numel() == 0 || (b.dim() == 1 && b.size(0) == w.size(0)), op, "biases[",
-                      i, "] must be (", w.size(0), ") or empty");
-    TORCH_CHECK_VALUE(w.scalar_type() == feature_map.scalar_type() && w.device() == feature_map.device(),
-                      op, "weights must match feature_map's dtype and device");
+    TORCH_CHECK_VALUE(b.numel() == 0 || (b.dim() == 1 && b.size(0) == w.size(0)), op, "biases[", i,
+                      "] must be (", w.size(0), ") or empty");
+    TORCH_CHECK_VALUE(
+        w.scalar_type() == feature_map.scalar_type() && w.device() == feature_map.device(), op,
+        "weights must match feature_map's dtype and device");
     width = w.size(0);
   }
   TORCH_CHECK_VALUE(width == 1, op, "the last layer must have one output");
@@ -156,7 +155,8 @@ TORCH_LIBRARY(dim_fused, m) {
       "concat_conv_mi(Tensor feature_map, Tensor global_code, Tensor[] weights, Tensor[] biases,"
       " Tensor perm, str estimator, bool detach_negatives) -> (Tensor, Tensor)");
   m.def(
-      "concat_conv_mi_backward(Tensor grad, Tensor feature_map, Tensor global_code, Tensor[] weights,"
+      "concat_conv_mi_backward(Tensor grad, Tensor feature_map, Tensor global_code, Tensor[] "
+      "weights,"
       " Tensor[] biases, Tensor perm, Tensor scores, str estimator, bool detach_negatives)"
       " -> (Tensor, Tensor, Tensor[], Tensor[])");
 }

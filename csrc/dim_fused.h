@@ -1,6 +1,7 @@
 // Host-side helpers shared by the CPU and CUDA entry points.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/string_view.h>
 
@@ -8,8 +9,6 @@
 #include <string>
 #include <tuple>
 #include <vector>
-
-#include <ATen/core/List.h>
 
 #include "estimators.h"
 
@@ -85,9 +84,9 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
 // Row r = b * L + l of pair set k' (k' = 0: positives, k' = k + 1: negative k)
 // scores local vector sources[k'][r] (a row of `local_rows`) against global b.
 struct ConcatConvProblem {
-  at::Tensor local_rows;   // (B * L, C): row b * L + l is feature_map[b, :, l]
-  at::Tensor global_code;  // (B, D)
-  std::vector<at::Tensor> weights;                // 2-D (out, in), weights[0] in = C + D
+  at::Tensor local_rows;            // (B * L, C): row b * L + l is feature_map[b, :, l]
+  at::Tensor global_code;           // (B, D)
+  std::vector<at::Tensor> weights;  // 2-D (out, in), weights[0] in = C + D
   std::vector<std::optional<at::Tensor>> biases;  // (out,) or none (an empty tensor in the op)
   at::Tensor sources;                             // (1 + K, B * L) int64
   int64_t batch, locations, channels, num_negatives;
@@ -99,11 +98,9 @@ struct ConcatConvProblem {
   int64_t chunk_images() const;
 };
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
-                                           const at::Tensor& global_code,
-                                           at::TensorList weights,
-                                           at::TensorList biases,
-                                           const at::Tensor& perm, c10::string_view estimator,
-                                           bool detach_negatives);
+                                           const at::Tensor& global_code, at::TensorList weights,
+                                           at::TensorList biases, const at::Tensor& perm,
+                                           c10::string_view estimator, bool detach_negatives);
 
 // What a backend supplies around the ATen GEMMs.
 struct ConcatConvKernels {

@@ -18,24 +18,25 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
                      int64_t first_row, int64_t locations, at::Tensor& out) {
   const int64_t width = P.size(1);
   const int64_t* source = src.const_data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, P.scalar_type(), "first_layer_cpu", [&] {
-    using V = vector_type<scalar_t>;
-    const scalar_t* p = P.const_data_ptr<scalar_t>();
-    const scalar_t* q = Q.const_data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* p_row = p + source[r] * width;
-        const scalar_t* q_row = q + ((first_row + r) / locations) * width;
-        scalar_t* o_row = o + r * width;
-        for_each_vector<V>(0, width, [&](auto lane, int64_t h) {
-          using L = decltype(lane);
-          const L sum = Math<L>::load(p_row + h) + Math<L>::load(q_row + h);
-          Math<L>::store(o_row + h, Math<L>::max(sum, L(0)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, P.scalar_type(), "first_layer_cpu", [&] {
+        using V = vector_type<scalar_t>;
+        const scalar_t* p = P.const_data_ptr<scalar_t>();
+        const scalar_t* q = Q.const_data_ptr<scalar_t>();
+        scalar_t* o = out.data_ptr<scalar_t>();
+        at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const scalar_t* p_row = p + source[r] * width;
+            const scalar_t* q_row = q + ((first_row + r) / locations) * width;
+            scalar_t* o_row = o + r * width;
+            for_each_vector<V>(0, width, [&](auto lane, int64_t h) {
+              using L = decltype(lane);
+              const L sum = Math<L>::load(p_row + h) + Math<L>::load(q_row + h);
+              Math<L>::store(o_row + h, Math<L>::max(sum, L(0)));
+            });
+          }
         });
-      }
-    });
-  });
+      });
 }
 
 void scatter_rows_cpu(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src) {
@@ -61,10 +62,12 @@ void scatter_rows_cpu(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& sr
 
 constexpr ConcatConvKernels kCpuKernels{&first_layer_cpu, &scatter_rows_cpu};
 
-std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cpu(
-    const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
-    at::TensorList biases, const at::Tensor& perm,
-    c10::string_view estimator, bool detach_negatives) {
+std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cpu(const at::Tensor& feature_map,
+                                                      const at::Tensor& global_code,
+                                                      at::TensorList weights, at::TensorList biases,
+                                                      const at::Tensor& perm,
+                                                      c10::string_view estimator,
+                                                      bool detach_negatives) {
   return concat_conv_mi_forward(check_concat_conv_inputs(feature_map, global_code, weights, biases,
                                                          perm, estimator, detach_negatives),
                                 kCpuKernels);
@@ -73,14 +76,13 @@ std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cpu(
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward_cpu(const at::Tensor& grad, const at::Tensor& feature_map,
                             const at::Tensor& global_code, at::TensorList weights,
-                            at::TensorList biases,
-                            const at::Tensor& perm, const at::Tensor& scores,
+                            at::TensorList biases, const at::Tensor& perm, const at::Tensor& scores,
                             c10::string_view estimator, bool detach_negatives) {
-  auto result = concat_conv_mi_backward(
-      grad,
-      check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, estimator,
-                               detach_negatives),
-      scores, kCpuKernels);
+  auto result =
+      concat_conv_mi_backward(grad,
+                              check_concat_conv_inputs(feature_map, global_code, weights, biases,
+                                                       perm, estimator, detach_negatives),
+                              scores, kCpuKernels);
   std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
   return result;
 }

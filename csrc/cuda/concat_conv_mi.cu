@@ -48,32 +48,35 @@ void first_layer_cuda(const at::Tensor& P, const at::Tensor& Q, const at::Tensor
                       int64_t first_row, int64_t locations, at::Tensor& out) {
   const int64_t rows = out.size(0), width = out.size(1);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, P.scalar_type(), "first_layer_cuda", [&] {
-    first_layer_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(
-        P.const_data_ptr<scalar_t>(), Q.const_data_ptr<scalar_t>(), src.const_data_ptr<int64_t>(),
-        first_row, locations, rows, width, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, P.scalar_type(), "first_layer_cuda", [&] {
+        first_layer_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(
+            P.const_data_ptr<scalar_t>(), Q.const_data_ptr<scalar_t>(),
+            src.const_data_ptr<int64_t>(), first_row, locations, rows, width,
+            out.data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 void scatter_rows_cuda(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src) {
   const int64_t rows = dZ.size(0), width = dZ.size(1);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dZ.scalar_type(), "scatter_rows_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    scatter_rows_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(
-        dP.data_ptr<acc_t>(), dZ.const_data_ptr<scalar_t>(), src.const_data_ptr<int64_t>(), rows,
-        width);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, dZ.scalar_type(), "scatter_rows_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        scatter_rows_kernel<<<blocks_for(rows * width), kThreads, 0, stream>>>(
+            dP.data_ptr<acc_t>(), dZ.const_data_ptr<scalar_t>(), src.const_data_ptr<int64_t>(),
+            rows, width);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
 }
 
 constexpr ConcatConvKernels kCudaKernels{&first_layer_cuda, &scatter_rows_cuda};
 
 std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cuda(
     const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
-    at::TensorList biases, const at::Tensor& perm,
-    c10::string_view estimator, bool detach_negatives) {
+    at::TensorList biases, const at::Tensor& perm, c10::string_view estimator,
+    bool detach_negatives) {
   const c10::cuda::CUDAGuard guard(feature_map.device());
   return concat_conv_mi_forward(check_concat_conv_inputs(feature_map, global_code, weights, biases,
                                                          perm, estimator, detach_negatives),
@@ -83,15 +86,15 @@ std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cuda(
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward_cuda(const at::Tensor& grad, const at::Tensor& feature_map,
                              const at::Tensor& global_code, at::TensorList weights,
-                             at::TensorList biases,
-                             const at::Tensor& perm, const at::Tensor& scores,
-                             c10::string_view estimator, bool detach_negatives) {
+                             at::TensorList biases, const at::Tensor& perm,
+                             const at::Tensor& scores, c10::string_view estimator,
+                             bool detach_negatives) {
   const c10::cuda::CUDAGuard guard(feature_map.device());
-  auto result = concat_conv_mi_backward(
-      grad,
-      check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, estimator,
-                               detach_negatives),
-      scores, kCudaKernels);
+  auto result =
+      concat_conv_mi_backward(grad,
+                              check_concat_conv_inputs(feature_map, global_code, weights, biases,
+                                                       perm, estimator, detach_negatives),
+                              scores, kCudaKernels);
   std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
   return result;
 }
