@@ -15,14 +15,11 @@ class Config:
     locations: int
     num_negatives: int = 1  # mi_bound
     units: int = 0  # dot_product_mi: E
+    channels: int = 0  # concat_conv_mi: C, D and the hidden layers
+    global_dim: int = 0
+    hidden: tuple[int, ...] = ()
     series: str = ""  # the swept size ("batch" or "locations"), "" for a single named setting
     estimators: tuple[str, ...] = field(default=("jsd", "infonce"))
-
-    @property
-    def label(self) -> str:
-        return f"{self.name} (B={self.batch}, L={self.locations}" + (
-            f", E={self.units})" if self.op == "dot_product_mi" else f", K={self.num_negatives})"
-        )
 
 
 MI_BOUND_ESTIMATORS = ("jsd", "dv", "infonce")
@@ -46,8 +43,23 @@ DOT_PRODUCT = [
     ],
 ]
 
-QUICK = [MI_BOUND[0], MI_BOUND[1], DOT_PRODUCT[0]]
-FULL = MI_BOUND + DOT_PRODUCT
+CONCAT_CONV = [
+    Config("concat_conv_mi", "cifar", batch=64, locations=64, channels=128, global_dim=64, hidden=(512, 512)),
+    Config(
+        "concat_conv_mi",
+        "cifar-k8",
+        batch=64,
+        locations=64,
+        num_negatives=8,
+        channels=128,
+        global_dim=64,
+        hidden=(512, 512),
+    ),
+    Config("concat_conv_mi", "large", batch=256, locations=256, channels=256, global_dim=128, hidden=(512, 512)),
+]
+
+QUICK = [MI_BOUND[0], MI_BOUND[1], DOT_PRODUCT[0], CONCAT_CONV[0]]
+FULL = MI_BOUND + DOT_PRODUCT + CONCAT_CONV
 # A few seconds end to end: what the test suite runs.
 TINY = [
     Config("mi_bound", "tiny", batch=8, locations=16, num_negatives=2, estimators=("jsd",)),
@@ -55,4 +67,7 @@ TINY = [
         Config("dot_product_mi", f"tiny-B{b}", batch=b, locations=8, units=16, series="batch", estimators=("jsd",))
         for b in (4, 8)
     ],
+    Config(
+        "concat_conv_mi", "tiny", batch=4, locations=4, channels=3, global_dim=2, hidden=(8, 8), estimators=("jsd",)
+    ),
 ]

@@ -134,7 +134,7 @@ ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
 int64_t ConcatConvProblem::chunk_images() const {
   // DIM_FUSED_CHUNK_VALUES shrinks the chunks (tests use it to cross chunk edges).
   const char* env = std::getenv("DIM_FUSED_CHUNK_VALUES");
-  const int64_t values = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t(1) << 20;
+  const int64_t values = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t(1) << 18;
   int64_t widest = 1;
   for (const auto& w : weights) widest = std::max(widest, w.size(0));
   return std::clamp<int64_t>(values / (widest * locations), 1, batch);

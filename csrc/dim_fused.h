@@ -94,7 +94,7 @@ struct ConcatConvProblem {
   c10::string_view estimator_name;
   bool detach_negatives;
 
-  // Images per chunk of rows: a chunk's widest activation holds ~1 M values.
+  // Images per chunk of rows: a chunk's widest activation holds ~256 K values.
   int64_t chunk_images() const;
 };
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,

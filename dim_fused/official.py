@@ -3,7 +3,8 @@ cortex_DIM/functions/dim_losses.py), kept the way the official code computes
 them — materialising an N x N x L score tensor, or an N*L x (1 + N*L) logit
 tensor for InfoNCE — as a test oracle for ``official=True`` and as the
 "official formulation" peer of the benchmarks. Their arguments follow the
-official code: l is (N, units, n_locals), m is (N, units, n_multis = 1).
+official code: l is (N, units, n_locals), m is (N, units, n_multis = 1). Also the
+seed's concat-and-conv formulation, the benchmarks' materialising peer for it.
 """
 
 import math
@@ -11,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import reference
 from .estimators import negative_term, positive_term
 
 
@@ -73,3 +75,27 @@ def dot_product_mi(local_codes: torch.Tensor, global_codes: torch.Tensor, estima
     if estimator == "dv":
         return -donsker_varadhan_loss(l, m)
     return -fenchel_dual_loss(l, m, estimator)
+
+
+def seed_local_mi(feature_map, global_code, weights, biases, perm, estimator: str) -> torch.Tensor:
+    """The seed's local-MI loss (its TensorFlow sketch, with its bugs fixed: each conv
+    reads the previous layer, no ReLU on the score), materialising as it does: the
+    global code tiled over every location and concatenated, one (B, C + D, H, W) map
+    for the positives and one per shuffled copy for the negatives, 1x1 conv2d layers."""
+    batch = feature_map.shape[0]
+    fmap = feature_map.reshape(batch, feature_map.shape[1], feature_map[0, 0].numel(), 1)
+    tiled = global_code[:, :, None, None].expand(-1, -1, fmap.shape[2], 1)
+
+    def scores(local: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([local, tiled], dim=1)
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            x = F.conv2d(x, w.reshape(w.shape[0], -1, 1, 1), b)
+            if i < len(weights) - 1:
+                x = F.relu(x)
+        return x.reshape(batch, -1)
+
+    shuffled = [
+        fmap.reshape(batch, fmap.shape[1], -1).gather(0, p.t().unsqueeze(1).expand(-1, fmap.shape[1], -1)) for p in perm
+    ]
+    neg = torch.stack([scores(s.unsqueeze(-1)) for s in shuffled])
+    return reference.mi_bound(scores(fmap), neg, estimator)

@@ -14,7 +14,7 @@ BLOCK_R, BLOCK_H = 32, 64
 
 
 def _chunk_images(batch: int, locations: int, widest: int) -> int:
-    rows = max(1, int(os.environ.get("DIM_FUSED_CHUNK_VALUES", 1 << 20)) // widest)
+    rows = max(1, int(os.environ.get("DIM_FUSED_CHUNK_VALUES", 1 << 18)) // widest)
     return max(1, min(batch, rows // locations))
 
 
