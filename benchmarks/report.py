@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     size.add_argument("--tiny", action="store_true", help="toy sizes, seconds end to end (what the tests run)")
     parser.add_argument("--ops", nargs="+", choices=sorted(cases.PEERS), help="only these ops")
+    parser.add_argument("--skip", nargs="+", default=[], metavar="CONFIG", help="leave out the configs of these names")
     parser.add_argument("--out", type=Path, default=None, help="folder for the table, raw numbers and plots")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config_list = configs.TINY if args.tiny else configs.QUICK if args.quick else configs.FULL
     if args.ops:
         config_list = [c for c in config_list if c.op in args.ops]
+    config_list = [c for c in config_list if c.name not in args.skip]
     command = "python -m benchmarks.report " + shlex.join(argv if argv is not None else sys.argv[1:])
     ceilings = measure_ceilings(device)
     rows = run(config_list, device, dtype, ceilings)
