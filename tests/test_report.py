@@ -51,7 +51,7 @@ def test_wrong_kernel_is_refused_before_timing(monkeypatch):
 
     monkeypatch.setattr(cases, "peer_fn", wrong)
     monkeypatch.setattr(report, "measure", lambda *args, **kwargs: timed.append(args))
-    inputs = cases.make_inputs(config, CPU, torch.float32)
+    inputs = report.input_sets(config, CPU, torch.float32)
     row = report.run_peer(config, "cpu", "jsd", "forward", inputs, CPU, torch.float32, {})
     assert row["status"] == "wrong result" and "value is off" in row["reason"]
     assert timed == []
@@ -83,4 +83,4 @@ def test_other_errors_are_not_swallowed(monkeypatch):
     monkeypatch.setattr(cases, "step", lambda *args: lambda: 1 / 0)
     config = configs.TINY[0]
     with pytest.raises(ZeroDivisionError):
-        report.run_peer(config, "reference", "jsd", "forward", (), CPU, torch.float32, {})
+        report.run_peer(config, "reference", "jsd", "forward", [()], CPU, torch.float32, {})
