@@ -174,24 +174,21 @@ def _concat_conv_mi_backward_fake(
 
 
 def _register_concat_conv_mi(op: str, backward_op) -> None:
+    # Layers without a bias carry an empty tensor: torch.library differentiates
+    # through lists of tensors only, not through lists with None in them.
     def setup_context(ctx, inputs, output):
         feature_map, global_code, weights, biases, perm, estimator, detach_negatives = inputs
-        present = [b is not None for b in biases]
-        ctx.save_for_backward(
-            feature_map, global_code, perm, output[1], *weights, *[b for b in biases if b is not None]
-        )
-        ctx.layout = (len(weights), present, estimator, detach_negatives)
+        ctx.save_for_backward(feature_map, global_code, perm, output[1], *weights, *biases)
+        ctx.args = (len(weights), estimator, detach_negatives)
 
     def backward(ctx, grad, _grad_scores):
-        num_layers, present, estimator, detach_negatives = ctx.layout
+        num_layers, estimator, detach_negatives = ctx.args
         feature_map, global_code, perm, scores, *params = ctx.saved_tensors
-        weights, stored = params[:num_layers], iter(params[num_layers:])
-        biases = [next(stored) if has else None for has in present]
+        weights, biases = params[:num_layers], params[num_layers:]
         d_map, d_code, d_weights, d_biases = backward_op(
             grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
         )
-        d_biases = [d if has else None for d, has in zip(d_biases, present, strict=True)]
-        return d_map, d_code, list(d_weights), d_biases, None, None, None
+        return d_map, d_code, list(d_weights), list(d_biases), None, None, None
 
     torch.library.register_fake(op)(_concat_conv_mi_fake)
     torch.library.register_autograd(op, backward, setup_context=setup_context)

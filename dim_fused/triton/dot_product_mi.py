@@ -60,6 +60,30 @@ def _score_tile(
 
 
 @triton.jit
+def _program_tile(
+    global_ptr,
+    local_ptr,
+    n_rows,
+    n_cols,
+    units,
+    locations,
+    offset,
+    ACC: tl.constexpr,
+    ALLOW_TF32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """This program's (rows, cols) tile of scores, which of them exist, and which are positive pairs."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = _score_tile(global_ptr, local_ptr, rows, cols, n_rows, n_cols, units, locations, ACC, ALLOW_TF32, BLOCK_K)
+    valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+    positive = valid & ((rows[:, None] - offset) == (cols[None, :] // locations))
+    return rows, cols, s, valid, positive
+
+
+@triton.jit
 def _reduce_kernel(
     global_ptr,
     local_ptr,
@@ -77,15 +101,11 @@ def _reduce_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    s = _score_tile(global_ptr, local_ptr, rows, cols, n_rows, n_cols, units, locations, ACC, ALLOW_TF32, BLOCK_K)
-    valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    positive = valid & ((rows[:, None] - offset) == (cols[None, :] // locations))
+    rows, cols, s, valid, positive = _program_tile(
+        global_ptr, local_ptr, n_rows, n_cols, units, locations, offset, ACC, ALLOW_TF32, BLOCK_M, BLOCK_N, BLOCK_K
+    )
     negative = valid & ~positive
-    out = partial_ptr + (rows * tl.num_programs(1) + pid_n) * 4
+    out = partial_ptr + (rows * tl.num_programs(1) + tl.program_id(1)) * 4
     in_rows = rows < n_rows
     if EST == INFONCE:
         tl.store(positives_ptr + (rows[:, None] * 0 + cols[None, :]), s, mask=positive)
@@ -118,13 +138,9 @@ def _gradient_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    s = _score_tile(global_ptr, local_ptr, rows, cols, n_rows, n_cols, units, locations, ACC, ALLOW_TF32, BLOCK_K)
-    valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
-    positive = (rows[:, None] - offset) == (cols[None, :] // locations)
+    rows, cols, s, valid, positive = _program_tile(
+        global_ptr, local_ptr, n_rows, n_cols, units, locations, offset, ACC, ALLOW_TF32, BLOCK_M, BLOCK_N, BLOCK_K
+    )
     in_rows = rows < n_rows
     pos_scale = tl.load(coef_ptr + rows * 4, mask=in_rows, other=0.0)[:, None]
     neg_scale = tl.load(coef_ptr + rows * 4 + 1, mask=in_rows, other=0.0)[:, None]
