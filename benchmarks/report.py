@@ -20,6 +20,7 @@ import itertools
 import json
 import platform
 import shlex
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -86,9 +87,19 @@ def run_peer(config: Config, peer: str, estimator: str, mode: str, inputs, devic
     return {"status": "ok", **vars(timing), "peak_bytes": peak}
 
 
-def run(config_list: list[Config], device: torch.device, dtype: torch.dtype, ceilings: dict, progress: bool = True):
+def run(
+    config_list: list[Config],
+    device: torch.device,
+    dtype: torch.dtype,
+    ceilings: dict,
+    progress: bool = True,
+    rows: list[dict] | None = None,
+) -> list[dict]:
+    """Every case of the configs; rows are appended to `rows` as each case completes, so
+    an interrupted run still leaves the finished cases there."""
     jobs = [(c, e, m) for c in config_list for e in c.estimators for m in cases.MODES]
-    rows, checked = [], {}
+    rows = [] if rows is None else rows
+    checked = {}
     itemsize = torch.empty((), dtype=dtype).element_size()
     for config, estimator, mode in tqdm(jobs, desc="benchmarks", unit="case", file=sys.stderr, disable=not progress):
         inputs = input_sets(config, device, dtype)
@@ -218,6 +229,10 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     return written
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: dict) -> dict:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -275,8 +290,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     config_list = [c for c in config_list if c.name not in args.skip]
     command = "python -m benchmarks.report " + shlex.join(argv if argv is not None else sys.argv[1:])
     ceilings = measure_ceilings(device)
-    rows = run(config_list, device, dtype, ceilings)
-    meta = metadata(device, dtype, command, ceilings)
+    rows: list[dict] = []
+    # A time limit (timeout's SIGTERM) or Ctrl-C ends the run but keeps the finished cases.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run(config_list, device, dtype, ceilings, rows=rows)
+        interrupted = False
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    meta = {**metadata(device, dtype, command, ceilings), "interrupted": interrupted}
+    if interrupted:
+        print(f"interrupted: reporting the {len(rows)} rows finished so far", file=sys.stderr)
     print(f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}")
     print(", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
     print(markdown(rows))

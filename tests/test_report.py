@@ -84,3 +84,25 @@ def test_other_errors_are_not_swallowed(monkeypatch):
     config = configs.TINY[0]
     with pytest.raises(ZeroDivisionError):
         report.run_peer(config, "reference", "jsd", "forward", [()], CPU, torch.float32, {})
+
+
+def test_interrupted_run_keeps_the_finished_cases(monkeypatch, tmp_path):
+    """A time limit (SIGTERM, turned into KeyboardInterrupt) ends the run; the cases
+    finished so far are still written, marked as interrupted."""
+    real_run_peer = report.run_peer
+    calls = []
+
+    def run_peer(config, peer, *args):
+        calls.append(peer)
+        if config.op == "dot_product_mi":
+            raise KeyboardInterrupt
+        return real_run_peer(config, peer, *args)
+
+    monkeypatch.setattr(report, "run_peer", run_peer)
+    monkeypatch.setattr(report.memory, "limit_cpu_memory", lambda gigabytes: None)
+    monkeypatch.setattr(report, "measure_ceilings", lambda device: {"copy_gb_per_s": 1.0})
+    rows = report.main(["--tiny", "--out", str(tmp_path)])
+    finished = len(configs.TINY[0].estimators) * len(cases.MODES) * len(cases.PEERS["mi_bound"])
+    assert len(rows) == finished and {r["op"] for r in rows} == {"mi_bound"}
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["meta"]["interrupted"] is True and len(data["rows"]) == finished
