@@ -5,6 +5,7 @@ torch.compile and an autograd formula whose backward is itself a registered op.
 Every fused op exists as `dim_fused::<op>` (CPU and CUDA kernels from C++) and
 `dim_fused::<op>_triton` with the same schema."""
 
+import functools
 import os
 import warnings
 
@@ -31,6 +32,7 @@ except ImportError as error:  # triton missing or unusable on this platform
     TRITON_IMPORT_ERROR = str(error)
 
 
+@functools.cache  # registrations are fixed once _C is imported; dispatch asks on every call
 def has_cpp_kernel(op: str, dispatch_key: str) -> bool:
     return C_IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dim_fused::{op}", dispatch_key)
 

@@ -63,8 +63,10 @@ def test_matches_oracle(fused, shape, estimator):
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 def test_many_tiles(fused, estimator, monkeypatch):
-    """Tiles of one image: statistics merged across tiles, gradients written per tile."""
+    """Tiles of one image: statistics merged across tiles, gradients written per tile;
+    Triton's forward runs one program per row block, looping over the column blocks."""
     monkeypatch.setenv("DIM_FUSED_TILE_SCORES", "1")
+    monkeypatch.setenv("DIM_FUSED_TRITON_PROGRAMS", "1")
     backend, device = fused
     local, global_codes = make_codes((5, 4, (7,), 5, 0))
     check(backend, device, torch.float32, estimator, local, global_codes)

@@ -17,6 +17,12 @@ from ._math import DV, INFONCE, negative_term, negative_term_grad, positive_term
 BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
 
 
+def _max_programs() -> int:
+    """Forward programs at most (DIM_FUSED_TRITON_PROGRAMS overrides): bounds the partials
+    at (G, about 2048 / (G / BLOCK_M), 4) whatever B * L is."""
+    return max(1, int(os.environ.get("DIM_FUSED_TRITON_PROGRAMS", 2048)))
+
+
 def _tile_scores() -> int:
     """Scores per backward chunk, as in the C++ driver (DIM_FUSED_TILE_SCORES overrides)."""
     return max(1, int(os.environ.get("DIM_FUSED_TILE_SCORES", 1 << 20)))
@@ -63,6 +69,7 @@ def _score_tile(
 def _program_tile(
     global_ptr,
     local_ptr,
+    col_block,
     n_rows,
     n_cols,
     units,
@@ -74,9 +81,10 @@ def _program_tile(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """This program's (rows, cols) tile of scores, which of them exist, and which are positive pairs."""
+    """The (rows of this program, cols of col_block) tile of scores, which of them exist,
+    and which are positive pairs."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = col_block * BLOCK_N + tl.arange(0, BLOCK_N)
     s = _score_tile(global_ptr, local_ptr, rows, cols, n_rows, n_cols, units, locations, ACC, ALLOW_TF32, BLOCK_K)
     valid = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     positive = valid & ((rows[:, None] - offset) == (cols[None, :] // locations))
@@ -101,23 +109,48 @@ def _reduce_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    rows, cols, s, valid, positive = _program_tile(
-        global_ptr, local_ptr, n_rows, n_cols, units, locations, offset, ACC, ALLOW_TF32, BLOCK_M, BLOCK_N, BLOCK_K
-    )
-    negative = valid & ~positive
-    out = partial_ptr + (rows * tl.num_programs(1) + tl.program_id(1)) * 4
+    # Column blocks pid_n, pid_n + splits, ...: running per-row sums and an online
+    # logsumexp, so the partials are (G, splits), not one per column block.
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_rows = rows < n_rows
-    if EST == INFONCE:
-        tl.store(positives_ptr + (rows[:, None] * 0 + cols[None, :]), s, mask=positive)
-    else:
-        tl.store(out, tl.sum(tl.where(positive, positive_term(s, EST), 0.0), axis=1), mask=in_rows)
-    if EST == DV or EST == INFONCE:
-        row_max = tl.max(tl.where(negative, s, -float("inf")), axis=1)
-        shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-        tl.store(out + 2, row_max, mask=in_rows)
-        tl.store(out + 3, tl.sum(tl.where(negative, tl.exp(s - shift[:, None]), 0.0), axis=1), mask=in_rows)
-    else:
-        tl.store(out + 1, tl.sum(tl.where(negative, negative_term(s, EST), 0.0), axis=1), mask=in_rows)
+    pos_sum = tl.zeros((BLOCK_M,), dtype=ACC)
+    neg_sum = tl.zeros((BLOCK_M,), dtype=ACC)
+    row_max = tl.full((BLOCK_M,), -float("inf"), dtype=ACC)
+    row_sum = tl.zeros((BLOCK_M,), dtype=ACC)
+    for col_block in range(tl.program_id(1), tl.cdiv(n_cols, BLOCK_N), tl.num_programs(1)):
+        rows, cols, s, valid, positive = _program_tile(
+            global_ptr,
+            local_ptr,
+            col_block,
+            n_rows,
+            n_cols,
+            units,
+            locations,
+            offset,
+            ACC,
+            ALLOW_TF32,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+        )
+        negative = valid & ~positive
+        if EST == INFONCE:
+            tl.store(positives_ptr + (rows[:, None] * 0 + cols[None, :]), s, mask=positive)
+        else:
+            pos_sum += tl.sum(tl.where(positive, positive_term(s, EST), 0.0), axis=1)
+        if EST == DV or EST == INFONCE:
+            new_max = tl.maximum(row_max, tl.max(tl.where(negative, s, -float("inf")), axis=1))
+            shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+            tile_sum = tl.sum(tl.where(negative, tl.exp(s - shift[:, None]), 0.0), axis=1)
+            row_sum = row_sum * tl.exp(row_max - shift) + tile_sum
+            row_max = new_max
+        else:
+            neg_sum += tl.sum(tl.where(negative, negative_term(s, EST), 0.0), axis=1)
+    out = partial_ptr + (rows * tl.num_programs(1) + tl.program_id(1)) * 4
+    tl.store(out, pos_sum, mask=in_rows)
+    tl.store(out + 1, neg_sum, mask=in_rows)
+    tl.store(out + 2, row_max, mask=in_rows)
+    tl.store(out + 3, row_sum, mask=in_rows)
 
 
 @triton.jit
@@ -139,7 +172,19 @@ def _gradient_kernel(
     BLOCK_K: tl.constexpr,
 ):
     rows, cols, s, valid, positive = _program_tile(
-        global_ptr, local_ptr, n_rows, n_cols, units, locations, offset, ACC, ALLOW_TF32, BLOCK_M, BLOCK_N, BLOCK_K
+        global_ptr,
+        local_ptr,
+        tl.program_id(1),
+        n_rows,
+        n_cols,
+        units,
+        locations,
+        offset,
+        ACC,
+        ALLOW_TF32,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
     )
     in_rows = rows < n_rows
     pos_scale = tl.load(coef_ptr + rows * 4, mask=in_rows, other=0.0)[:, None]
@@ -180,9 +225,10 @@ def forward(local: torch.Tensor, global_codes: torch.Tensor, estimator: str, off
     locations, globals_ = local3.shape[2], global_codes.shape[0]
     n_cols = batch * locations
     acc = torch.float64 if local.dtype == torch.float64 else torch.float32
-    grid = (triton.cdiv(globals_, BLOCK_M), triton.cdiv(n_cols, BLOCK_N))
-    partial = torch.zeros(globals_, grid[1], 4, dtype=acc, device=local.device)
-    partial[..., 2] = -math.inf
+    row_blocks, col_blocks = triton.cdiv(globals_, BLOCK_M), triton.cdiv(n_cols, BLOCK_N)
+    grid = (row_blocks, min(col_blocks, max(1, _max_programs() // row_blocks)))
+    # Columns: sum of Ep, sum of Eq, max and sum of exp(x - max) over the negatives.
+    partial = torch.empty(globals_, grid[1], 4, dtype=acc, device=local.device)
     positives = torch.empty(batch, locations, dtype=acc, device=local.device)
     _reduce_kernel[grid](
         global_codes, local3, partial, positives, globals_, n_cols, units, locations, offset, **_meta(local, estimator)
