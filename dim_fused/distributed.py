@@ -39,3 +39,77 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, (0, 1) without one."""
+    if not dist.is_available() or not dist.is_initialized():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def average_gradients(parameters) -> None:
+    """Average ``.grad`` over ranks with one all-reduce (for parameters outside DDP)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    _, size = world()
+    if size == 1 or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics span every rank's batch, on any device and
+    process-group backend (``torch.nn.SyncBatchNorm`` needs GPUs). The per-channel sums
+    travel through ``gather_with_grad``, so the gradient is that of one process on the
+    whole batch. Same parameters and buffers as BatchNorm1d/2d: state_dicts interchange."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (N, C, ...), got {input.dim()}D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        _, size = world()
+        if not self.training or size == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        dims = [0, *range(2, input.dim())]
+        x = input.float()
+        sums = torch.cat([x.sum(dims), (x * x).sum(dims)])
+        totals = gather_with_grad(sums[None]).sum(0)
+        count = (input.numel() // input.shape[1]) * size
+        mean, mean_sq = totals.chunk(2)
+        mean, var = mean / count, mean_sq / count - (mean / count) ** 2
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                unbiased = var * count / max(count - 1, 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+def convert_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm1d/2d/3d in ``module`` by a CrossRankBatchNorm holding the
+    same parameters and buffers (in place; returns ``module``)."""
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, CrossRankBatchNorm):
+            synced = CrossRankBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            )
+            synced.load_state_dict(child.state_dict())
+            synced.to(next(iter(child.state_dict().values()), torch.empty(0)).device)
+            setattr(module, name, synced)
+        else:
+            convert_batchnorm(child)
+    return module

@@ -5,7 +5,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import functional
+from . import distributed, functional
+from .estimators import F_MEASURES
+
+
+def _autocast(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
+    """Under autocast, the fused ops (GEMM-bound, like the matmuls autocast lowers) take
+    all their inputs in autocast's dtype; otherwise the tensors are left as they are."""
+    if not torch.is_autocast_enabled(device.type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device.type)
+    return [None if t is None else t.to(dtype) for t in tensors]
 
 
 class MI1x1ConvNet(nn.Module):
@@ -59,11 +69,21 @@ class EncodeAndDotCritic(nn.Module):
         *,
         estimator: str = "jsd",
         official: bool = False,
+        across_ranks: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor:
+        """``across_ranks=True`` scores the local codes against the global codes of every
+        rank (``dim_fused.distributed.gather_with_grad``) under an f-measure; ``dv`` and
+        ``infonce`` keep each rank's own batch. One process: no difference."""
         local_codes, global_codes = self.encode(feature_map, global_code)
+        local_codes, global_codes = _autocast([local_codes, global_codes], local_codes.device)
+        offset = 0
+        if across_ranks and estimator in F_MEASURES:
+            rank, _ = distributed.world()
+            offset = rank * global_codes.shape[0]
+            global_codes = distributed.gather_with_grad(global_codes)
         return functional.dot_product_mi(
-            local_codes, global_codes, estimator=estimator, official=official, backend=backend
+            local_codes, global_codes, estimator=estimator, official=official, positive_offset=offset, backend=backend
         )
 
 
@@ -103,11 +123,14 @@ class ConcatConvDiscriminator(nn.Sequential):
         backend: str = "auto",
     ) -> torch.Tensor:
         convs = self.convs
+        feature_map, global_code, *params = _autocast(
+            [feature_map, global_code, *(c.weight for c in convs), *(c.bias for c in convs)], feature_map.device
+        )
         return functional.concat_conv_mi(
             feature_map,
             global_code,
-            [c.weight for c in convs],
-            [c.bias for c in convs],
+            params[: len(convs)],
+            params[len(convs) :],
             estimator=estimator,
             num_negatives=None if perm is not None else num_negatives,
             perm=perm,

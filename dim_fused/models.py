@@ -1,0 +1,312 @@
+"""The Deep InfoMax model: the official code's encoders and the full objective
+
+    alpha * global MI + beta * mean local MI - gamma * prior-matching loss
+
+with the local and global critics scored by the fused ops, and the prior
+discriminator as a proper adversary with its own loss (see ``DeepInfoMax``).
+"""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import functional
+from ._dispatch import BACKENDS
+from .estimators import ESTIMATORS
+from .nn import ConcatConvDiscriminator, EncodeAndDotCritic
+
+# (alpha, beta, gamma) of the paper's named settings.
+PRESETS: dict[str, tuple[float, float, float]] = {"dim-local": (0.0, 1.0, 0.1), "dim-global": (1.0, 0.0, 1.0)}
+CRITICS: tuple[str, ...] = ("concat", "dot")
+
+
+class ConvSpec(NamedTuple):
+    channels: int
+    kernel: int
+    stride: int
+    padding: int
+    max_pool: bool = False  # a 3x3, stride-2 max-pool after the activation
+
+
+class EncoderSpec(NamedTuple):
+    image_size: int
+    convs: tuple[ConvSpec, ...]
+    fcs: tuple[int, ...]
+    local_layer: int  # index of the conv layer whose output is the M x M local map
+
+
+# The official DIM code's encoders (cortex_DIM configs "basic32x32" and "alex64x64").
+ENCODERS: dict[str, EncoderSpec] = {
+    "basic32x32": EncoderSpec(32, (ConvSpec(64, 4, 2, 1), ConvSpec(128, 4, 2, 1), ConvSpec(256, 4, 2, 1)), (1024,), 1),
+    "alex64x64": EncoderSpec(
+        64,
+        (
+            ConvSpec(96, 3, 1, 1, True),
+            ConvSpec(192, 3, 1, 1, True),
+            ConvSpec(384, 3, 1, 1),
+            ConvSpec(384, 3, 1, 1),
+            ConvSpec(192, 3, 1, 1, True),
+        ),
+        (4096, 4096),
+        2,
+    ),
+}
+
+
+class Features(NamedTuple):
+    """What an encoder exposes: the M x M local map (after its ReLU), the last conv
+    layer's output, the last fc layer's output, and the global code in (0, 1)."""
+
+    local_map: torch.Tensor
+    conv: torch.Tensor
+    fc: torch.Tensor
+    code: torch.Tensor
+
+
+def _output_size(size: int, spec: ConvSpec) -> int:
+    size = (size + 2 * spec.padding - spec.kernel) // spec.stride + 1
+    return (size - 3) // 2 + 1 if spec.max_pool else size
+
+
+class Encoder(nn.Module):
+    """Conv layers (conv - BatchNorm - ReLU [- max-pool]), fc layers (linear - BatchNorm
+    - ReLU), then a linear global code squashed by a sigmoid so that a uniform prior on
+    [0, 1]^code_dim can be matched. Input (B, in_channels, S, S) with S = image_size."""
+
+    def __init__(self, architecture: str = "basic32x32", in_channels: int = 3, code_dim: int = 64) -> None:
+        super().__init__()
+        if architecture not in ENCODERS:
+            raise ValueError(f"architecture must be one of {', '.join(ENCODERS)}; got {architecture!r}")
+        if in_channels < 1 or code_dim < 1:
+            raise ValueError(f"in_channels and code_dim must be positive, got {in_channels} and {code_dim}")
+        spec = ENCODERS[architecture]
+        self.architecture, self.in_channels, self.image_size = architecture, in_channels, spec.image_size
+        self.local_layer = spec.local_layer
+        self.convs = nn.ModuleList()
+        channels, size = in_channels, spec.image_size
+        for i, conv in enumerate(spec.convs):
+            layers = [nn.Conv2d(channels, conv.channels, conv.kernel, conv.stride, conv.padding, bias=False)]
+            layers += [nn.BatchNorm2d(conv.channels), nn.ReLU()]
+            if conv.max_pool:
+                layers.append(nn.MaxPool2d(3, 2))
+            self.convs.append(nn.Sequential(*layers))
+            channels, size = conv.channels, _output_size(size, conv)
+            if i == spec.local_layer:
+                self.local_shape = (channels, size, size)
+        self.conv_shape = (channels, size, size)
+        fan_in = channels * size * size
+        self.fcs = nn.ModuleList()
+        for width in spec.fcs:
+            self.fcs.append(nn.Sequential(nn.Linear(fan_in, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()))
+            fan_in = width
+        self.fc_dim = fan_in
+        self.code_dim = code_dim
+        self.to_code = nn.Linear(fan_in, code_dim)
+
+    def forward(self, images: torch.Tensor) -> Features:
+        expected = (self.in_channels, self.image_size, self.image_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"{self.architecture} encodes images of shape (B, {', '.join(map(str, expected))}), "
+                f"got {tuple(images.shape)}"
+            )
+        h = images
+        for i, layer in enumerate(self.convs):
+            h = layer(h)
+            if i == self.local_layer:
+                local_map = h
+        conv = h
+        h = h.flatten(1)
+        for layer in self.fcs:
+            h = layer(h)
+        return Features(local_map, conv, h, torch.sigmoid(self.to_code(h)))
+
+
+class PriorDiscriminator(nn.Module):
+    """Tells samples of the prior (uniform on [0, 1]^D) from global codes: D - 1000 - 200 - 1."""
+
+    def __init__(self, code_dim: int, hidden: Sequence[int] = (1000, 200)) -> None:
+        super().__init__()
+        sizes = [code_dim, *hidden, 1]
+        layers: list[nn.Module] = []
+        for fan_in, fan_out in zip(sizes, sizes[1:], strict=False):
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        self.net = nn.Sequential(*layers[:-1])
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net(codes).squeeze(-1)
+
+
+@dataclasses.dataclass
+class DIMConfig:
+    """Everything that defines a DeepInfoMax model (saved in checkpoints).
+
+    ``critic`` scores both MI terms: ``concat`` (concat-and-conv, ``concat_conv_mi``;
+    ``hidden`` units, ``num_negatives`` shuffled negatives per positive) or ``dot``
+    (encode-and-dot, ``dot_product_mi``; ``units``-wide codes, every other image is a
+    negative, and under several processes every other image of every rank for an
+    f-measure). The global term scores the flattened local map as one location.
+    ``prior_penalty`` weighs the prior discriminator's gradient penalty."""
+
+    alpha: float = 0.0
+    beta: float = 1.0
+    gamma: float = 0.1
+    estimator: str = "jsd"
+    critic: str = "concat"
+    num_negatives: int = 1
+    backend: str = "auto"
+    architecture: str = "basic32x32"
+    in_channels: int = 3
+    code_dim: int = 64
+    hidden: tuple[int, ...] = (512, 512)
+    units: int = 2048
+    prior_penalty: float = 1.0
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "DIMConfig":
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+        alpha, beta, gamma = PRESETS[name]
+        return cls(**{"alpha": alpha, "beta": beta, "gamma": gamma, **overrides})
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(self.hidden)
+        for name in ("alpha", "beta", "gamma", "prior_penalty"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite weight >= 0, got {value}")
+        if self.alpha == 0 and self.beta == 0:
+            raise ValueError("alpha and beta are both 0: there is no mutual-information term to train")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {self.estimator!r}")
+        if self.critic not in CRITICS:
+            raise ValueError(f"critic must be one of {', '.join(CRITICS)}; got {self.critic!r}")
+        if self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be at least 1, got {self.num_negatives}")
+        if self.units < 1 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"units and hidden sizes must be positive, got {self.units} and {self.hidden}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.architecture not in ENCODERS:
+            raise ValueError(f"architecture must be one of {', '.join(ENCODERS)}; got {self.architecture!r}")
+
+
+class Output(NamedTuple):
+    """One forward pass: the encoder's loss and its terms (MI estimates are bounds,
+    higher = more MI; ``prior`` is the encoder's non-saturating prior-matching loss)."""
+
+    loss: torch.Tensor
+    global_mi: torch.Tensor
+    local_mi: torch.Tensor
+    prior: torch.Tensor
+    code: torch.Tensor
+
+
+class DeepInfoMax(nn.Module):
+    """Encoder + critics + prior discriminator.
+
+    ``forward(images)`` returns the encoder's loss
+    ``-(alpha * global_mi + beta * local_mi) + gamma * prior``, where
+    ``prior = mean softplus(-D(code))`` is the non-saturating GAN loss of the encoder
+    against the prior discriminator D. Minimise it over ``encoder_parameters()``
+    (encoder and critics: the critics maximise the MI bounds with the encoder).
+    ``prior_loss(codes)`` is D's own loss (the GAN bound between prior samples and the
+    detached codes, negated, plus the gradient penalty): minimise it over
+    ``prior_parameters()`` in a separate step. D plays against the encoder.
+    Terms with a zero weight are not built and cost nothing.
+    """
+
+    def __init__(self, config: DIMConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DIMConfig()
+        self.encoder = Encoder(config.architecture, config.in_channels, config.code_dim)
+        channels, size, _ = self.encoder.local_shape
+        flat = channels * size * size
+        self.local_critic = self._critic(channels) if config.beta > 0 else None
+        self.global_critic = self._critic(flat) if config.alpha > 0 else None
+        self.prior = PriorDiscriminator(config.code_dim) if config.gamma > 0 else None
+
+    def _critic(self, local_channels: int) -> nn.Module:
+        config = self.config
+        if config.critic == "dot":
+            return EncodeAndDotCritic(local_channels, config.code_dim, units=config.units)
+        return ConcatConvDiscriminator(local_channels, config.code_dim, hidden=config.hidden)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for name, p in self.named_parameters() if not name.startswith("prior.")]
+
+    def prior_parameters(self) -> list[nn.Parameter]:
+        return [] if self.prior is None else list(self.prior.parameters())
+
+    def mutual_information(
+        self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        config = self.config
+        if config.critic == "dot":
+            return critic(feature_map, code, estimator=config.estimator, across_ranks=True, backend=config.backend)
+        return critic(
+            feature_map,
+            code,
+            estimator=config.estimator,
+            num_negatives=config.num_negatives,
+            generator=generator,
+            backend=config.backend,
+        )
+
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Output:
+        """``generator`` draws the concat critic's negatives (on the images' device)."""
+        if images.shape[0] < 2:
+            raise ValueError(
+                f"DIM needs a batch of at least 2 images (negatives come from other images), got {images.shape[0]}"
+            )
+        config = self.config
+        features = self.encoder(images)
+        zero = features.code.new_zeros(())
+        local_mi = global_mi = prior = zero
+        if self.local_critic is not None:
+            local_mi = self.mutual_information(self.local_critic, features.local_map, features.code, generator)
+        if self.global_critic is not None:
+            flat = features.local_map.flatten(1).unsqueeze(-1)  # the whole map as one location
+            global_mi = self.mutual_information(self.global_critic, flat, features.code, generator)
+        if self.prior is not None:
+            prior = F.softplus(-self.prior(features.code.float())).mean()
+        loss = -(config.alpha * global_mi.float() + config.beta * local_mi.float()) + config.gamma * prior
+        return Output(loss, global_mi, local_mi, prior, features.code)
+
+    def prior_loss(self, codes: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The prior discriminator's loss on ``codes`` (detached here) against
+        ``samples`` of the prior (uniform on [0, 1]^D, e.g. ``torch.rand_like(codes)``),
+        and its accuracy and bound (a dict of 0-dim tensors)."""
+        if self.prior is None:
+            raise RuntimeError("this model has gamma = 0: there is no prior discriminator")
+        if samples.shape != codes.shape:
+            raise ValueError(f"samples must have the codes' shape {tuple(codes.shape)}, got {tuple(samples.shape)}")
+        codes = codes.detach().float().requires_grad_()
+        samples = samples.detach().float().requires_grad_()
+        real, fake = self.prior(samples), self.prior(codes)
+        bound = functional.mi_bound(real, fake, "gan", backend=self.config.backend)
+        loss = -bound
+        if self.config.prior_penalty > 0:
+            # Penalise D's input gradient at both distributions (keeps the game smooth).
+            grads = torch.autograd.grad(real.sum() + fake.sum(), [samples, codes], create_graph=True)
+            loss = loss + self.config.prior_penalty * sum(g.pow(2).sum(-1).mean() for g in grads)
+        accuracy = 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean())
+        return loss, {"prior_bound": bound.detach(), "prior_accuracy": accuracy}
+
+
+__all__ = [
+    "CRITICS",
+    "ENCODERS",
+    "PRESETS",
+    "DIMConfig",
+    "DeepInfoMax",
+    "Encoder",
+    "Features",
+    "Output",
+    "PriorDiscriminator",
+]

@@ -1,0 +1,82 @@
+"""Datasets: the built-in digits, torchvision folders (never downloaded), crops."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from dim_fused import data
+
+
+def test_digits_are_built_in_and_split():
+    digits = data.load("digits")
+    assert digits.train.images.shape == (1347, 1, 32, 32) and digits.test.images.shape == (450, 1, 32, 32)
+    assert digits.train.images.dtype == torch.uint8 and digits.train.images.max() > 200
+    assert digits.unlabeled is digits.train and digits.num_classes == 10 and digits.crop == 32
+    assert set(digits.test.labels.tolist()) == set(range(10))
+    assert torch.equal(data.load("digits").test.images, digits.test.images)  # a fixed split
+
+
+@pytest.mark.parametrize(
+    "name, expected", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")]
+)
+def test_missing_or_malformed_folders_say_what_is_expected(tmp_path, name, expected):
+    with pytest.raises(FileNotFoundError, match=f"does not exist.*{expected}.*nothing is downloaded"):
+        data.load(name, tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=f"missing or malformed.*{expected}.*Nothing is downloaded"):
+        data.load(name, tmp_path)  # exists, but empty
+    assert list(tmp_path.iterdir()) == []  # and nothing was fetched into it
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match="dataset must be one of digits, cifar10, cifar100, stl10, synthetic"):
+        data.load("mnist")
+
+
+def test_cifar10_folder_in_the_standard_format(tmp_path, monkeypatch):
+    import torchvision
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [*[(f"data_batch_{i}", 3) for i in range(1, 6)], ("test_batch", 4)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(range(n))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {"label_names": [f"class{i}" for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    # The real files carry checksums; these stand-ins do not.
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    cifar = data.load("cifar10", tmp_path)
+    assert cifar.train.images.shape == (15, 3, 32, 32) and cifar.test.images.shape == (4, 3, 32, 32)
+    assert cifar.num_classes == 10 and cifar.train.labels.dtype == torch.int64
+    raw = pickle.loads((folder / "test_batch").read_bytes())["data"].reshape(4, 3, 32, 32)
+    assert torch.equal(cifar.test.images, torch.from_numpy(raw))  # channels first, unchanged
+
+
+def test_inputs_are_scaled_and_centre_cropped():
+    images = torch.randint(0, 256, (3, 2, 10, 12), dtype=torch.uint8)
+    x = data.to_inputs(images, 6)
+    assert x.shape == (3, 2, 6, 6) and x.dtype == torch.float32
+    expected = images[..., 2:8, 3:9].float() / 127.5 - 1
+    torch.testing.assert_close(x, expected)
+    assert data.to_inputs(torch.full((1, 1, 4, 4), 255, dtype=torch.uint8), 4).eq(1).all()
+    with pytest.raises(ValueError, match="crop 16 is larger than the images"):
+        data.to_inputs(images, 16)
+
+
+def test_random_crops_are_windows_of_the_image_possibly_flipped():
+    images = torch.randint(0, 256, (64, 1, 9, 9), dtype=torch.uint8)
+    crops = data.to_inputs(images, 5, torch.Generator().manual_seed(0))
+    source = images.float() / 127.5 - 1
+    flipped = 0
+    for image, crop in zip(source, crops, strict=True):
+        windows = image.unfold(1, 5, 1).unfold(2, 5, 1).reshape(-1, 5, 5)
+        plain = (windows == crop[0]).flatten(1).all(1).any()
+        mirrored = (windows == crop[0].flip(-1)).flatten(1).all(1).any()
+        assert plain or mirrored
+        flipped += int(mirrored and not plain)
+    assert 10 < flipped < 54  # about half are flipped
+    same_size = torch.randint(0, 256, (4, 1, 5, 5), dtype=torch.uint8)
+    torch.testing.assert_close(data.to_inputs(same_size, 5, torch.Generator()), data.to_inputs(same_size, 5))

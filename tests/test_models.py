@@ -1,0 +1,178 @@
+"""The DIM model: encoders, the objective's terms, their signs and gradient flow."""
+
+import pytest
+import torch
+
+import dim_fused
+from dim_fused.models import PRESETS, DeepInfoMax, DIMConfig, Encoder
+
+SMALL = {"in_channels": 1, "hidden": (32, 32), "units": 32}
+
+
+def small_model(**overrides) -> DeepInfoMax:
+    torch.manual_seed(0)
+    return DeepInfoMax(DIMConfig(**{**SMALL, **overrides}))
+
+
+def images(batch: int = 6, channels: int = 1, size: int = 32) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size) * 2 - 1
+
+
+@pytest.mark.parametrize(
+    "architecture, size, local, conv, fc",
+    [("basic32x32", 32, (128, 8, 8), (256, 4, 4), 1024), ("alex64x64", 64, (384, 15, 15), (192, 7, 7), 4096)],
+)
+def test_encoders_expose_the_official_layers(architecture, size, local, conv, fc):
+    encoder = Encoder(architecture, in_channels=3, code_dim=64)
+    features = encoder(images(2, 3, size))
+    assert features.local_map.shape == (2, *local) and encoder.local_shape == local
+    assert features.conv.shape == (2, *conv) and features.fc.shape == (2, fc)
+    assert features.code.shape == (2, 64)
+    assert features.local_map.min() >= 0  # the map is taken after its ReLU
+    assert features.code.min() > 0 and features.code.max() < 1  # sigmoid: a uniform prior fits
+
+
+def test_encoder_rejects_wrong_images():
+    with pytest.raises(ValueError, match=r"basic32x32 encodes images of shape \(B, 3, 32, 32\)"):
+        Encoder("basic32x32")(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        Encoder("resnet")
+
+
+def test_presets_are_the_papers():
+    assert PRESETS == {"dim-local": (0.0, 1.0, 0.1), "dim-global": (1.0, 0.0, 1.0)}
+    config = DIMConfig.preset("dim-global", critic="dot")
+    assert (config.alpha, config.beta, config.gamma, config.critic) == (1.0, 0.0, 1.0, "dot")
+    model = DeepInfoMax(DIMConfig.preset("dim-local", **SMALL))
+    assert model.global_critic is None and model.local_critic is not None  # zero weight: not built
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"alpha": -1.0}, "alpha must be a finite weight >= 0"),
+        ({"gamma": float("nan")}, "gamma must be a finite weight >= 0"),
+        ({"alpha": 0.0, "beta": 0.0}, "no mutual-information term"),
+        ({"estimator": "mine"}, "estimator must be one of"),
+        ({"critic": "bilinear"}, "critic must be one of"),
+        ({"num_negatives": 0}, "num_negatives must be at least 1"),
+        ({"hidden": ()}, "hidden sizes must be positive"),
+    ],
+)
+def test_bad_config_values_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        DIMConfig(**overrides)
+
+
+def test_unknown_preset_and_batch_of_one():
+    with pytest.raises(ValueError, match="preset must be one of dim-local, dim-global; got 'dim-best'"):
+        DIMConfig.preset("dim-best")
+    with pytest.raises(ValueError, match="batch of at least 2 images"):
+        small_model()(images(1))
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+def test_loss_is_the_weighted_objective_of_reference_terms(critic):
+    model = small_model(alpha=0.5, beta=1.0, gamma=0.1, critic=critic, backend="reference")
+    x = images()
+    out = model(x, generator=torch.Generator().manual_seed(3))
+    features = model.encoder(x)
+    negatives = {"generator": torch.Generator().manual_seed(3)} if critic == "concat" else {}
+    local = model.local_critic(features.local_map, features.code, estimator="jsd", **negatives)
+    flat = features.local_map.flatten(1).unsqueeze(-1)
+    global_ = model.global_critic(flat, features.code, estimator="jsd", **negatives)
+    prior = torch.nn.functional.softplus(-model.prior(features.code)).mean()
+    torch.testing.assert_close(out.local_mi, local)
+    torch.testing.assert_close(out.global_mi, global_)
+    torch.testing.assert_close(out.prior, prior)
+    torch.testing.assert_close(out.loss, -(0.5 * global_ + local) + 0.1 * prior)
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+def test_minimising_the_loss_raises_the_mi_estimates(critic):
+    # The concat critic's global term (a 8192-input MLP) learns too slowly for a short test.
+    model = small_model(alpha=1.0 if critic == "dot" else 0.0, beta=1.0, gamma=0.0, critic=critic)
+    optimizer = torch.optim.Adam(model.encoder_parameters(), lr=1e-3)
+    x, generator = images(16), torch.Generator().manual_seed(0)
+    first = model(x, generator=torch.Generator().manual_seed(0))
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(x, generator=generator).loss.backward()
+        optimizer.step()
+    last = model(x, generator=torch.Generator().manual_seed(0))
+    assert last.local_mi > first.local_mi + 0.05
+    if critic == "dot":
+        assert last.global_mi > first.global_mi + 0.05
+
+
+def test_every_encoder_side_parameter_gets_a_gradient():
+    model = small_model(alpha=1.0, beta=1.0, gamma=1.0)
+    model(images(), generator=torch.Generator().manual_seed(0)).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_prior_discriminator_plays_against_the_encoder():
+    model = small_model(gamma=1.0)
+    encoder_side = {id(p) for p in model.encoder_parameters()}
+    assert encoder_side.isdisjoint(id(p) for p in model.prior_parameters())
+
+    # The encoder's prior term: descending it makes the discriminator call codes "prior".
+    x = images(16)
+    model.eval()  # the same BatchNorm statistics before and after
+    before = model.prior(model.encoder(x).code).mean()
+    model.zero_grad()
+    model(x).prior.backward()
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p -= 0.05 * p.grad
+    assert model.prior(model.encoder(x).code).mean() > before
+    model.train()
+
+    # The discriminator's own loss: detached from the encoder; descending it raises the GAN bound.
+    codes, samples = model.encoder(x).code, torch.rand(16, 64)
+    model.zero_grad()
+    loss, stats = model.prior_loss(codes, samples)
+    loss.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    optimizer = torch.optim.SGD(model.prior_parameters(), lr=0.05)
+    optimizer.step()
+    _, after = model.prior_loss(codes, samples)
+    assert after["prior_bound"] > stats["prior_bound"]
+
+
+def test_gradient_penalty_is_added():
+    model = small_model(gamma=1.0, prior_penalty=0.0)
+    codes, samples = torch.rand(8, 64), torch.rand(8, 64)
+    plain, stats = model.prior_loss(codes, samples)
+    torch.testing.assert_close(plain, -stats["prior_bound"])
+    model.config.prior_penalty = 10.0
+    penalised, _ = model.prior_loss(codes, samples)
+    assert penalised > plain
+    with pytest.raises(ValueError, match="samples must have the codes' shape"):
+        model.prior_loss(codes, torch.rand(8, 3))
+    with pytest.raises(RuntimeError, match="gamma = 0"):
+        small_model(gamma=0.0).prior_loss(codes, samples)
+
+
+def test_fused_and_reference_backends_agree_on_the_model():
+    if "cpu" not in dim_fused.available_backends("cpu"):
+        pytest.skip("needs the compiled cpu backend")
+    x = images()
+    for critic in ("concat", "dot"):
+        results = []
+        for backend in ("reference", "cpu"):
+            model = small_model(alpha=1.0, beta=1.0, gamma=0.1, critic=critic, backend=backend)
+            out = model(x, generator=torch.Generator().manual_seed(1))
+            out.loss.backward()
+            results.append((out.loss.detach(), model.encoder.to_code.weight.grad))
+        torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)
+
+
+def test_autocast_runs_the_fused_ops_in_its_dtype():
+    model = small_model(alpha=1.0, beta=1.0, critic="concat")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images(), generator=torch.Generator().manual_seed(0))
+    assert out.local_mi.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.local_critic.convs[0].weight.grad.dtype == torch.float32

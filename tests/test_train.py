@@ -1,0 +1,216 @@
+"""The trainer: checkpoints, resume, backends, several processes, the probe, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import dim_fused
+from dim_fused import train
+from dim_fused.models import DIMConfig
+from dim_fused.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small critics keep the runs short; the encoder is the official one.
+FAST = ["--hidden", "32", "32", "--units", "32", "--batch-size", "16", "--no-progress", "--no-eval"]
+
+
+def needs_cpu_backend():
+    if "cpu" not in dim_fused.available_backends("cpu"):
+        pytest.skip("needs the compiled cpu backend")
+
+
+def config(**overrides) -> TrainConfig:
+    model = {"in_channels": 1, "hidden": (32, 32), "units": 32, "gamma": 0.1, **overrides.pop("model", {})}
+    return TrainConfig(model=DIMConfig(**model), batch_size=16, **overrides)
+
+
+def run_cli(*args: str) -> int:
+    return train.main([*args])
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["generators"]["shared"], b["generators"]["shared"])
+
+
+def test_resume_continues_exactly(tmp_path):
+    needs_cpu_backend()
+    assert (
+        run_cli("--steps", "6", "--checkpoint-every", "3", "--log-every", "1", "--out", str(tmp_path / "a"), *FAST) == 0
+    )
+    assert run_cli("--steps", "3", "--log-every", "1", "--out", str(tmp_path / "b"), *FAST) == 0
+    assert run_cli("--steps", "6", "--resume", "--out", str(tmp_path / "b"), *FAST[-2:]) == 0
+    assert_same_state(load(tmp_path / "a" / "checkpoint.pt"), load(tmp_path / "b" / "checkpoint.pt"))
+    first, second = (train.read_metrics(tmp_path / run / "metrics.jsonl") for run in "ab")
+    assert [r["step"] for r in second] == [1, 2, 3, 4, 5, 6]
+    for x, y in zip(first, second, strict=True):
+        assert x["loss"] == y["loss"] and x["local_mi"] == y["local_mi"]
+
+
+def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    train.save_atomically({"step": 1, "weights": torch.arange(5)}, path)
+
+    def torn_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        train.save_atomically({"step": 2}, path)
+    assert load(path)["step"] == 1 and torch.equal(load(path)["weights"], torch.arange(5))
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how):
+    needs_cpu_backend()
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "dim_fused.train",
+        "--steps",
+        "1000",
+        "--checkpoint-every",
+        "1",
+        "--log-every",
+        "1",
+    ]
+    process = subprocess.Popen([*command, "--out", str(out), *FAST], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.pt").exists() or len(train.read_metrics(out / "metrics.jsonl")) < 3:
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the run wrote no checkpoint in 2 minutes"
+            time.sleep(0.05)
+        process.send_signal(how)
+        code = process.wait(timeout=60)
+    finally:
+        process.kill()
+    if how == signal.SIGTERM:
+        assert code == 130  # stopped cleanly after checkpointing its last step
+    stopped_at = load(out / "checkpoint.pt")["step"]
+    target = stopped_at + 2
+    assert run_cli("--steps", str(target), "--resume", "--out", str(out), *FAST[-2:]) == 0
+    assert run_cli("--steps", str(target), "--out", str(tmp_path / "straight"), *FAST) == 0
+    assert_same_state(load(tmp_path / "straight" / "checkpoint.pt"), load(out / "checkpoint.pt"))
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+def test_reference_and_fused_backends_give_the_same_loss_curve(tmp_path, critic):
+    needs_cpu_backend()
+    curves = {}
+    for backend in ("reference", "cpu"):
+        trainer = Trainer(
+            config(steps=5, log_every=1, model={"critic": critic, "backend": backend, "alpha": 0.5}), tmp_path / backend
+        )
+        (tmp_path / backend).mkdir()
+        trainer.run(progress=False)
+        curves[backend] = train.read_metrics(tmp_path / backend / "metrics.jsonl")
+    for ref, fused in zip(curves["reference"], curves["cpu"], strict=True):
+        for key in ("loss", "local_mi", "global_mi", "prior", "prior_bound"):
+            assert fused[key] == pytest.approx(ref[key], rel=1e-3, abs=1e-4), (ref["step"], key)
+        assert fused["steps_per_s"] > 0
+
+
+# ---- several processes ----------------------------------------------------------------------------------------------
+WORLD, PER_RANK = 2, 4
+
+
+def _one_step(world_batch: int) -> dict:
+    cfg = config(steps=1, model={"critic": "dot", "alpha": 1.0, "beta": 1.0, "gamma": 0.5})
+    cfg.batch_size = world_batch
+    trainer = Trainer(cfg, "unused")
+    images = next(trainer.batches())
+    metrics = trainer.train_step(images)
+    # Gradients, not Adam's first step (which is about lr * sign(grad) and so amplifies rounding of tiny ones).
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters()}
+    buffers = {name: b.clone() for name, b in trainer.model.named_buffers()}
+    return {"loss": metrics["loss"], "prior_bound": metrics["prior_bound"], "grads": grads, "buffers": buffers}
+
+
+def _rank_main(rank: int, init_file: str, results) -> None:
+    os.environ.setdefault("DIM_FUSED_QUIET", "1")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        results[rank] = _one_step(PER_RANK)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_take_the_single_process_step(tmp_path):
+    needs_cpu_backend()
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_rank_main, args=(str(tmp_path / "init"), results), nprocs=WORLD, join=True)
+        ranks = [results[r] for r in range(WORLD)]
+    single = _one_step(WORLD * PER_RANK)
+    torch.testing.assert_close(sum(r["loss"] for r in ranks) / WORLD, single["loss"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sum(r["prior_bound"] for r in ranks) / WORLD, single["prior_bound"])
+    for kind in ("grads", "buffers"):  # buffers: BatchNorm running statistics over the whole batch
+        for key, value in single[kind].items():
+            scale = value.abs().max().item()
+            for rank in ranks:
+                torch.testing.assert_close(rank[kind][key], value, rtol=1e-4, atol=1e-4 * scale, msg=key)
+
+
+# ---- the acceptance test: DIM beats a random encoder on digits --------------------------------------------------
+def test_a_short_digits_run_beats_the_random_encoder(tmp_path):
+    needs_cpu_backend()
+    out = tmp_path / "digits"
+    assert run_cli("--steps", "150", "--lr", "1e-3", "--out", str(out), "--no-progress") == 0
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["trained"]["global"] > probe["random"]["global"] + 0.02, probe
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert train.read_metrics(out / "metrics.jsonl")[-1] == {"probe": probe}
+    # and the evaluation command gives the same numbers from the checkpoint
+    from dim_fused import evaluate
+
+    assert evaluate.main([str(out / "checkpoint.pt"), "--json", str(tmp_path / "again.json")]) == 0
+    assert json.loads((tmp_path / "again.json").read_text()) == probe
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "dim-best"], "preset must be one of dim-local, dim-global; got 'dim-best'"),
+        (["--alpha", "-1"], "alpha must be a finite weight >= 0"),
+        (["--batch-size", "1"], "batch size must be at least 2"),
+        (["--estimator", "mine"], "estimator must be one of"),
+        (["--data", "imagenet"], "data must be one of digits, cifar10"),
+        (["--data", "cifar10", "--data-dir", "/nonexistent/folder"], "cifar-10-batches-py"),
+        (["--amp", "--device", "cpu"], "--amp"),
+        (["--backend", "tpu"], "backend must be one of"),
+    ],
+)
+def test_bad_configurations_exit_with_a_clear_message(tmp_path, capsys, args, message):
+    assert run_cli("--out", str(tmp_path / "run"), "--steps", "1", *FAST, *args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_evaluate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
+    from dim_fused import evaluate
+
+    assert evaluate.main([str(tmp_path / "missing.pt")]) == 2
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert evaluate.main([str(tmp_path / "junk.pt")]) == 2
+    assert "is not a dim_fused training checkpoint" in capsys.readouterr().err
