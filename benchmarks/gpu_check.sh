@@ -2,7 +2,7 @@
 # One prepared GPU run for a bare GPU machine with torch preinstalled and no
 # network: build the extension, run the test suite on the GPU, a compute-sanitizer
 # memcheck on a small case, and the benchmark report; everything lands in OUT.
-# Budget: about 8 minutes on an H200.
+# Budget: about 9 minutes on an H200.
 #
 #   bash benchmarks/gpu_check.sh OUT            (from the repository root)
 set -uo pipefail
@@ -41,12 +41,15 @@ torch.cuda.synchronize(); print('memcheck case done')
 "
 step quick 90 "$PY" -m benchmarks.report --quick --out "$OUT/report-quick"
 step quick-bf16 60 "$PY" -m benchmarks.report --quick --dtype bfloat16 --out "$OUT/report-quick-bf16"
+# Whole DIM training steps/s on CIFAR-sized synthetic data: reference vs cuda vs triton, both critics.
+step train-speed 120 "$PY" -m benchmarks.train_speed --out "$OUT/train-speed"
 # The full report gets what is left of ~7.5 minutes; stopped early, it keeps the finished cases.
-step report $((450 - SECONDS > 30 ? 450 - SECONDS : 30)) "$PY" -m benchmarks.report --out "$OUT/report"
+step report $((480 - SECONDS > 30 ? 480 - SECONDS : 30)) "$PY" -m benchmarks.report --out "$OUT/report"
 
 echo "| step      |   rc | time | last line |" | tee "$OUT/summary.md"
 echo "|---|---:|---:|---|" | tee -a "$OUT/summary.md"
 printf '%s\n' "${status[@]}" | tee -a "$OUT/summary.md"
+[ -f "$OUT/train-speed/table.md" ] && grep -E "^\| (concat|dot) " "$OUT/train-speed/table.md" | tee -a "$OUT/summary.md"
 for table in "$OUT/report-quick/table.md" "$OUT/report/table.md"; do
   [ -f "$table" ] && grep -E "forward\+backward \| (official|seed|reference|compiled|matmuls|cuda|triton) \|" "$table" \
     | grep -E "\| (cifar|cifar-local|b256|large|sweep-B512|sweep-L1024) \|" | tee -a "$OUT/summary.md"

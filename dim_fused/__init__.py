@@ -2,10 +2,11 @@
 
 Each op validates its inputs, then runs on one backend: "reference" (plain
 PyTorch), "cpu" (C++), "cuda" (C++/CUDA), "triton", or "auto" (the best one for
-the tensors' device).
+the tensors' device). ``dim_fused.models`` holds the DIM model; ``python -m
+dim_fused.train`` and ``python -m dim_fused.evaluate`` train and probe it.
 """
 
-from . import distributed, nn, official, reference
+from . import distributed, models, nn, official, reference
 from ._dispatch import BACKENDS, available_backends
 from .estimators import ESTIMATORS, F_MEASURES
 from .functional import concat_conv_mi, dot_product_mi, local_shuffle, location_permutation, mi_bound
@@ -21,6 +22,7 @@ __all__ = [
     "location_permutation",
     "mi_bound",
     "distributed",
+    "models",
     "nn",
     "official",
     "reference",

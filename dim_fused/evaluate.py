@@ -9,12 +9,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import data as datasets
 from .models import Encoder
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 FEATURES: tuple[str, ...] = ("global", "fc", "conv")
 
@@ -59,7 +62,9 @@ def probe_encoder(
     return {name: linear_probe(fit[name], train.labels, score[name], data.test.labels, seed) for name in FEATURES}
 
 
-def evaluate(config, model_state: dict[str, torch.Tensor], data: datasets.ImageData, device: torch.device) -> dict:
+def evaluate(
+    config: "TrainConfig", model_state: dict[str, torch.Tensor], data: datasets.ImageData, device: torch.device
+) -> dict:
     """Probe accuracies of the trained encoder (``model_state``) and of the same model
     at its initialisation (rebuilt from ``config.seed``), as {"trained": ..., "random": ...}."""
     from .train import build_model

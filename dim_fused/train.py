@@ -154,16 +154,17 @@ class Trainer:
         self.local = torch.Generator(self.device).manual_seed(config.seed + 1 + self.rank)
         self.step = 0
         self._stop = False
+        self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0))
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def batch_indices(self, step: int) -> torch.Tensor:
         """This rank's image indices for ``step``: a pure function of (seed, step)."""
         epoch, position = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(
-            len(self.data.unlabeled.labels), generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        )
+        if self._order[0] != epoch:
+            seed = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.data.unlabeled.labels), generator=seed))
         start = position * self.global_batch + self.rank * self.config.batch_size
-        return order[start : start + self.config.batch_size]
+        return self._order[1][start : start + self.config.batch_size]
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -331,10 +332,10 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
     if rows and "prior_accuracy" in rows[0]:
         axes[2].plot(steps, [r["prior_accuracy"] for r in rows], label="prior discriminator")
     if probe:
-        for name, accuracy in probe["trained"].items():
-            axes[2].axhline(
-                accuracy, linestyle="--", label=f"probe {name}: {accuracy:.3f}", color=f"C{len(axes[2].lines)}"
-            )
+        for i, (name, accuracy) in enumerate(probe["trained"].items()):
+            axes[2].axhline(accuracy, linestyle="--", color=f"C{i + 1}", label=f"probe {name}: {accuracy:.3f}")
+        untrained = probe["random"]["global"]
+        axes[2].axhline(untrained, linestyle=":", color="C1", label=f"probe global, random encoder: {untrained:.3f}")
     axes[2].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
     axes[2].legend(fontsize="small")
     fig.tight_layout()

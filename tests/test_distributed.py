@@ -64,3 +64,21 @@ def test_two_ranks_match_one_process(tmp_path, estimator):
 def test_single_process_is_the_identity():
     x = torch.randn(3, 4)
     assert dim_fused.distributed.gather_with_grad(x) is x
+
+
+def test_cross_rank_batchnorm_is_batchnorm_in_one_process():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.BatchNorm1d(16)
+    )
+    model[1].running_mean.fill_(0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 3, 2, 2)
+    expected = model(x)
+    model.load_state_dict(before)
+    converted = dim_fused.distributed.convert_batchnorm(model)
+    assert isinstance(converted[1], dim_fused.distributed.CrossRankBatchNorm)
+    assert isinstance(converted[3], dim_fused.distributed.CrossRankBatchNorm)
+    assert converted.state_dict().keys() == before.keys()
+    assert all(torch.equal(converted.state_dict()[k], v) for k, v in before.items())
+    torch.testing.assert_close(converted(x), expected)

@@ -175,7 +175,7 @@ def test_two_processes_take_the_single_process_step(tmp_path):
 def test_a_short_digits_run_beats_the_random_encoder(tmp_path):
     needs_cpu_backend()
     out = tmp_path / "digits"
-    assert run_cli("--steps", "150", "--lr", "1e-3", "--out", str(out), "--no-progress") == 0
+    assert run_cli("--steps", "300", "--lr", "1e-3", "--out", str(out), "--no-progress") == 0
     probe = json.loads((out / "probe.json").read_text())
     assert probe["trained"]["global"] > probe["random"]["global"] + 0.02, probe
     assert (out / "curves.png").stat().st_size > 10_000
@@ -205,6 +205,13 @@ def test_bad_configurations_exit_with_a_clear_message(tmp_path, capsys, args, me
     assert run_cli("--out", str(tmp_path / "run"), "--steps", "1", *FAST, *args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
+    train.save_atomically({"step": 3}, tmp_path / "checkpoint.pt")
+    assert run_cli("--out", str(tmp_path), "--steps", "1", *FAST) == 2
+    assert "already holds a run: pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert load(tmp_path / "checkpoint.pt") == {"step": 3}
 
 
 def test_evaluate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
