@@ -273,8 +273,13 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     now = time.perf_counter()
+                    names = sorted(sums)
+                    means = torch.stack([sums[k] for k in names]) / window_steps
+                    if self.world > 1:  # the record is the mean over ranks
+                        dist.all_reduce(means)
+                        means /= self.world
                     record = {"step": self.step, "epoch": self.step / self.steps_per_epoch}
-                    record.update({k: float(v) / window_steps for k, v in sums.items()})
+                    record.update(zip(names, means.tolist(), strict=True))
                     record["steps_per_s"] = window_steps / (now - window_start)
                     if self.rank == 0:
                         with open(metrics_file, "a") as f:
