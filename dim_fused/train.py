@@ -107,6 +107,10 @@ def build_model(config: DIMConfig, seed: int) -> DeepInfoMax:
 
 
 class Trainer:
+    """One training run: data, model, optimisers and generators on one device (one rank
+    under torch.distributed). ``run()`` trains; ``train_step(images)`` is one step of
+    both players; ``state()`` / ``load(state)`` are exact checkpoints."""
+
     def __init__(self, config: TrainConfig, out: str | os.PathLike, device: str | None = None) -> None:
         self.config, self.out = config, Path(out)
         self.rank, self.world = distributed.world()

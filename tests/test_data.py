@@ -80,3 +80,27 @@ def test_random_crops_are_windows_of_the_image_possibly_flipped():
     assert 10 < flipped < 54  # about half are flipped
     same_size = torch.randint(0, 256, (4, 1, 5, 5), dtype=torch.uint8)
     torch.testing.assert_close(data.to_inputs(same_size, 5, torch.Generator()), data.to_inputs(same_size, 5))
+
+
+def write_fake_stl10(root, monkeypatch) -> None:
+    """stl10_binary/ in the standard layout (uint8 planes, column-major 96x96, labels 1..10)."""
+    import torchvision
+
+    folder = root / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in [("train", 4), ("test", 3), ("unlabeled", 6)]:
+        (folder / f"{split}_X.bin").write_bytes(rng.integers(0, 256, n * 3 * 96 * 96, dtype=np.uint8).tobytes())
+        if split != "unlabeled":
+            (folder / f"{split}_y.bin").write_bytes(np.arange(1, n + 1, dtype=np.uint8).tobytes())
+    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)
+
+
+def test_stl10_trains_on_unlabeled_64_pixel_crops(tmp_path, monkeypatch):
+    write_fake_stl10(tmp_path, monkeypatch)
+    stl = data.load("stl10", tmp_path)
+    assert stl.unlabeled.images.shape == (6, 3, 96, 96) and stl.train.images.shape == (4, 3, 96, 96)
+    assert stl.test.labels.tolist() == [0, 1, 2] and stl.crop == 64 and stl.num_classes == 10
+    raw = np.fromfile(tmp_path / "stl10_binary" / "test_X.bin", dtype=np.uint8).reshape(3, 3, 96, 96)
+    assert torch.equal(stl.test.images, torch.from_numpy(raw).transpose(-1, -2))  # stored column-major
+    assert data.to_inputs(stl.unlabeled.images, stl.crop, torch.Generator()).shape == (6, 3, 64, 64)

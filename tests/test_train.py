@@ -187,6 +187,18 @@ def test_a_short_digits_run_beats_the_random_encoder(tmp_path):
     assert json.loads((tmp_path / "again.json").read_text()) == probe
 
 
+def test_one_step_on_stl10_with_the_alexnet_encoder(tmp_path, monkeypatch):
+    from test_data import write_fake_stl10
+
+    write_fake_stl10(tmp_path, monkeypatch)
+    cfg = config(data="stl10", data_dir=str(tmp_path), model={"architecture": "alex64x64", "in_channels": 3})
+    cfg.batch_size = 3
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.steps_per_epoch == 2  # 6 unlabeled images
+    metrics = trainer.train_step(next(trainer.batches()))
+    assert all(torch.isfinite(v) for v in metrics.values())
+
+
 # ---- bad input ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, message",
