@@ -354,11 +354,18 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
     os.replace(tmp, path)
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):  # flags, and options whose help says their default
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dim_fused.train",
         description="Train Deep InfoMax with the fused MI ops; evaluate it with a linear probe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpWithDefaults,
     )
     parser.add_argument("--data", default="digits", help=f"one of {', '.join(datasets.DATASETS)}")
     parser.add_argument("--data-dir", default="data", help="folder holding cifar10/cifar100/stl10 (never downloaded)")
@@ -366,17 +373,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
     parser.add_argument("--preset", default="dim-local", help=f"(alpha, beta, gamma): {PRESETS}")
-    parser.add_argument("--alpha", type=float, help="global MI weight (overrides the preset)")
-    parser.add_argument("--beta", type=float, help="local MI weight (overrides the preset)")
-    parser.add_argument("--gamma", type=float, help="prior matching weight (overrides the preset)")
+    parser.add_argument("--alpha", type=float, help="global MI weight (default: the preset's)")
+    parser.add_argument("--beta", type=float, help="local MI weight (default: the preset's)")
+    parser.add_argument("--gamma", type=float, help="prior matching weight (default: the preset's)")
     parser.add_argument("--estimator", default="jsd", help="MI bound: jsd, infonce, dv, or another f-measure")
     parser.add_argument("--critic", default="concat", choices=CRITICS, help="concat-and-conv or encode-and-dot")
     parser.add_argument("--negatives", type=int, default=1, help="shuffled negatives per positive (concat critic)")
     parser.add_argument("--backend", default="auto", help="auto, reference, cpu, cuda or triton")
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="concat critic hidden units")
     parser.add_argument("--units", type=int, default=2048, help="encode-and-dot critic code width")
-    parser.add_argument("--architecture", choices=tuple(ENCODERS), help="default: by the data's image size")
-    parser.add_argument("--steps", type=int, help="optimizer steps in all (default 1500; on --resume, the saved one)")
+    parser.add_argument(
+        "--architecture", choices=tuple(ENCODERS), help="(default: alex64x64 for stl10, else basic32x32)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="optimizer steps in all (default: 1500; on --resume, the saved number)"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per process and step")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--prior-lr", type=float, default=1e-4)
