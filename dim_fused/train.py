@@ -264,7 +264,8 @@ class Trainer:
         if progress and self.rank == 0:
             from tqdm import tqdm
 
-            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True)
+            interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
+            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=interval)
         sums: dict[str, torch.Tensor] = {}
         window_steps, window_start = 0, time.perf_counter()
         try:
