@@ -119,8 +119,6 @@ class Trainer:
         self.device = torch.device(device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        if config.amp and self.device.type != "cuda":
-            raise ValueError("--amp (bfloat16 autocast) is for CUDA devices")
         self.data = datasets.load(config.data, config.data_dir)
         model, channels = config.model, self.data.channels
         if model.in_channels != channels:
@@ -393,7 +391,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--prior-lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA)")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        help="bfloat16 autocast (default: on CUDA; on a CPU it runs, slowly)",
+    )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: this rank's GPU, else cpu)")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--checkpoint-every", type=int, default=250)
