@@ -292,6 +292,7 @@ class Trainer:
                                 loss=f"{record['loss']:.3f}",
                                 local_mi=f"{record['local_mi']:.3f}",
                                 steps_s=f"{record['steps_per_s']:.1f}",
+                                refresh=False,  # the bar redraws at its own pace (mininterval)
                             )
                     sums, window_steps, window_start = {}, 0, time.perf_counter()
                 if bar is not None:
