@@ -2,18 +2,17 @@
 in one process on the same data: ``python -m benchmarks.train_speed [--out FOLDER]``.
 
 Each (critic, backend) case builds the trainer (same seed, same batches), runs warm-up
-steps, then times whole optimizer steps (encoder + critics + prior discriminator),
-synchronising the GPU. Default data: random CIFAR-sized images (``synthetic``).
+steps, then times whole optimizer steps (encoder + critics + prior discriminator) with
+the report's ``timing.measure``. Default data: random CIFAR-sized images (``synthetic``).
 """
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,22 +21,16 @@ import dim_fused
 from dim_fused.models import DIMConfig
 from dim_fused.train import TrainConfig, Trainer
 
+from .timing import Timing, measure
 
-def time_steps(trainer: Trainer, warmup: int, steps: int, repeats: int) -> list[float]:
-    """Steps per second of ``repeats`` timed windows of ``steps`` steps each."""
+
+def time_steps(trainer: Trainer, warmup: int, min_time_s: float) -> Timing:
+    """One optimizer step timed the report's way (``timing.measure``: median and
+    quartiles of repeats, CUDA events on a GPU), after ``warmup`` extra steps."""
     batches = trainer.batches()
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         trainer.train_step(next(batches))
-    rates = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(next(batches))
-        sync()
-        rates.append(steps / (time.perf_counter() - start))
-    return rates
+    return measure(lambda: trainer.train_step(next(batches)), trainer.device, min_time_s=min_time_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA)")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
-    parser.add_argument("--repeats", type=int, default=3, help="timed windows per case (the median is reported)")
+    parser.add_argument("--min-time", type=float, default=3.0, help="seconds of timed steps per case, at least")
     parser.add_argument("--out", help="write table.md and results.json here")
     args = parser.parse_args(argv)
 
@@ -69,18 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             trainer = Trainer(config, "unused", device=str(device))
-            rates = time_steps(trainer, args.warmup, args.steps, args.repeats)
+            timing = time_steps(trainer, args.warmup, args.min_time)
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
             rows.append(
                 {
                     "critic": critic,
                     "backend": backend,
-                    "steps_per_s": statistics.median(rates),
-                    "runs": rates,
+                    "steps_per_s": 1e3 / timing.median_ms,
+                    "step_ms": dataclasses.asdict(timing),
                     "peak_mib": peak,
                 }
             )
-            print(f"{critic:>6} {backend:>9}: {statistics.median(rates):7.2f} steps/s", file=sys.stderr)
+            print(f"{critic:>6} {backend:>9}: {1e3 / timing.median_ms:7.2f} steps/s", file=sys.stderr)
             del trainer
 
     name = (
@@ -95,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     lines = [
         header,
-        "| critic | backend | steps/s (median) | x vs reference | peak GPU MiB |",
-        "|---|---|---:|---:|---:|",
+        "| critic | backend | steps/s (median) | step ms (IQR) | x vs reference | peak GPU MiB |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         base = [r for r in rows if r["critic"] == row["critic"] and r["backend"] == "reference"]
         ratio = f"{row['steps_per_s'] / base[0]['steps_per_s']:.2f}" if base else ""
         peak = "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
-        lines.append(f"| {row['critic']} | {row['backend']} | {row['steps_per_s']:.2f} | {ratio} | {peak} |")
+        ms = row["step_ms"]
+        spread = f"{ms['median_ms']:.0f} ({ms['q1_ms']:.0f}-{ms['q3_ms']:.0f})"
+        lines.append(f"| {row['critic']} | {row['backend']} | {row['steps_per_s']:.2f} | {spread} | {ratio} | {peak} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -100,15 +100,17 @@ class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
 
 def convert_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """Replace every BatchNorm1d/2d/3d in ``module`` by a CrossRankBatchNorm holding the
-    same parameters and buffers (in place; returns ``module``)."""
+    """Replace every BatchNorm1d/2d/3d in ``module`` by a CrossRankBatchNorm sharing its
+    parameters and buffers (so optimisers built before still hold them), in place;
+    returns ``module``."""
     for name, child in module.named_children():
         if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(child, CrossRankBatchNorm):
             synced = CrossRankBatchNorm(
                 child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
             )
-            synced.load_state_dict(child.state_dict())
-            synced.to(next(iter(child.state_dict().values()), torch.empty(0)).device)
+            for tensor_name, tensor in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
+                setattr(synced, tensor_name, tensor)
+            synced.train(child.training)
             setattr(module, name, synced)
         else:
             convert_batchnorm(child)

@@ -19,9 +19,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.distributed as dist
@@ -68,13 +68,14 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive learning rate, got {value}")
 
 
-def save_atomically(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, flushed to disk, then renamed
-    over ``path``: readers see the old file or the new one, never a torn one."""
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """``write(f)`` into a temporary file in ``path``'s folder, flushed to disk, then
+    renamed over ``path``: readers see the old file or the new one, never a torn one,
+    and a failed write leaves no temporary file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,10 +85,12 @@ def save_atomically(obj: Any, path: Path) -> None:
     _fsync_dir(path.parent)
 
 
+def save_atomically(obj: Any, path: Path) -> None:
+    write_atomically(path, lambda f: torch.save(obj, f))
+
+
 def write_text_atomically(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -187,7 +190,7 @@ class Trainer:
             distributed.average_gradients(self.model.prior_parameters())
             self.prior_optimizer.step()
             metrics.update(stats)
-        return {k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}
+        return {k: v.detach().float() for k, v in metrics.items()}
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -235,9 +238,13 @@ class Trainer:
             yield datasets.to_inputs(images, self.data.crop, self.local)
 
     def stop_requested(self) -> bool:
-        """Whether any rank was asked to stop (every rank then stops at the same step)."""
+        """Whether a stop was asked for. Several ranks agree on it (an all-reduce, a host
+        sync) only at logging steps, where the loop synchronises anyway, so they stop at
+        the same step within ``log_every`` steps of the signal."""
         if self.world == 1:
             return self._stop
+        if self.step % self.config.log_every != 0 and self.step != self.config.steps:
+            return False
         flag = torch.tensor([float(self._stop)], device=self.device if self.device.type == "cuda" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
@@ -348,10 +355,8 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
     axes[2].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
     axes[2].legend(fontsize="small")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):

@@ -76,7 +76,9 @@ def test_cross_rank_batchnorm_is_batchnorm_in_one_process():
     x = torch.randn(5, 3, 2, 2)
     expected = model(x)
     model.load_state_dict(before)
+    weight = model[1].weight
     converted = dim_fused.distributed.convert_batchnorm(model)
+    assert converted[1].weight is weight  # shared: an optimiser built before still holds it
     assert isinstance(converted[1], dim_fused.distributed.CrossRankBatchNorm)
     assert isinstance(converted[3], dim_fused.distributed.CrossRankBatchNorm)
     assert converted.state_dict().keys() == before.keys()
