@@ -10,11 +10,14 @@ EXT_SOURCES := setup.py $(CXX_SOURCES)
 
 .PHONY: setup build demo train report test bench lint format clean
 
-$(VENV)/.installed: requirements.txt
+# The pinned platform first (the extension compiles against it), then the package
+# with every extra (pyproject.toml), which builds the extension once.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -r requirements.txt
-	touch $@
+	$(PYTHON) -m pip install --no-build-isolation -e ".[dev]"
+	touch $@ $(VENV)/.built
 
 setup: $(VENV)/.installed
 
@@ -31,7 +34,7 @@ demo: train report
 
 # About 3 minutes on 2 CPU cores; run again, it resumes (or only re-evaluates).
 train: build
-	$(PYTHON) -m dim_fused.train --data digits --steps 800 --lr 1e-3 --seed 0 --out runs/digits --resume
+	$(PYTHON) -m dim_fused.training.train --data digits --steps 800 --lr 1e-3 --seed 0 --out runs/digits --resume
 
 report: build
 	$(PYTHON) -m benchmarks.report --quick

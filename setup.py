@@ -1,4 +1,4 @@
-"""Build dim_fused._C: C++ CPU kernels always, CUDA kernels whenever a CUDA build
+"""Build dim_fused._C (the metadata is in pyproject.toml): C++ CPU kernels always, CUDA kernels whenever a CUDA build
 of torch and nvcc are present (a GPU is not needed to compile them).
 
 Environment:
@@ -19,7 +19,7 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 ROOT = Path(__file__).parent
 
@@ -86,15 +86,5 @@ if with_cuda:
 else:
     extension = CppExtension("dim_fused._C", sources, include_dirs=include_dirs, extra_compile_args=cxx_flags)
 
-setup(
-    name="dim_fused",
-    version="0.1.0",
-    description="Fused C++/CUDA and Triton kernels for Deep InfoMax mutual-information scoring",
-    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["dim_fused", "dim_fused.*"]),
-    python_requires=">=3.10",
-    install_requires=["torch>=2.11"],
-    ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+# The package's metadata (name, version, dependencies, extras) is in pyproject.toml.
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

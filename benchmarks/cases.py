@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 import dim_fused
-from dim_fused import _dispatch, official, reference
+from dim_fused import official, reference
 
 from .configs import Config
 
@@ -55,7 +55,7 @@ def unavailable(peer: str, device: torch.device) -> str | None:
     if peer == "triton" and device.type == "cpu":
         return "the Triton interpreter is a correctness tool, not timed"
     try:
-        _dispatch.resolve(peer, device)
+        dim_fused.resolve_backend(peer, device)
     except RuntimeError as why:
         return str(why)
     return None

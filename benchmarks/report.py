@@ -2,14 +2,17 @@
 
 Each fused result (value and gradients) is checked against the float64 reference
 before it is timed; a wrong kernel is reported, never timed. Each peer is then run
-once to warm up (and compile), once to measure its peak memory, and repeatedly to
-time it. A peer that runs out of memory is recorded as such.
+once to warm up (and compile) and repeatedly to time it; peak memory is measured
+after every timing is done, so its accounting never slows a timed run. A peer that
+runs out of memory is recorded as such.
 
     python -m benchmarks.report [--quick] [--out DIR] [--dtype float32] [--device cuda]
 
-Writes to --out: table.md, results.json and results.csv (raw numbers with device,
-versions, date and command) and PNG plots (time and memory against batch size and
-feature-map size; a summary of speed-ups).
+Prints a summary (per op and setting, the best fused backend against each peer) and
+writes to --out (default runs/report-quick, -full or -tiny): summary.md, table.md
+(every row), results.json and results.csv (raw numbers with device, versions, date
+and command) and PNG plots (time and memory against batch size and feature-map size;
+the speed-ups of the summary).
 """
 
 import argparse
@@ -56,9 +59,9 @@ def input_sets(config: Config, device: torch.device, dtype: torch.dtype) -> list
     return [first, *[cases.make_inputs(config, device, dtype, seed=i) for i in range(1, copies)]]
 
 
-def run_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict) -> dict:
-    """One row: status "ok" with numbers, or "skipped" / "wrong result" / "out of memory" with the reason.
-    `inputs` is a list of input sets, used in turn."""
+def time_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict) -> dict:
+    """One row's timing: status "ok" with numbers, or "skipped" / "wrong result" / "out of
+    memory" with the reason. `inputs` is a list of input sets, used in turn."""
     reason = cases.unavailable(peer, device)
     if reason is not None:
         return {"status": "skipped", "reason": reason}
@@ -75,16 +78,29 @@ def run_peer(config: Config, peer: str, estimator: str, mode: str, inputs, devic
                 return {"status": "wrong result", "reason": checked[key]}
         fn = _rotating([cases.step(config.op, peer, x, estimator, mode) for x in inputs])
         fn()  # warm-up; compiles the torch.compile peer
-        peak = memory.peak_extra_bytes(fn, device)
         timing = measure(fn, device)
     except Exception as error:  # noqa: BLE001 - only out-of-memory is an outcome; the rest propagates
-        if not memory.is_out_of_memory(error):
-            raise
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return {"status": "out of memory", "reason": str(error).splitlines()[0][:200]}
-    return {"status": "ok", **vars(timing), "peak_bytes": peak}
+        return _out_of_memory(error, device)
+    return {"status": "ok", **vars(timing), "peak_bytes": None}
+
+
+def peak_of_peer(row: dict, config: Config, inputs, device) -> None:
+    """The row's peak memory, measured on its own after every timing (see main)."""
+    try:
+        fn = cases.step(config.op, row["peer"], inputs[0], row["estimator"], row["mode"])
+        fn()
+        row["peak_bytes"] = memory.peak_extra_bytes(fn, device)
+    except Exception as error:  # noqa: BLE001
+        row.update(_out_of_memory(error, device))
+
+
+def _out_of_memory(error: Exception, device: torch.device) -> dict:
+    if not memory.is_out_of_memory(error):
+        raise error
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"status": "out of memory", "reason": str(error).splitlines()[0][:200]}
 
 
 def run(
@@ -95,13 +111,17 @@ def run(
     progress: bool = True,
     rows: list[dict] | None = None,
 ) -> list[dict]:
-    """Every case of the configs; rows are appended to `rows` as each case completes, so
-    an interrupted run still leaves the finished cases there."""
+    """Every case of the configs. Timings come first, in a process whose allocator is
+    left as users run it; peak memory is measured afterwards (on the CPU that needs
+    glibc to map every large block on its own, which slows materialising peers down
+    and must not touch their timings). Rows are appended to `rows` as each case's
+    timings complete, so an interrupted run still leaves the finished cases there."""
     jobs = [(c, e, m) for c in config_list for e in c.estimators for m in cases.MODES]
     rows = [] if rows is None else rows
     checked = {}
     itemsize = torch.empty((), dtype=dtype).element_size()
-    for config, estimator, mode in tqdm(jobs, desc="benchmarks", unit="case", file=sys.stderr, disable=not progress):
+    groups = []
+    for config, estimator, mode in tqdm(jobs, desc="timings", unit="case", file=sys.stderr, disable=not progress):
         inputs = input_sets(config, device, dtype)
         group = []
         for peer in cases.PEERS[config.op]:
@@ -118,12 +138,22 @@ def run(
                 "peer": peer,
                 "flop": cases.flops(config, mode),
                 "bytes": cases.bytes_moved(config, itemsize, mode),
-                **run_peer(config, peer, estimator, mode, inputs, device, dtype, checked),
+                **time_peer(config, peer, estimator, mode, inputs, device, dtype, checked),
             }
             group.append(row)
         del inputs
         _derive(group, ceilings)
         rows += group
+        groups.append((config, group))
+    if device.type == "cpu":
+        memory.prepare_cpu_accounting()
+    for config, group in tqdm(groups, desc="peak memory", unit="case", file=sys.stderr, disable=not progress):
+        inputs = [cases.make_inputs(config, device, dtype)]
+        for row in group:
+            if row["status"] == "ok":
+                peak_of_peer(row, config, inputs, device)
+        del inputs
+        _derive(group, ceilings)
     return rows
 
 
@@ -137,11 +167,12 @@ def _derive(group: list[dict], ceilings: dict) -> None:
         row["gb_per_s"] = row["bytes"] / seconds / 1e9
         row["gemm_fraction"] = row["tflop_per_s"] / gemm_ceiling if row["tflop_per_s"] and gemm_ceiling else None
         row["copy_fraction"] = row["gb_per_s"] / ceilings["copy_gb_per_s"]
-        for peer in ("reference", "compiled"):
+        for peer in ("reference", "compiled", "official", "seed", "matmuls"):
             if peer in by_peer:
                 row[f"speedup_vs_{peer}"] = by_peer[peer]["median_ms"] / row["median_ms"]
-                if by_peer[peer]["peak_bytes"] >= 2**20:  # below a MiB the ratio is page-size noise
-                    row[f"memory_vs_{peer}"] = row["peak_bytes"] / by_peer[peer]["peak_bytes"]
+                peer_peak, own_peak = by_peer[peer]["peak_bytes"], row["peak_bytes"]
+                if peer_peak is not None and own_peak is not None and peer_peak >= 2**20:
+                    row[f"memory_vs_{peer}"] = own_peak / peer_peak  # below a MiB the ratio is page noise
 
 
 def _fmt(value, spec: str) -> str:
@@ -159,10 +190,11 @@ def markdown(rows: list[dict]) -> str:
         if r["status"] != "ok":
             lines.append(f"{head} {r['status']}: {r['reason'][:70]} |" + " |" * 9)
             continue
+        peak = None if r["peak_bytes"] is None else r["peak_bytes"] / 2**20
         lines.append(
             f"{head} {r['median_ms']:.3f} | {r['q3_ms'] - r['q1_ms']:.3f}"
             f" | {_fmt(r.get('speedup_vs_reference'), '.2f')}"
-            f" | {_fmt(r.get('speedup_vs_compiled'), '.2f')} | {r['peak_bytes'] / 2**20:.1f}"
+            f" | {_fmt(r.get('speedup_vs_compiled'), '.2f')} | {_fmt(peak, '.1f')}"
             f" | {_fmt(r.get('memory_vs_reference'), '.3f')} | {_fmt(r['tflop_per_s'], '.3f')} | {r['gb_per_s']:.1f}"
             f" | {_fmt(r['gemm_fraction'], '.0%')} | {r['copy_fraction']:.0%} |"
         )
@@ -171,7 +203,7 @@ def markdown(rows: list[dict]) -> str:
 
 def plots(rows: list[dict], out: Path) -> list[Path]:
     """Time and memory against the sweep axis, one line per peer, out-of-memory points
-    marked; and a bar chart of forward+backward speed-ups over the reference."""
+    marked; and the speed-ups of the summary (speedup_plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,9 +222,10 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             if not ok and not oom:
                 continue
             for axis, key, scale in ((axes[0], "median_ms", 1.0), (axes[1], "peak_bytes", 2**-20)):
-                (line,) = axis.plot([r[series] for r in ok], [r[key] * scale for r in ok], marker="o", label=peer)
+                known = [r for r in ok if r[key] is not None]  # an interrupted run may lack peaks
+                (line,) = axis.plot([r[series] for r in known], [r[key] * scale for r in known], marker="o", label=peer)
                 if oom:
-                    top = max([r[key] * scale for r in ok] or [1.0])
+                    top = max([r[key] * scale for r in known] or [1.0])
                     axis.scatter([r[series] for r in oom], [top] * len(oom), marker="x", s=80, color=line.get_color())
         for axis, label in ((axes[0], "forward+backward time (ms)"), (axes[1], "peak extra memory (MB)")):
             axis.set_xscale("log", base=2)
@@ -209,24 +242,81 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
 
-    bars = [
-        r
-        for r in rows
-        if r["mode"] == "forward+backward" and r.get("speedup_vs_reference") and r["peer"] != "reference"
-    ]
-    if bars:
-        fig, axis = plt.subplots(figsize=(max(6, 0.35 * len(bars)), 4))
-        axis.bar(range(len(bars)), [r["speedup_vs_reference"] for r in bars])
-        labels = [f"{r['config']}/{r['estimator']}/{r['peer']}" for r in bars]
-        axis.set_xticks(range(len(bars)), labels, rotation=90, fontsize=7)
-        axis.axhline(1.0, color="gray", linewidth=0.8)
-        axis.set_ylabel("forward+backward speed-up over reference")
-        fig.tight_layout()
-        path = out / "speedup.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+    path = speedup_plot(rows, out)
+    if path is not None:
         written.append(path)
     return written
+
+
+def best_fused(rows: list[dict]) -> list[dict]:
+    """Per (op, config, estimator), forward+backward: the fastest fused backend's row,
+    which carries its ratios against every peer of its case."""
+    best: dict[tuple, dict] = {}
+    for r in rows:
+        if r["mode"] != "forward+backward" or r["peer"] not in cases.FUSED or r["status"] != "ok":
+            continue
+        key = (r["op"], r["config"], r["estimator"])
+        if key not in best or r["median_ms"] < best[key]["median_ms"]:
+            best[key] = r
+    return list(best.values())
+
+
+def summary(rows: list[dict]) -> str:
+    """What a reader takes in at a glance: per op and setting, the best fused backend
+    against each peer (forward+backward). The full table is in table.md."""
+    lines = [
+        "| op | config | estimator | best fused | ms | x reference | x torch.compile | x official/seed "
+        "| memory / reference | time / its GEMMs |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in best_fused(rows):
+        materialising = r.get("speedup_vs_official", r.get("speedup_vs_seed"))
+        floor = r.get("speedup_vs_matmuls")
+        lines.append(
+            f"| {r['op']} | {r['config']} | {r['estimator']} | {r['peer']} | {r['median_ms']:.2f}"
+            f" | {_fmt(r.get('speedup_vs_reference'), '.2f')} | {_fmt(r.get('speedup_vs_compiled'), '.2f')}"
+            f" | {_fmt(materialising, '.2f')} | {_fmt(r.get('memory_vs_reference'), '.2f')}"
+            f" | {_fmt(None if not floor else 1 / floor, '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
+PLOTTED_PEERS = {"reference": "reference", "compiled": "torch.compile", "official": "official", "seed": "seed"}
+
+
+def speedup_plot(rows: list[dict], out: Path) -> Path | None:
+    """speedup.png: per op, one group of bars per setting (config / estimator), the best
+    fused backend's forward+backward speed-up over each peer; 1 = as fast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    best = best_fused(rows)
+    ops = sorted({r["op"] for r in best})
+    if not ops:
+        return None
+    fig, axes = plt.subplots(len(ops), 1, figsize=(10, 3.2 * len(ops)), squeeze=False)
+    for axis, op in zip(axes[:, 0], ops, strict=True):
+        mine = [r for r in best if r["op"] == op]
+        peers = [p for p in PLOTTED_PEERS if any(r.get(f"speedup_vs_{p}") for r in mine)]
+        width = min(0.25, 0.8 / max(1, len(peers)))
+        for i, peer in enumerate(peers):
+            xs = [k + (i - (len(peers) - 1) / 2) * width for k in range(len(mine))]
+            heights = [r.get(f"speedup_vs_{peer}") or 0.0 for r in mine]
+            bars = axis.bar(xs, heights, width, label=f"vs {PLOTTED_PEERS[peer]}")
+            axis.bar_label(bars, [f"{h:.1f}" if h else "" for h in heights], fontsize=7)
+        axis.set_xticks(range(len(mine)), [f"{r['config']} / {r['estimator']}\n({r['peer']})" for r in mine])
+        axis.set_xlim(-0.6, len(mine) - 0.4)
+        axis.axhline(1.0, color="gray", linewidth=0.8)
+        axis.set_ylabel("speed-up (x)")
+        axis.set_title(f"{op}: best fused backend, forward+backward")
+        axis.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "speedup.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _interrupt(signum, frame):
@@ -235,7 +325,7 @@ def _interrupt(signum, frame):
 
 def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: dict) -> dict:
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command,
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -255,13 +345,14 @@ def write(rows: list[dict], meta: dict, out: Path) -> list[Path]:
     ceilings = ", ".join(f"{k} = {v:.1f}" for k, v in meta["ceilings"].items())
     header = f"{meta['date']}, {meta['device']}, torch {meta['torch']}, {meta['dtype']}; measured ceilings: {ceilings}"
     (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{markdown(rows)}\n")
+    (out / "summary.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{summary(rows)}\n")
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    return [out / "table.md", out / "results.json", out / "results.csv", *plots(rows, out)]
+    return [out / "summary.md", out / "table.md", out / "results.json", out / "results.csv", *plots(rows, out)]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -273,7 +364,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     size.add_argument("--tiny", action="store_true", help="toy sizes, seconds end to end (what the tests run)")
     parser.add_argument("--ops", nargs="+", choices=sorted(cases.PEERS), help="only these ops")
     parser.add_argument("--skip", nargs="+", default=[], metavar="CONFIG", help="leave out the configs of these names")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the table, raw numbers and plots")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for tables, raw numbers, plots (default: runs/report-SIZE)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument(
@@ -282,7 +378,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if device.type == "cpu":
-        memory.prepare_cpu_accounting()
         memory.limit_cpu_memory(args.cpu_memory_gb)
     config_list = configs.TINY if args.tiny else configs.QUICK if args.quick else configs.FULL
     if args.ops:
@@ -303,12 +398,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta = {**metadata(device, dtype, command, ceilings), "interrupted": interrupted}
     if interrupted:
         print(f"interrupted: reporting the {len(rows)} rows finished so far", file=sys.stderr)
+    out = args.out or Path("runs") / f"report-{'tiny' if args.tiny else 'quick' if args.quick else 'full'}"
     print(f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}")
-    print(", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
-    print(markdown(rows))
-    if args.out is not None:
-        for path in write(rows, meta, args.out):
-            print(f"wrote {path}")
+    print("measured ceilings: " + ", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
+    print(summary(rows))
+    write(rows, meta, out)
+    print(f"every row (all peers, both modes, throughputs) in {out / 'table.md'}; plots and raw numbers in {out}/")
     return rows
 
 

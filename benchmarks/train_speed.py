@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 import dim_fused
-from dim_fused.models import DIMConfig
-from dim_fused.train import TrainConfig, Trainer
+from dim_fused.training import DIMConfig, TrainConfig, Trainer
 
 from .timing import Timing, measure
 

@@ -3,11 +3,12 @@
 // per location (one GEMM over B * L rows) and Q = y W1y^T + b1 per image, so the
 // (B, C + D, L) concat and its shuffled copies never exist; a negative row just
 // reads another row of P. Chunks of whole images run the hidden layers as ATen
-// GEMMs (cuBLAS / BLAS, bias + ReLU fused where ATen has it) and keep only the
-// scores; the estimate is dim_fused::mi_bound of those. The backward recomputes
-// each chunk's activations, back-propagates through them, and scatters the
-// first-layer gradient into dP (through each permutation, so without atomics)
-// and dQ; four GEMMs then give the first layer's and the inputs' gradients.
+// GEMMs (cuBLAS / BLAS) and keep only the scores, in the accumulation dtype;
+// the estimate is dim_fused::mi_bound of those. The backward recomputes each
+// chunk's activations, back-propagates through them, and scatters the
+// first-layer gradient into dP (through each permutation) and dQ; four GEMMs
+// then give the first layer's and the inputs' gradients. docs/design.md
+// ("Concat-and-conv") has the algebra.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -45,7 +46,8 @@ std::pair<at::Tensor, at::Tensor> split_first_layer(const ConcatConvProblem& p) 
   return {P, Q};
 }
 
-// Activations of layers 1..n-1 for one chunk (layer 1 from the kernel), and its scores.
+// Activations of layers 1..n-1 for one chunk (layer 1 from the kernel), and its
+// scores in the accumulation dtype.
 std::pair<std::vector<at::Tensor>, at::Tensor> chunk_forward(const ConcatConvProblem& p,
                                                              const ConcatConvKernels& kernels,
                                                              const at::Tensor& P,
@@ -58,12 +60,14 @@ std::pair<std::vector<at::Tensor>, at::Tensor> chunk_forward(const ConcatConvPro
   const size_t last = p.weights.size() - 1;
   for (size_t i = 1; i < last; ++i) {
     const at::Tensor wt = p.weights[i].t();
-    hidden.push_back(p.biases[i] ? at::_addmm_activation(*p.biases[i], hidden.back(), wt)
-                                 : at::relu(at::mm(hidden.back(), wt)));
+    // addmm then relu: cuBLASLt's fused ReLU epilogue would turn a NaN into 0.
+    at::Tensor z =
+        p.biases[i] ? at::addmm(*p.biases[i], hidden.back(), wt) : at::mm(hidden.back(), wt);
+    hidden.push_back(z.relu_());
   }
-  const at::Tensor wt = p.weights[last].t();
-  at::Tensor scores =
-      p.biases[last] ? at::addmm(*p.biases[last], hidden.back(), wt) : at::mm(hidden.back(), wt);
+  const auto acc = acc_dtype(P.scalar_type());
+  at::Tensor scores = mm_to(hidden.back(), p.weights[last].t(), acc);
+  if (p.biases[last]) scores.add_(p.biases[last]->to(acc));
   return {std::move(hidden), scores.view({rows})};
 }
 
@@ -83,26 +87,35 @@ void for_each_chunk(const ConcatConvProblem& p, const Body& body) {
 std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProblem& p,
                                                           const ConcatConvKernels& kernels) {
   const auto [P, Q] = split_first_layer(p);
-  at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, P.options());
+  const auto acc = P.options().dtype(acc_dtype(P.scalar_type()));
+  at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, acc);
   const at::Tensor flat_scores = scores.view({p.num_negatives + 1, -1});
   for_each_chunk(p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows) {
     flat_scores[pairs]
         .narrow(0, first_row, rows)
         .copy_(chunk_forward(p, kernels, P, Q, pairs, first_row, rows).second);
   });
-  return {mi_bound_op(scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name), scores};
+  const at::Tensor estimate =
+      mi_bound_op(scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+  return {estimate.to(P.scalar_type()), scores};
 }
 
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
                         const at::Tensor& scores, const ConcatConvKernels& kernels) {
+  const auto dtype = p.local_rows.scalar_type();
   const auto [d_pos, d_neg] =
-      mi_bound_backward_op(grad, scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+      mi_bound_backward_op(grad.to(scores.scalar_type()), scores[0],
+                           scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+  // d(estimate)/d(score) times the gradient scale B * L, so that half-precision
+  // gradients hold values near 1 instead of underflowing (1 / (B L) is below
+  // fp16's normal range); every accumulated gradient is unscaled at the end.
+  const double scale = double(p.rows());
   const at::Tensor d_scores =
-      at::cat({d_pos.unsqueeze(0), d_neg}, 0).view({p.num_negatives + 1, -1});
+      (at::cat({d_pos.unsqueeze(0), d_neg}, 0) * scale).view({p.num_negatives + 1, -1});
 
   const auto [P, Q] = split_first_layer(p);
-  const auto acc = P.options().dtype(P.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  const auto acc = P.options().dtype(acc_dtype(dtype));
   // dP feeds W1f's gradient (every pair) and the features' gradient (without the
   // negative pairs when they are detached, as the seed's stop_gradient does).
   at::Tensor dP = at::zeros(P.sizes(), acc);
@@ -114,42 +127,35 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     d_biases.push_back(p.biases[i] ? at::zeros(p.biases[i]->sizes(), acc) : at::empty({0}, acc));
   }
   const size_t last = p.weights.size() - 1;
-  for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t images, int64_t first_row,
-                        int64_t rows) {
-    const auto [hidden, unused] = chunk_forward(p, kernels, P, Q, pairs, first_row, rows);
-    // d(estimate)/d(score) -> the output layer -> each hidden layer, through its ReLU.
-    const at::Tensor d_t = d_scores[pairs].narrow(0, first_row, rows).unsqueeze(1);  // (rows, 1)
-    d_weights[last].add_(at::mm(d_t.t(), hidden.back()));
-    if (p.biases[last]) d_biases[last].add_(d_t.sum(0));
-    at::Tensor d_hidden = at::mm(d_t, p.weights[last]);
-    for (size_t i = last; i-- > 0;) {
-      const at::Tensor d_z = at::threshold_backward(d_hidden, hidden[i], 0);
-      if (p.biases[i] && i > 0) d_biases[i].add_(d_z.sum(0));
-      if (i == 0) {
+  for_each_chunk(
+      p, [&](int64_t pairs, int64_t image, int64_t images, int64_t first_row, int64_t rows) {
+        const auto hidden = chunk_forward(p, kernels, P, Q, pairs, first_row, rows).first;
+        // d_z: the gradient at layer i's output before its activation, from the score down.
+        at::Tensor d_z = d_scores[pairs].narrow(0, first_row, rows).unsqueeze(1).to(dtype);
+        for (size_t i = last; i >= 1; --i) {  // layer i reads hidden[i - 1]
+          d_weights[i].add_(at::mm(d_z.t(), hidden[i - 1]));
+          if (p.biases[i]) d_biases[i].add_(d_z.sum(0));
+          d_z = at::threshold_backward(at::mm(d_z, p.weights[i]), hidden[i - 1], 0);
+        }
+        // The first layer's pre-activation is P[source] + Q[image]: its gradient splits back.
         dQ.narrow(0, image, images).add_(d_z.view({images, p.locations, -1}).sum(1));
         const at::Tensor src = p.sources[pairs].narrow(0, first_row, rows);
         kernels.scatter_rows(dP, d_z, src);
         if (pairs == 0 && p.detach_negatives) kernels.scatter_rows(dP_features, d_z, src);
-        break;
-      }
-      d_weights[i].add_(at::mm(d_z.t(), hidden[i - 1]));
-      d_hidden = at::mm(d_z, p.weights[i]);
-    }
-  });
+      });
   // The first layer: W1 = [W1f, W1y], b1 (through Q), and the inputs.
   const at::Tensor w1 = p.weights[0];
-  const at::Tensor dP_in = dP.to(P.scalar_type()), dQ_in = dQ.to(Q.scalar_type());
+  const at::Tensor w1f = w1.narrow(1, 0, p.channels);
+  const at::Tensor w1y = w1.narrow(1, p.channels, w1.size(1) - p.channels);
+  const at::Tensor dP_in = dP.to(dtype), dQ_in = dQ.to(dtype);
   d_weights[0].narrow(1, 0, p.channels).add_(at::mm(dP_in.t(), p.local_rows));
-  d_weights[0]
-      .narrow(1, p.channels, w1.size(1) - p.channels)
-      .add_(at::mm(dQ_in.t(), p.global_code));
+  d_weights[0].narrow(1, p.channels, w1y.size(1)).add_(at::mm(dQ_in.t(), p.global_code));
   if (p.biases[0]) d_biases[0].add_(dQ.sum(0));
-  const at::Tensor d_local =
-      at::mm(dP_features.to(P.scalar_type()), w1.narrow(1, 0, p.channels));  // (B * L, C)
-  const at::Tensor d_global = at::mm(dQ_in, w1.narrow(1, p.channels, w1.size(1) - p.channels));
-  const auto dtype = p.local_rows.scalar_type();
-  for (auto& d : d_weights) d = d.to(dtype);
-  for (auto& d : d_biases) d = d.to(dtype);
+  const double unscale = 1.0 / scale;
+  const at::Tensor d_local = at::mm(dP_features.to(dtype), w1f).mul_(unscale);  // (B * L, C)
+  const at::Tensor d_global = at::mm(dQ_in, w1y).mul_(unscale);
+  for (auto& d : d_weights) d = d.mul_(unscale).to(dtype);
+  for (auto& d : d_biases) d = d.mul_(unscale).to(dtype);
   return {d_local.view({p.batch, p.locations, p.channels}).transpose(1, 2).contiguous(), d_global,
           d_weights, d_biases};
 }

@@ -4,20 +4,31 @@
 #include "dim_fused.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <array>
 #include <cstdlib>
+#include <vector>
 
 namespace dim_fused {
 
 Estimator parse_estimator(c10::string_view name) {
-  static const std::array<const char*, 9> names = {"jsd", "gan", "kl", "rkl",    "h2",
-                                                   "x2",  "w1",  "dv", "infonce"};
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (name == names[i]) return static_cast<Estimator>(i);
+  static constexpr std::array<std::pair<const char*, Estimator>, 9> kNames = {{
+      {"jsd", Estimator::JSD},
+      {"gan", Estimator::GAN},
+      {"kl", Estimator::KL},
+      {"rkl", Estimator::RKL},
+      {"h2", Estimator::H2},
+      {"x2", Estimator::X2},
+      {"w1", Estimator::W1},
+      {"dv", Estimator::DV},
+      {"infonce", Estimator::InfoNCE},
+  }};
+  for (const auto& [text, estimator] : kNames) {
+    if (name == text) return estimator;
   }
   TORCH_CHECK_VALUE(false, "dim_fused: unknown estimator '", std::string(name),
                     "'; expected one of jsd, gan, kl, rkl, h2, x2, w1, dv, infonce");
@@ -48,34 +59,73 @@ DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Te
                                            c10::string_view estimator, bool official,
                                            int64_t positive_offset) {
   const Estimator e = parse_estimator(estimator);
-  TORCH_CHECK_VALUE(local.dim() >= 3 && global.dim() == 2,
-                    "dim_fused.dot_product_mi: local_codes must be (B, E, L) or (B, E, H, W) and "
-                    "global_codes (G, E); got ",
+  const char* op = "dim_fused.dot_product_mi: ";
+  TORCH_CHECK_VALUE(local.dim() >= 3 && global.dim() == 2, op,
+                    "local_codes must be (B, E, L) or (B, E, H, W) and global_codes (G, E); got ",
                     local.sizes(), " and ", global.sizes());
   TORCH_CHECK_VALUE(
-      local.scalar_type() == global.scalar_type() && local.device() == global.device(),
-      "dim_fused.dot_product_mi: local_codes and global_codes must share dtype and "
-      "device");
+      local.scalar_type() == global.scalar_type() && local.device() == global.device(), op,
+      "local_codes and global_codes must share dtype and device");
   const int64_t batch = local.size(0), units = local.size(1), globals = global.size(0);
-  TORCH_CHECK_VALUE(global.size(1) == units && batch >= 2 && local.numel() > 0,
-                    "dim_fused.dot_product_mi: need B >= 2 and matching E, got local ",
-                    local.sizes(), " and global ", global.sizes());
-  TORCH_CHECK_VALUE(positive_offset >= 0 && positive_offset + batch <= globals,
-                    "dim_fused.dot_product_mi: positive_offset + B must be <= G");
-  TORCH_CHECK_VALUE(globals == batch || (e != Estimator::DV && e != Estimator::InfoNCE),
-                    "dim_fused.dot_product_mi: dv and infonce need G == B");
-  at::Tensor flat = local.reshape({batch, units, -1}).contiguous();
-  return {flat,    global.contiguous(), batch, units,   flat.size(2),
-          globals, positive_offset,     e,     official};
+  TORCH_CHECK_VALUE(global.size(1) == units && batch >= 2 && local.numel() > 0, op,
+                    "need B >= 2, at least one location and matching E, got local ", local.sizes(),
+                    " and global ", global.sizes());
+  TORCH_CHECK_VALUE(positive_offset >= 0 && positive_offset <= globals - batch, op,
+                    "positive_offset must be in [0, G - B] = [0, ", globals - batch, "], got ",
+                    positive_offset);
+  TORCH_CHECK_VALUE(globals == batch || (e != Estimator::DV && e != Estimator::InfoNCE), op,
+                    "dv and infonce need G == B");
+  // A view for channels-last codes; reshape copies (B, E, L)-contiguous ones.
+  const at::Tensor rows = local.reshape({batch, units, -1}).transpose(1, 2).reshape({-1, units});
+  return {local,           rows, global,  batch, units, rows.size(0) / batch, globals,
+          positive_offset, e,    official};
 }
 
-int64_t DotProductProblem::tile_images() const {
+void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
+                             const DotProductProblem& p) {
+  const auto acc = acc_dtype(p.rows.scalar_type());
+  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.rows.device(),
+                    "dim_fused.dot_product_mi_backward: grad must be one element on ",
+                    p.rows.device());
+  TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == p.globals && stats.size(1) == 2 &&
+                        stats.scalar_type() == acc && stats.device() == p.rows.device(),
+                    "dim_fused.dot_product_mi_backward: stats must be the forward's (G, 2) = (",
+                    p.globals, ", 2) ", acc, " tensor, got ", stats.sizes(), " ",
+                    stats.scalar_type());
+}
+
+int64_t DotProductProblem::tile_columns() const {
   // DIM_FUSED_TILE_SCORES shrinks the tiles (tests use it to cross tile edges).
   const char* env = std::getenv("DIM_FUSED_TILE_SCORES");
-  const int64_t tile_scores =
-      env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t(1) << 20;
-  return std::clamp<int64_t>(tile_scores / (globals * locations), 1, batch);
+  const int64_t fallback = rows.is_cuda() ? int64_t(1) << 24 : int64_t(1) << 20;
+  const int64_t tile_scores = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : fallback;
+  return std::clamp<int64_t>(tile_scores / globals, 1, columns());
 }
+
+namespace {
+
+// Every perm[k, l] must be a permutation of range(B): checked here on the CPU
+// (free: the data is on the host). On a GPU the check would cost a sync, so an
+// index outside [0, B) becomes source -1 there (NaN scores, no stray memory
+// access) and the scatter is correct for repeated indices.
+void check_permutations_on_host(const at::Tensor& perm, int64_t batch) {
+  const at::Tensor p = perm.contiguous();
+  const int64_t* data = p.const_data_ptr<int64_t>();
+  std::vector<char> seen(batch);
+  for (int64_t row = 0; row < p.numel() / batch; ++row) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t v = data[row * batch + b];
+      TORCH_CHECK_VALUE(v >= 0 && v < batch && !seen[v],
+                        "dim_fused.concat_conv_mi: perm[k, l] must be a permutation of range(",
+                        batch, ") for every k and l; row ", row, " holds ", v,
+                        v >= 0 && v < batch ? " twice" : "");
+      seen[v] = 1;
+    }
+  }
+}
+
+}  // namespace
 
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
                                            const at::Tensor& global_code, at::TensorList weights,
@@ -87,33 +137,48 @@ ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
                         global_code.size(0) == feature_map.size(0) && feature_map.size(0) >= 2,
                     op, "need feature_map (B >= 2, C, ...) and global_code (B, D), got ",
                     feature_map.sizes(), " and ", global_code.sizes());
+  TORCH_CHECK_VALUE(feature_map.numel() > 0 && global_code.numel() > 0, op,
+                    "need at least one channel, location and global unit, got feature_map ",
+                    feature_map.sizes(), " and global_code ", global_code.sizes());
+  TORCH_CHECK_VALUE(global_code.scalar_type() == feature_map.scalar_type() &&
+                        global_code.device() == feature_map.device(),
+                    op, "global_code must match feature_map's dtype and device");
   const int64_t batch = feature_map.size(0), channels = feature_map.size(1);
   TORCH_CHECK_VALUE(weights.size() >= 2 && biases.size() == weights.size(), op,
                     "need at least two layers and one bias entry per layer");
   int64_t width = channels + global_code.size(1);
   for (size_t i = 0; i < weights.size(); ++i) {
     const at::Tensor& w = weights[i];
-    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == width, op, "weights[", i, "] must be (out, ",
-                      width, "), got ", w.sizes());
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == width && w.size(0) >= 1, op, "weights[", i,
+                      "] must be (out, ", width, "), got ", w.sizes());
     const at::Tensor& b = biases[i];  // empty: no bias
     TORCH_CHECK_VALUE(b.numel() == 0 || (b.dim() == 1 && b.size(0) == w.size(0)), op, "biases[", i,
                       "] must be (", w.size(0), ") or empty");
-    TORCH_CHECK_VALUE(
-        w.scalar_type() == feature_map.scalar_type() && w.device() == feature_map.device(), op,
-        "weights must match feature_map's dtype and device");
+    for (const at::Tensor* t : {&w, &b}) {
+      TORCH_CHECK_VALUE(
+          t->scalar_type() == feature_map.scalar_type() && t->device() == feature_map.device(), op,
+          "weights and biases must match feature_map's dtype and device");
+    }
     width = w.size(0);
   }
   TORCH_CHECK_VALUE(width == 1, op, "the last layer must have one output");
   const at::Tensor flat = feature_map.reshape({batch, channels, -1});
   const int64_t locations = flat.size(2);
-  TORCH_CHECK_VALUE(perm.dim() == 3 && perm.size(1) == locations && perm.size(2) == batch &&
-                        perm.scalar_type() == at::kLong && perm.device() == feature_map.device(),
-                    op, "perm must be an int64 (K, L, B) tensor on the feature map's device");
+  TORCH_CHECK_VALUE(perm.dim() == 3 && perm.size(0) >= 1 && perm.size(1) == locations &&
+                        perm.size(2) == batch && perm.scalar_type() == at::kLong &&
+                        perm.device() == feature_map.device(),
+                    op, "perm must be an int64 (K >= 1, L = ", locations, ", B = ", batch,
+                    ") tensor on the feature map's device, got ", perm.scalar_type(), " ",
+                    perm.sizes(), " on ", perm.device());
+  if (perm.is_cpu()) check_permutations_on_host(perm, batch);
   const int64_t k = perm.size(0);
   // Row b * L + l of negative k reads local row perm[k, l, b] * L + l.
   const at::Tensor rows = at::arange(batch * locations, perm.options());
+  const at::Tensor in_range = perm.ge(0).logical_and(perm.lt(batch)).transpose(1, 2);
   const at::Tensor negatives =
-      (perm.transpose(1, 2) * locations + at::arange(locations, perm.options())).reshape({k, -1});
+      at::where(in_range, perm.transpose(1, 2) * locations + at::arange(locations, perm.options()),
+                at::full({}, -1, perm.options()))
+          .reshape({k, -1});
   std::vector<at::Tensor> weight_list(weights.begin(), weights.end());
   std::vector<std::optional<at::Tensor>> bias_list;
   for (const auto& b : biases) bias_list.push_back(b.numel() > 0 ? std::optional(b) : std::nullopt);
@@ -131,13 +196,41 @@ ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
           detach_negatives};
 }
 
+void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
+                              const ConcatConvProblem& p) {
+  const auto acc = acc_dtype(p.local_rows.scalar_type());
+  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.local_rows.device(),
+                    "dim_fused.concat_conv_mi_backward: grad must be one element on ",
+                    p.local_rows.device());
+  TORCH_CHECK_VALUE(
+      scores.dim() == 3 && scores.size(0) == p.num_negatives + 1 && scores.size(1) == p.batch &&
+          scores.size(2) == p.locations && scores.scalar_type() == acc &&
+          scores.device() == p.local_rows.device(),
+      "dim_fused.concat_conv_mi_backward: scores must be the forward's (1 + K, B, L) = (",
+      p.num_negatives + 1, ", ", p.batch, ", ", p.locations, ") ", acc, " tensor, got ",
+      scores.sizes(), " ", scores.scalar_type());
+}
+
 int64_t ConcatConvProblem::chunk_images() const {
   // DIM_FUSED_CHUNK_VALUES shrinks the chunks (tests use it to cross chunk edges).
   const char* env = std::getenv("DIM_FUSED_CHUNK_VALUES");
-  const int64_t values = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : int64_t(1) << 18;
+  const int64_t fallback = local_rows.is_cuda() ? int64_t(1) << 22 : int64_t(1) << 18;
+  const int64_t values = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : fallback;
   int64_t widest = 1;
   for (const auto& w : weights) widest = std::max(widest, w.size(0));
   return std::clamp<int64_t>(values / (widest * locations), 1, batch);
+}
+
+at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  if (a.scalar_type() == out) return at::mm(a, b);
+  if (a.is_cuda()) {
+    static const auto mm_dtype = c10::Dispatcher::singleton().findSchema({"aten::mm", "dtype"});
+    if (mm_dtype && mm_dtype->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
+      return mm_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>()
+          .call(a, b, out);
+    }
+  }
+  return at::mm(a.to(out), b.to(out));
 }
 
 TORCH_LIBRARY(dim_fused, m) {
@@ -151,6 +244,13 @@ TORCH_LIBRARY(dim_fused, m) {
   m.def(
       "dot_product_mi_backward(Tensor grad, Tensor local_codes, Tensor global_codes, Tensor stats,"
       " str estimator, bool official, int positive_offset) -> (Tensor, Tensor)");
+  // The statistics finish of dot_product_mi, for the Triton forward's partials.
+  m.def(
+      "dot_product_mi_finish(Tensor row_stats, Tensor positives, str estimator, bool official,"
+      " int batch, int locations) -> (Tensor, Tensor)");
+  m.def(
+      "dot_product_mi_coefficients(Tensor grad, Tensor stats, str estimator, int batch,"
+      " int locations) -> Tensor");
   m.def(
       "concat_conv_mi(Tensor feature_map, Tensor global_code, Tensor[] weights, Tensor[] biases,"
       " Tensor perm, str estimator, bool detach_negatives) -> (Tensor, Tensor)");
@@ -159,6 +259,11 @@ TORCH_LIBRARY(dim_fused, m) {
       "weights,"
       " Tensor[] biases, Tensor perm, Tensor scores, str estimator, bool detach_negatives)"
       " -> (Tensor, Tensor, Tensor[], Tensor[])");
+}
+
+TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
+  m.impl("dot_product_mi_finish", &dot_product_mi_finish);
+  m.impl("dot_product_mi_coefficients", &dot_product_mi_coefficients);
 }
 
 }  // namespace dim_fused

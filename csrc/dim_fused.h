@@ -40,44 +40,81 @@ Scores<scalar_t> scores_of(const MiBoundProblem& p) {
 
 // --- dot_product_mi: encode-and-dot scores streamed tile by tile ------------
 
-// Scores u[i, (j, p)] = <global i, local (j, :, p)>; local image j's positive
-// global is row offset + j.
+// Scores u[i, c] = <global i, rows c> for the B * L columns c = j * L + p (local
+// image j, location p); local image j's positive global is row offset + j.
 struct DotProductProblem {
-  at::Tensor local;   // (B, E, L), contiguous
-  at::Tensor global;  // (G, E), contiguous
+  at::Tensor local;  // as given
+  // (B * L, E): row j * L + p is local_codes[j, :, p]. A view of channels-last
+  // codes (what the encode-and-dot critic produces); a transposed copy otherwise.
+  at::Tensor rows;
+  at::Tensor global;  // (G, E)
   int64_t batch, units, locations, globals, offset;
   Estimator estimator;
   bool official;
 
+  int64_t columns() const { return batch * locations; }
   int64_t positives() const { return batch * locations; }
   int64_t negatives() const { return (globals - 1) * batch * locations; }
-  // Images per score tile: a tile holds G x images x L scores, ~4 MB in fp32.
-  int64_t tile_images() const;
+  // Columns per score tile: a tile holds G x columns scores in the accumulation
+  // dtype, 2^20 on a CPU and 2^24 on a GPU (DIM_FUSED_TILE_SCORES overrides).
+  int64_t tile_columns() const;
 };
 DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
                                            c10::string_view estimator, bool official,
                                            int64_t positive_offset);
 
-// What a backend supplies: the work on one score tile, a (G, images * L)
-// matrix for the images [first, first + images). The GEMMs around it are ATen's.
+// The backward's grad (one element) and stats (G, 2) in the accumulation dtype.
+void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
+                             const DotProductProblem& p);
+
+// Where a (G, n) tile of scores sits: its columns are [first, first + n).
+struct ScoreTile {
+  int64_t first, columns, locations, offset;
+  Estimator estimator;
+
+  // The tile's columns [begin, end) that hold `row`'s positives (empty if none).
+  DIM_HD void positive_columns(int64_t row, int64_t& begin, int64_t& end) const {
+    const int64_t start = (row - offset) * locations - first;
+    begin = start < 0 ? 0 : (start > columns ? columns : start);
+    const int64_t stop = start + locations;
+    end = stop < 0 ? 0 : (stop > columns ? columns : stop);
+  }
+};
+inline ScoreTile score_tile(const DotProductProblem& p, int64_t first, int64_t columns) {
+  return {first, columns, p.locations, p.offset, p.estimator};
+}
+
+// What a backend supplies: the work on one (G, n) tile of scores, in the
+// accumulation dtype (float32 for half inputs). The GEMMs around it are ATen's.
 struct DotProductEpilogue {
-  // Merges the tile into `rows` (G, 4) = (sum Ep, sum Eq, max, sum exp(x - max))
-  // of each global row; InfoNCE's positive scores go to `positives` (B, L).
+  // Merges the tile into `row_stats` (G, kRowStats); InfoNCE's positive scores go
+  // to `positives` (B * L).
   void (*reduce)(const DotProductProblem& p, const at::Tensor& tile, int64_t first,
-                 at::Tensor& rows, at::Tensor& positives);
-  // Overwrites the tile with d(estimate)/d(score) from per-row coefficients
-  // `coef` (G, 4) = (positive scale, negative scale, negative logsumexp, shift).
+                 at::Tensor& row_stats, at::Tensor& positives);
+  // Overwrites the tile with d(estimate)/d(score), times the gradient scale the
+  // coefficients carry (see dot_product_mi_coefficients), from coef (G, kCoefs).
   void (*gradient)(const DotProductProblem& p, at::Tensor& tile, int64_t first,
                    const at::Tensor& coef);
 };
 
-// Returns (estimate, stats): stats (G, 2) are what the backward needs.
+// (estimate, stats (G, 2)): stats are what the backward needs.
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
                                                           const DotProductEpilogue& epilogue);
+// (d local_codes, laid out like them; d global_codes).
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& grad,
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
                                                            const DotProductEpilogue& epilogue);
+// Shared with the Triton backend (registered as ops). The statistics finish:
+// row_stats (G, S, kRowStats) holds S partial Totals per global row.
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_finish(const at::Tensor& row_stats,
+                                                         const at::Tensor& positives,
+                                                         c10::string_view estimator, bool official,
+                                                         int64_t batch, int64_t locations);
+// The backward's per-row coefficients (G, kCoefs), times the gradient scale B * L.
+at::Tensor dot_product_mi_coefficients(const at::Tensor& grad, const at::Tensor& stats,
+                                       c10::string_view estimator, int64_t batch,
+                                       int64_t locations);
 
 // --- concat_conv_mi: the concat-and-conv critic, rows streamed in chunks -----
 
@@ -88,36 +125,56 @@ struct ConcatConvProblem {
   at::Tensor global_code;           // (B, D)
   std::vector<at::Tensor> weights;  // 2-D (out, in), weights[0] in = C + D
   std::vector<std::optional<at::Tensor>> biases;  // (out,) or none (an empty tensor in the op)
-  at::Tensor sources;                             // (1 + K, B * L) int64
+  // (1 + K, B * L) int64; -1 where perm held an index outside [0, B) (the CUDA
+  // kernels then write NaN instead of reading out of bounds; the CPU checks first).
+  at::Tensor sources;
   int64_t batch, locations, channels, num_negatives;
   Estimator estimator;
   c10::string_view estimator_name;
   bool detach_negatives;
 
-  // Images per chunk of rows: a chunk's widest activation holds ~256 K values.
+  int64_t rows() const { return batch * locations; }
+  // Images per chunk of rows: a chunk's widest activation holds 2^18 values on a
+  // CPU, 2^22 on a GPU (DIM_FUSED_CHUNK_VALUES overrides).
   int64_t chunk_images() const;
 };
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
                                            const at::Tensor& global_code, at::TensorList weights,
                                            at::TensorList biases, const at::Tensor& perm,
                                            c10::string_view estimator, bool detach_negatives);
+// The backward's grad (one element) and the forward's scores (1 + K, B, L).
+void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
+                              const ConcatConvProblem& p);
 
 // What a backend supplies around the ATen GEMMs.
 struct ConcatConvKernels {
   // out[r] = relu(P[src[r]] + Q[(first_row + r) / L]): the first hidden layer of
-  // a chunk of rows, the tiled concat never formed. out is (rows, H1).
+  // a chunk of rows, the tiled concat never formed. out is (rows, H1); a row
+  // whose source is -1 becomes NaN.
   void (*first_layer)(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
                       int64_t first_row, int64_t locations, at::Tensor& out);
-  // dP[src[r]] += dZ[r]; src holds no index twice, so no atomics are needed.
+  // dP[src[r]] += dZ[r] for the rows whose source is not -1.
   void (*scatter_rows)(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src);
 };
 
-// (estimate, scores (1 + K, B, L)); the scores are what the backward needs.
+// (estimate, scores (1 + K, B, L) in the accumulation dtype); the scores are
+// what the backward needs.
 std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProblem& p,
                                                           const ConcatConvKernels& kernels);
 // (d feature_map (B, C, L), d global_code, d weights, d biases (empty where none)).
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
                         const at::Tensor& scores, const ConcatConvKernels& kernels);
+
+// --- shared -------------------------------------------------------------------
+
+// a @ b in `out` dtype with fp32 accumulation: cuBLAS writes float32 from half
+// inputs directly where ATen has aten::mm.dtype; elsewhere the operands are
+// converted first.
+at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
+
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 }  // namespace dim_fused

@@ -1,5 +1,5 @@
 // Host/device math shared by the CPU and CUDA kernels: the estimator terms of
-// DESIGN.md section 1, their derivatives, an online logsumexp and the
+// docs/design.md ("Estimators"), their derivatives, an online logsumexp and the
 // accumulate / gradient steps of the `mi_bound` reduction. Keeping them in one
 // header means the CPU tests exercise the very formulas the GPU runs.
 //
@@ -20,7 +20,6 @@
 
 namespace dim_fused {
 
-// Same order as dim_fused.ESTIMATORS.
 enum class Estimator : int { JSD, GAN, KL, RKL, H2, X2, W1, DV, InfoNCE };
 
 constexpr double kLog2 = 0.69314718055994530942;
@@ -45,6 +44,11 @@ struct Math {
   static DIM_HD T max(T a, T b) { return std::fmax(a, b); }
   static DIM_HD T sign(T x) { return T((x > T(0)) - (x < T(0))); }
   static DIM_HD T if_nonneg(T x, T a, T b) { return x >= T(0) ? a : b; }
+  static DIM_HD T if_zero(T x, T a, T b) { return x == T(0) ? a : b; }
+  static DIM_HD T if_finite(T x, T a, T b) { return std::fabs(x) < kInfinity ? a : b; }
+  // max(x, 0) that keeps a NaN (std::fmax would turn it into 0).
+  static DIM_HD T relu(T x) { return x > T(0) || x != x ? x : T(0); }
+  static constexpr T kInfinity = std::numeric_limits<T>::infinity();
 };
 
 // max(x, 0) + log1p(exp(-|x|)): never overflows, exact for large |x|.
@@ -120,32 +124,31 @@ DIM_HD V negative_term_grad(Estimator e, V t) {
   }
 }
 
-// Running (max, sum of exp(x - max)) of finite scores.
+// Running logsumexp as (max, sum of exp(x - shift(max))) with shift(m) = m for a
+// finite m and 0 otherwise, so that -inf and +inf scores follow IEEE semantics
+// (log of an empty sum is -inf, a +inf score makes the result +inf) instead of
+// computing exp(inf - inf). value() = shift(max) + log(sum).
 template <typename V>
 struct LogSumExp {
-  V max = V(-std::numeric_limits<typename Math<V>::Scalar>::infinity());
+  V max = V(-Math<V>::kInfinity);
   V sum = V(0);
 
+  static DIM_HD V shift(V m) { return Math<V>::if_finite(m, m, V(0)); }
+  // sum, rescaled from shift(from) to shift(to); an empty sum stays 0.
+  static DIM_HD V rescaled(V s, V from, V to) {
+    return Math<V>::if_zero(s, V(0), s * Math<V>::exp(shift(from) - shift(to)));
+  }
   DIM_HD void add(V x) {
-    using M = Math<V>;
-    const V new_max = M::max(max, x);
-    sum = sum * M::exp(max - new_max) + M::exp(x - new_max);
+    const V new_max = Math<V>::max(max, x);
+    sum = rescaled(sum, max, new_max) + Math<V>::exp(x - shift(new_max));
     max = new_max;
   }
-  // Scalar merge of two partial results, either possibly empty.
   DIM_HD void merge(V other_max, V other_sum) {
-    if (other_sum == V(0)) return;
-    if (sum == V(0)) {
-      max = other_max;
-      sum = other_sum;
-    } else if (other_max > max) {
-      sum = sum * std::exp(max - other_max) + other_sum;
-      max = other_max;
-    } else {
-      sum += other_sum * std::exp(other_max - max);
-    }
+    const V new_max = Math<V>::max(max, other_max);
+    sum = rescaled(sum, max, new_max) + rescaled(other_sum, other_max, new_max);
+    max = new_max;
   }
-  DIM_HD V value() const { return max + Math<V>::log(sum); }
+  DIM_HD V value() const { return shift(max) + Math<V>::log(sum); }
 };
 
 // Everything the estimate needs, reduced over the scores.
@@ -161,6 +164,28 @@ struct Totals {
     neg_lse.merge(o.neg_lse.max, o.neg_lse.sum);
   }
 };
+
+// A row of per-row statistics in memory (dot_product_mi keeps one per global
+// row; the Triton kernels write the same columns, see dim_fused/triton/_math.py).
+enum RowStat : int { kPosSum, kNegSum, kNegMax, kNegSumExp, kRowStats };
+
+template <typename T>
+DIM_HD Totals<T> load_totals(const T* row) {
+  Totals<T> t;
+  t.pos_sum = row[kPosSum];
+  t.neg_sum = row[kNegSum];
+  t.neg_lse.max = row[kNegMax];
+  t.neg_lse.sum = row[kNegSumExp];
+  return t;
+}
+
+template <typename T>
+DIM_HD void store_totals(const Totals<T>& t, T* row) {
+  row[kPosSum] = t.pos_sum;
+  row[kNegSum] = t.neg_sum;
+  row[kNegMax] = t.neg_lse.max;
+  row[kNegSumExp] = t.neg_lse.sum;
+}
 
 // One score's share of Totals: Ep (t for DV) for a positive; Eq for an
 // f-measure's negative, the logsumexp for DV's and InfoNCE's negatives.
@@ -179,7 +204,10 @@ DIM_HD void accumulate_negative_term(Estimator e, Totals<V>& t, V s) {
 }
 
 // Encode-and-dot pairs (dot_product_mi): d(estimate)/d(score) given the
-// per-row coefficients the driver derives from the forward's statistics.
+// per-row coefficients the driver derives from the forward's statistics, laid
+// out in memory as these columns (one row per global).
+enum DotCoef : int { kPosScale, kNegScale, kNegLse, kShift, kCoefs };
+
 // Positive: `scale` is grad / #positives; InfoNCE also reads the row's
 // negative logsumexp (the softmax weight of the positive is sigmoid(s - lse)).
 template <typename V>

@@ -74,6 +74,16 @@ def _unavailable_reason(backend: str, device: torch.device | None) -> str | None
                 f"backend 'triton' needs Triton, which failed to import ({_ops.TRITON_IMPORT_ERROR}); "
                 "pip install triton"
             )
+        if _ops.C_IMPORT_ERROR is not None:  # the Triton ops share the C++ plans
+            return (
+                f"backend 'triton' needs the compiled extension, which failed to import "
+                f"({_ops.C_IMPORT_ERROR}). Build it with: {BUILD_HINT}"
+            )
+        if device is not None and device.type == "cuda" and not _ops.has_cpp_kernel("mi_bound", "CUDA"):
+            return (
+                "backend 'triton' on CUDA tensors needs dim_fused._C built with its CUDA kernels (the Triton "
+                f"ops share the C++ plans). Rebuild with: DIM_FUSED_CUDA=1 {BUILD_HINT}"
+            )
         on_cpu = device is not None and device.type == "cpu"
         if on_cpu and not _triton_interpreted():
             return (
@@ -92,10 +102,12 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return [b for b in BACKENDS[1:] if _unavailable_reason(b, device) is None]
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend for tensors on `device`. 'auto' prefers the compiled
-    kernels for the device, then Triton on CUDA, then the reference; it never picks
-    the (slow) Triton interpreter."""
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """The concrete backend that ``backend`` means for tensors on ``device``; raises
+    RuntimeError saying why (and how to get it) when that backend cannot run there.
+    'auto' prefers the compiled kernels for the device, then Triton on CUDA, then the
+    reference; it never picks the (slow) Triton interpreter."""
+    device = torch.device(device)
     if backend == "auto":
         preferred = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
         return next((b for b in preferred if _unavailable_reason(b, device) is None), "reference")
@@ -106,4 +118,4 @@ def resolve(backend: str, device: torch.device) -> str:
 
 
 def kernel(op: str, backend: str, device: torch.device) -> Callable:
-    return _KERNELS[op][resolve(backend, device)]
+    return _KERNELS[op][resolve_backend(backend, device)]

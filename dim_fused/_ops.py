@@ -69,7 +69,7 @@ if C_IMPORT_ERROR is None:
     torch.library.register_fake("dim_fused::mi_bound_backward")(_mi_bound_backward_fake)
     _register_mi_bound("dim_fused::mi_bound", torch.ops.dim_fused.mi_bound_backward)
 
-if TRITON_IMPORT_ERROR is None:
+if TRITON_IMPORT_ERROR is None and C_IMPORT_ERROR is None:
 
     @torch.library.custom_op("dim_fused::mi_bound_triton_backward", mutates_args=())
     def mi_bound_triton_backward(
@@ -108,7 +108,7 @@ def _dot_product_mi_backward_fake(
     official: bool,
     positive_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return local_codes.new_empty(local_codes.shape), global_codes.new_empty(global_codes.shape)
+    return torch.empty_like(local_codes), global_codes.new_empty(global_codes.shape)
 
 
 def _register_dot_product_mi(op: str, backward_op) -> None:
@@ -130,7 +130,7 @@ if C_IMPORT_ERROR is None:
     torch.library.register_fake("dim_fused::dot_product_mi_backward")(_dot_product_mi_backward_fake)
     _register_dot_product_mi("dim_fused::dot_product_mi", torch.ops.dim_fused.dot_product_mi_backward)
 
-if TRITON_IMPORT_ERROR is None:
+if TRITON_IMPORT_ERROR is None and C_IMPORT_ERROR is None:
 
     @torch.library.custom_op("dim_fused::dot_product_mi_triton_backward", mutates_args=())
     def dot_product_mi_triton_backward(
@@ -160,8 +160,8 @@ if TRITON_IMPORT_ERROR is None:
 
 
 def _concat_conv_mi_fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives):
-    scores = feature_map.new_empty((perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel()))
-    return feature_map.new_empty(()), scores
+    shape = (perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel())
+    return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=_stats_dtype(feature_map))
 
 
 def _concat_conv_mi_backward_fake(
@@ -200,7 +200,7 @@ if C_IMPORT_ERROR is None:
     torch.library.register_fake("dim_fused::concat_conv_mi_backward")(_concat_conv_mi_backward_fake)
     _register_concat_conv_mi("dim_fused::concat_conv_mi", torch.ops.dim_fused.concat_conv_mi_backward)
 
-if TRITON_IMPORT_ERROR is None:
+if TRITON_IMPORT_ERROR is None and C_IMPORT_ERROR is None:
 
     @torch.library.custom_op("dim_fused::concat_conv_mi_triton_backward", mutates_args=())
     def concat_conv_mi_triton_backward(

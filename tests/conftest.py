@@ -9,28 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
-
-import dim_fused  # noqa: E402
-
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-FUSED = ("cpu", "cuda", "triton")
-# (backend, device) pairs a fused kernel could run on; unavailable ones skip with the reason.
-FUSED_CASES = [
-    (b, d)
-    for d in ("cpu", "cuda")
-    for b in FUSED
-    if not (b == "cpu" and d == "cuda") and not (b == "cuda" and d == "cpu")
-]
-
-
-def require(backend: str, device: str) -> None:
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU on this machine")
-    if backend not in dim_fused.available_backends(device):
-        try:
-            dim_fused._dispatch.resolve(backend, torch.device(device))
-        except RuntimeError as why:
-            pytest.skip(str(why))
+from helpers import FUSED_CASES, require  # noqa: E402
 
 
 @pytest.fixture(params=FUSED_CASES, ids=[f"{b}-{d}" for b, d in FUSED_CASES])

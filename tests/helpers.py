@@ -1,8 +1,33 @@
-"""The tolerance rule of DESIGN.md section 5: a kernel's error against the float64
-oracle may be at most `factor` x the error of the reference run in the same dtype,
-plus a small floor."""
+"""Test helpers: where a fused kernel can run (backend, device pairs that skip with
+the reason when unavailable), and the tolerance rule of docs/design.md ("Tests"): a
+kernel's error against the float64 oracle may be at most `factor` x the error of the
+reference run in the same dtype, plus a small floor."""
 
+import pytest
 import torch
+
+import dim_fused
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FUSED = ("cpu", "cuda", "triton")
+# (backend, device) pairs a fused kernel could run on; unavailable ones skip with the reason.
+FUSED_CASES = [
+    (b, d)
+    for d in ("cpu", "cuda")
+    for b in FUSED
+    if not (b == "cpu" and d == "cuda") and not (b == "cuda" and d == "cpu")
+]
+
+
+def require(backend: str, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    if backend not in dim_fused.available_backends(device):
+        try:
+            dim_fused.resolve_backend(backend, torch.device(device))
+        except RuntimeError as why:
+            pytest.skip(str(why))
+
 
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 

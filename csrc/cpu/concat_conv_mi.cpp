@@ -1,5 +1,7 @@
 // concat_conv_mi on the CPU: the shared row-chunk driver with these two SIMD
-// kernels around its BLAS GEMMs, one row per step of at::parallel_for.
+// kernels around its BLAS GEMMs, one row per step of at::parallel_for. The
+// permutations were checked on the host, so every source is in range and the
+// scatter never writes a row twice.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -32,7 +34,7 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
             for_each_vector<V>(0, width, [&](auto lane, int64_t h) {
               using L = decltype(lane);
               const L sum = Math<L>::load(p_row + h) + Math<L>::load(q_row + h);
-              Math<L>::store(o_row + h, Math<L>::max(sum, L(0)));
+              Math<L>::store(o_row + h, Math<L>::relu(sum));
             });
           }
         });
@@ -78,11 +80,10 @@ concat_conv_mi_backward_cpu(const at::Tensor& grad, const at::Tensor& feature_ma
                             const at::Tensor& global_code, at::TensorList weights,
                             at::TensorList biases, const at::Tensor& perm, const at::Tensor& scores,
                             c10::string_view estimator, bool detach_negatives) {
-  auto result =
-      concat_conv_mi_backward(grad,
-                              check_concat_conv_inputs(feature_map, global_code, weights, biases,
-                                                       perm, estimator, detach_negatives),
-                              scores, kCpuKernels);
+  const auto p = check_concat_conv_inputs(feature_map, global_code, weights, biases, perm,
+                                          estimator, detach_negatives);
+  check_concat_conv_scores(grad, scores, p);
+  auto result = concat_conv_mi_backward(grad, p, scores, kCpuKernels);
   std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
   return result;
 }

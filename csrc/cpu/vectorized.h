@@ -6,6 +6,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <limits>
 #include <type_traits>
 
 #include "../estimators.h"
@@ -26,6 +27,10 @@ struct Math<at::vec::Vectorized<T>> {
   static V max(V a, V b) { return at::vec::maximum(a, b); }
   static V sign(V x) { return x.gt(V(0)) - x.lt(V(0)); }
   static V if_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
+  static V if_zero(V x, V a, V b) { return V::blendv(b, a, x == V(0)); }
+  static V if_finite(V x, V a, V b) { return V::blendv(b, a, x.abs() < V(kInfinity)); }
+  static V relu(V x) { return at::vec::maximum(x, V(0)); }  // keeps NaN
+  static constexpr T kInfinity = std::numeric_limits<T>::infinity();
 };
 
 namespace cpu {
@@ -67,23 +72,32 @@ void for_each_vector(int64_t begin, int64_t end, const Step& step) {
   for (; i < end; ++i) step(typename Math<V>::Scalar{}, i);
 }
 
-// Totals kept per SIMD lane plus a scalar tail; step(totals, i) is called with
-// whichever fits at i. merged() folds the lanes in a fixed order.
+// Totals kept per SIMD lane plus a scalar tail; merged() folds the lanes in a
+// fixed order.
 template <typename V>
 struct LaneTotals {
   using T = typename Math<V>::Scalar;
+  static constexpr int64_t kWidth = Math<V>::kWidth;
   Totals<V> vectors;
   Totals<T> tail;
 
+  // step(totals, i) for i in [begin, end): one call per full vector, then per scalar.
   template <typename Step>
-  void add(int64_t begin, int64_t end, const Step& step) {
-    for_each_vector<V>(begin, end, [&](auto lane, int64_t i) {
-      if constexpr (std::is_same_v<decltype(lane), V>) {
-        step(vectors, i);
-      } else {
-        step(tail, i);
-      }
-    });
+  void add_indices(int64_t begin, int64_t end, const Step& step) {
+    int64_t i = begin;
+    if constexpr (kWidth > 1) {
+      for (; i + kWidth <= end; i += kWidth) step(vectors, i);
+    }
+    for (; i < end; ++i) step(tail, i);
+  }
+  // step(totals, value) for the values data[begin, end).
+  template <typename Step>
+  void add(const T* data, int64_t begin, int64_t end, const Step& step) {
+    int64_t i = begin;
+    if constexpr (kWidth > 1) {
+      for (; i + kWidth <= end; i += kWidth) step(vectors, Math<V>::load(data + i));
+    }
+    for (; i < end; ++i) step(tail, data[i]);
   }
   Totals<T> merged() const {
     Totals<T> out = lanes_merged(vectors);
@@ -92,10 +106,19 @@ struct LaneTotals {
   }
 };
 
+// data[i] = f(data[i]) for i in [begin, end), on SIMD vectors and then the tail.
+template <typename T, typename F>
+void transform(T* data, int64_t begin, int64_t end, const F& f) {
+  using V = at::vec::Vectorized<T>;
+  int64_t i = begin;
+  for (; i + V::size() <= end; i += V::size()) f(V::loadu(data + i)).store(data + i);
+  for (; i < end; ++i) data[i] = f(data[i]);
+}
+
 template <typename V, typename Step>
 Totals<typename Math<V>::Scalar> reduce_range(int64_t begin, int64_t end, const Step& step) {
   LaneTotals<V> totals;
-  totals.add(begin, end, step);
+  totals.add_indices(begin, end, step);
   return totals.merged();
 }
 

@@ -1,7 +1,10 @@
 // concat_conv_mi on CUDA: the shared row-chunk driver (cuBLAS GEMMs through
-// ATen, bias + ReLU fused in cuBLASLt's epilogue) with these two elementwise
-// kernels: the first layer's gather + add + ReLU, and the gradient's scatter
-// through a permutation, which never writes one row twice (no atomics).
+// ATen) with these two elementwise kernels: the first layer's gather + add +
+// ReLU, and the gradient's scatter through a permutation. perm is not checked on
+// the host (that would cost a sync): a source of -1 (an index outside [0, B))
+// makes its row NaN, and the scatter adds atomically, so a perm that repeats an
+// index gives the right sum; a true permutation hits each row once per launch,
+// so the result stays deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -9,6 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include <ATen/cuda/Atomic.cuh>
 
 #include "../dim_fused.h"
 #include "reduce.cuh"
@@ -28,8 +33,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < rows * width;
        k += int64_t(gridDim.x) * kThreads) {
     const int64_t r = k / width, h = k % width;
-    const T sum = T(P[src[r] * width + h]) + T(Q[((first_row + r) / locations) * width + h]);
-    out[k] = scalar_t(sum > T(0) ? sum : T(0));
+    const int64_t source = src[r];
+    const T sum = source < 0
+                      ? T(NAN)
+                      : T(P[source * width + h]) + T(Q[((first_row + r) / locations) * width + h]);
+    out[k] = scalar_t(Math<T>::relu(sum));
   }
 }
 
@@ -40,7 +48,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t k = blockIdx.x * int64_t(kThreads) + threadIdx.x; k < rows * width;
        k += int64_t(gridDim.x) * kThreads) {
     const int64_t r = k / width, h = k % width;
-    dP[src[r] * width + h] += acc_t(dZ[k]);
+    if (src[r] >= 0) gpuAtomicAdd(dP + src[r] * width + h, acc_t(dZ[k]));
   }
 }
 
@@ -90,11 +98,10 @@ concat_conv_mi_backward_cuda(const at::Tensor& grad, const at::Tensor& feature_m
                              const at::Tensor& scores, c10::string_view estimator,
                              bool detach_negatives) {
   const c10::cuda::CUDAGuard guard(feature_map.device());
-  auto result =
-      concat_conv_mi_backward(grad,
-                              check_concat_conv_inputs(feature_map, global_code, weights, biases,
-                                                       perm, estimator, detach_negatives),
-                              scores, kCudaKernels);
+  const auto p = check_concat_conv_inputs(feature_map, global_code, weights, biases, perm,
+                                          estimator, detach_negatives);
+  check_concat_conv_scores(grad, scores, p);
+  auto result = concat_conv_mi_backward(grad, p, scores, kCudaKernels);
   std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
   return result;
 }

@@ -5,18 +5,40 @@ also run under the Triton interpreter."""
 import triton
 import triton.language as tl
 
-# Indices into dim_fused.ESTIMATORS.
-JSD = tl.constexpr(0)
-GAN = tl.constexpr(1)
-KL = tl.constexpr(2)
-RKL = tl.constexpr(3)
-H2 = tl.constexpr(4)
-X2 = tl.constexpr(5)
-W1 = tl.constexpr(6)
-DV = tl.constexpr(7)
-INFONCE = tl.constexpr(8)
+from ..estimators import ESTIMATORS
+
+# Estimators are passed to kernels as their index in dim_fused.ESTIMATORS.
+JSD = tl.constexpr(ESTIMATORS.index("jsd"))
+GAN = tl.constexpr(ESTIMATORS.index("gan"))
+KL = tl.constexpr(ESTIMATORS.index("kl"))
+RKL = tl.constexpr(ESTIMATORS.index("rkl"))
+H2 = tl.constexpr(ESTIMATORS.index("h2"))
+X2 = tl.constexpr(ESTIMATORS.index("x2"))
+W1 = tl.constexpr(ESTIMATORS.index("w1"))
+DV = tl.constexpr(ESTIMATORS.index("dv"))
+INFONCE = tl.constexpr(ESTIMATORS.index("infonce"))
+
+# The columns of a row of statistics, as csrc/estimators.h's RowStat (tests check they agree).
+POS_SUM = tl.constexpr(0)
+NEG_SUM = tl.constexpr(1)
+NEG_MAX = tl.constexpr(2)
+NEG_SUM_EXP = tl.constexpr(3)
+ROW_STATS = tl.constexpr(4)
 
 LOG2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def lse_shift(m):
+    """The shift of a running logsumexp with maximum m: m if finite, else 0 (see
+    LogSumExp in csrc/estimators.h), so that -inf and +inf follow IEEE semantics."""
+    return tl.where(tl.abs(m) < float("inf"), m, 0.0)
+
+
+@triton.jit
+def lse_rescaled(s, old_max, new_max):
+    """A running sum of exp(x - shift(old_max)) rescaled to shift(new_max); 0 stays 0."""
+    return tl.where(s == 0.0, 0.0, s * tl.exp(lse_shift(old_max) - lse_shift(new_max)))
 
 
 @triton.jit

@@ -14,11 +14,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dim_fused
-from dim_fused import train
-from dim_fused.models import DIMConfig
-from dim_fused.train import TrainConfig, Trainer
+from dim_fused.training import DIMConfig, TrainConfig, Trainer, checkpoint, evaluate, train
+from dim_fused.training.trainer import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Small critics keep the runs short; the encoder is the official one.
 FAST = ["--hidden", "32", "32", "--units", "32", "--batch-size", "16", "--no-progress", "--no-eval"]
 
@@ -56,7 +55,7 @@ def test_resume_continues_exactly(tmp_path):
     assert run_cli("--steps", "3", "--log-every", "1", "--out", str(tmp_path / "b"), *FAST) == 0
     assert run_cli("--steps", "6", "--resume", "--out", str(tmp_path / "b"), *FAST[-2:]) == 0
     assert_same_state(load(tmp_path / "a" / "checkpoint.pt"), load(tmp_path / "b" / "checkpoint.pt"))
-    first, second = (train.read_metrics(tmp_path / run / "metrics.jsonl") for run in "ab")
+    first, second = (read_metrics(tmp_path / run / "metrics.jsonl") for run in "ab")
     assert [r["step"] for r in second] == [1, 2, 3, 4, 5, 6]
     for x, y in zip(first, second, strict=True):
         assert x["loss"] == y["loss"] and x["local_mi"] == y["local_mi"]
@@ -64,7 +63,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train.save_atomically({"step": 1, "weights": torch.arange(5)}, path)
+    checkpoint.save_atomically({"step": 1, "weights": torch.arange(5)}, path)
 
     def torn_save(obj, f):
         f.write(b"half a checkpoint")
@@ -72,7 +71,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError, match="disk full"):
-        train.save_atomically({"step": 2}, path)
+        checkpoint.save_atomically({"step": 2}, path)
     assert load(path)["step"] == 1 and torch.equal(load(path)["weights"], torch.arange(5))
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no temporary file left behind
 
@@ -84,7 +83,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how):
     command = [
         sys.executable,
         "-m",
-        "dim_fused.train",
+        "dim_fused.training.train",
         "--steps",
         "1000",
         "--checkpoint-every",
@@ -95,7 +94,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path, how):
     process = subprocess.Popen([*command, "--out", str(out), *FAST], cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
-        while not (out / "checkpoint.pt").exists() or len(train.read_metrics(out / "metrics.jsonl")) < 3:
+        while not (out / "checkpoint.pt").exists() or len(read_metrics(out / "metrics.jsonl")) < 3:
             assert process.poll() is None, process.stderr.read()
             assert time.monotonic() < deadline, "the run wrote no checkpoint in 2 minutes"
             time.sleep(0.05)
@@ -123,7 +122,7 @@ def test_reference_and_fused_backends_give_the_same_loss_curve(tmp_path, critic)
         )
         (tmp_path / backend).mkdir()
         trainer.run(progress=False)
-        curves[backend] = train.read_metrics(tmp_path / backend / "metrics.jsonl")
+        curves[backend] = read_metrics(tmp_path / backend / "metrics.jsonl")
     for ref, fused in zip(curves["reference"], curves["cpu"], strict=True):
         for key in ("loss", "local_mi", "global_mi", "prior", "prior_bound"):
             assert fused[key] == pytest.approx(ref[key], rel=1e-3, abs=1e-4), (ref["step"], key)
@@ -136,7 +135,7 @@ def test_mixed_precision_steps_follow_the_float32_ones(tmp_path):
     for amp in (False, True):
         trainer = Trainer(config(steps=3, log_every=1, amp=amp, model={"backend": "cpu"}), tmp_path / str(amp))
         trainer.run(progress=False)
-        curves[amp] = train.read_metrics(tmp_path / str(amp) / "metrics.jsonl")
+        curves[amp] = read_metrics(tmp_path / str(amp) / "metrics.jsonl")
     for full, mixed in zip(curves[False], curves[True], strict=True):
         for key in ("loss", "local_mi", "prior"):
             assert mixed[key] == pytest.approx(full[key], rel=0.01, abs=2e-3), (full["step"], key)
@@ -192,10 +191,8 @@ def test_a_short_digits_run_beats_the_random_encoder(tmp_path):
     probe = json.loads((out / "probe.json").read_text())
     assert probe["trained"]["global"] > probe["random"]["global"] + 0.02, probe
     assert (out / "curves.png").stat().st_size > 10_000
-    assert train.read_metrics(out / "metrics.jsonl")[-1] == {"probe": probe}
+    assert read_metrics(out / "metrics.jsonl")[-1] == {"probe": probe}
     # and the evaluation command gives the same numbers from the checkpoint
-    from dim_fused import evaluate
-
     assert evaluate.main([str(out / "checkpoint.pt"), "--json", str(tmp_path / "again.json")]) == 0
     assert json.loads((tmp_path / "again.json").read_text()) == probe
 
@@ -232,15 +229,13 @@ def test_bad_configurations_exit_with_a_clear_message(tmp_path, capsys, args, me
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
-    train.save_atomically({"step": 3}, tmp_path / "checkpoint.pt")
+    checkpoint.save_atomically({"step": 3}, tmp_path / "checkpoint.pt")
     assert run_cli("--out", str(tmp_path), "--steps", "1", *FAST) == 2
     assert "already holds a run: pass --resume to continue it or --overwrite" in capsys.readouterr().err
     assert load(tmp_path / "checkpoint.pt") == {"step": 3}
 
 
 def test_evaluate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
-    from dim_fused import evaluate
-
     assert evaluate.main([str(tmp_path / "missing.pt")]) == 2
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert evaluate.main([str(tmp_path / "junk.pt")]) == 2

@@ -6,8 +6,6 @@ with the local and global critics scored by the fused ops, and the prior
 discriminator as a proper adversary with its own loss (see ``DeepInfoMax``).
 """
 
-import dataclasses
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -15,47 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import functional
-from ._dispatch import BACKENDS
-from .estimators import ESTIMATORS
-from .nn import ConcatConvDiscriminator, EncodeAndDotCritic
+import dim_fused
+from dim_fused.nn import ConcatConvDiscriminator, EncodeAndDotCritic
 
-# (alpha, beta, gamma) of the paper's named settings.
-PRESETS: dict[str, tuple[float, float, float]] = {"dim-local": (0.0, 1.0, 0.1), "dim-global": (1.0, 0.0, 1.0)}
-CRITICS: tuple[str, ...] = ("concat", "dot")
-
-
-class ConvSpec(NamedTuple):
-    channels: int
-    kernel: int
-    stride: int
-    padding: int
-    max_pool: bool = False  # a 3x3, stride-2 max-pool after the activation
-
-
-class EncoderSpec(NamedTuple):
-    image_size: int
-    convs: tuple[ConvSpec, ...]
-    fcs: tuple[int, ...]
-    local_layer: int  # index of the conv layer whose output is the M x M local map
-
-
-# The official DIM code's encoders (cortex_DIM configs "basic32x32" and "alex64x64").
-ENCODERS: dict[str, EncoderSpec] = {
-    "basic32x32": EncoderSpec(32, (ConvSpec(64, 4, 2, 1), ConvSpec(128, 4, 2, 1), ConvSpec(256, 4, 2, 1)), (1024,), 1),
-    "alex64x64": EncoderSpec(
-        64,
-        (
-            ConvSpec(96, 3, 1, 1, True),
-            ConvSpec(192, 3, 1, 1, True),
-            ConvSpec(384, 3, 1, 1),
-            ConvSpec(384, 3, 1, 1),
-            ConvSpec(192, 3, 1, 1, True),
-        ),
-        (4096, 4096),
-        2,
-    ),
-}
+from .config import ENCODERS, ConvSpec, DIMConfig
 
 
 class Features(NamedTuple):
@@ -140,60 +101,6 @@ class PriorDiscriminator(nn.Module):
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.net(codes).squeeze(-1)
-
-
-@dataclasses.dataclass
-class DIMConfig:
-    """Everything that defines a DeepInfoMax model (saved in checkpoints).
-
-    ``critic`` scores both MI terms: ``concat`` (concat-and-conv, ``concat_conv_mi``;
-    ``hidden`` units, ``num_negatives`` shuffled negatives per positive) or ``dot``
-    (encode-and-dot, ``dot_product_mi``; ``units``-wide codes, every other image is a
-    negative, and under several processes every other image of every rank for an
-    f-measure). The global term scores the flattened local map as one location.
-    ``prior_penalty`` weighs the prior discriminator's gradient penalty."""
-
-    alpha: float = 0.0
-    beta: float = 1.0
-    gamma: float = 0.1
-    estimator: str = "jsd"
-    critic: str = "concat"
-    num_negatives: int = 1
-    backend: str = "auto"
-    architecture: str = "basic32x32"
-    in_channels: int = 3
-    code_dim: int = 64
-    hidden: tuple[int, ...] = (512, 512)
-    units: int = 2048
-    prior_penalty: float = 1.0
-
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "DIMConfig":
-        if name not in PRESETS:
-            raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
-        alpha, beta, gamma = PRESETS[name]
-        return cls(**{"alpha": alpha, "beta": beta, "gamma": gamma, **overrides})
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(self.hidden)
-        for name in ("alpha", "beta", "gamma", "prior_penalty"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite weight >= 0, got {value}")
-        if self.alpha == 0 and self.beta == 0:
-            raise ValueError("alpha and beta are both 0: there is no mutual-information term to train")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}; got {self.estimator!r}")
-        if self.critic not in CRITICS:
-            raise ValueError(f"critic must be one of {', '.join(CRITICS)}; got {self.critic!r}")
-        if self.num_negatives < 1:
-            raise ValueError(f"num_negatives must be at least 1, got {self.num_negatives}")
-        if self.units < 1 or not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"units and hidden sizes must be positive, got {self.units} and {self.hidden}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
-        if self.architecture not in ENCODERS:
-            raise ValueError(f"architecture must be one of {', '.join(ENCODERS)}; got {self.architecture!r}")
 
 
 class Output(NamedTuple):
@@ -289,7 +196,7 @@ class DeepInfoMax(nn.Module):
         codes = codes.detach().float().requires_grad_()
         samples = samples.detach().float().requires_grad_()
         real, fake = self.prior(samples), self.prior(codes)
-        bound = functional.mi_bound(real, fake, "gan", backend=self.config.backend)
+        bound = dim_fused.mi_bound(real, fake, "gan", backend=self.config.backend)
         loss = -bound
         if self.config.prior_penalty > 0:
             # Penalise D's input gradient at both distributions (keeps the game smooth).
@@ -299,14 +206,19 @@ class DeepInfoMax(nn.Module):
         return loss, {"prior_bound": bound.detach(), "prior_accuracy": accuracy}
 
 
+def build_model(config: DIMConfig, seed: int) -> DeepInfoMax:
+    """The model's initial weights follow ``seed`` alone (the untrained baseline of the
+    probe is rebuilt from it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DeepInfoMax(config)
+
+
 __all__ = [
-    "CRITICS",
-    "ENCODERS",
-    "PRESETS",
-    "DIMConfig",
     "DeepInfoMax",
     "Encoder",
     "Features",
     "Output",
     "PriorDiscriminator",
+    "build_model",
 ]

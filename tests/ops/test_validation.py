@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import FUSED_CASES, require
+from helpers import FUSED_CASES, require
 
 import dim_fused
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dim_fused import data
+from dim_fused.training import data
 
 
 def test_digits_are_built_in_and_split():

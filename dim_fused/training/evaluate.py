@@ -1,4 +1,4 @@
-"""Linear probes on frozen DIM features: ``python -m dim_fused.evaluate CHECKPOINT``.
+"""Linear probes on frozen DIM features: ``python -m dim_fused.training.evaluate CHECKPOINT``.
 
 A logistic regression is fitted on the features of the dataset's training split
 (global code, last fc layer, last conv layer) and scored on its held-out test split,
@@ -9,15 +9,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from . import data as datasets
-from .models import Encoder
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
+from .config import TrainConfig
+from .models import Encoder, build_model
 
 FEATURES: tuple[str, ...] = ("global", "fc", "conv")
 
@@ -63,12 +61,10 @@ def probe_encoder(
 
 
 def evaluate(
-    config: "TrainConfig", model_state: dict[str, torch.Tensor], data: datasets.ImageData, device: torch.device
+    config: TrainConfig, model_state: dict[str, torch.Tensor], data: datasets.ImageData, device: torch.device
 ) -> dict:
     """Probe accuracies of the trained encoder (``model_state``) and of the same model
     at its initialisation (rebuilt from ``config.seed``), as {"trained": ..., "random": ...}."""
-    from .train import build_model
-
     untrained = build_model(config.model, config.seed).encoder.to(device)
     trained = build_model(config.model, config.seed)
     trained.load_state_dict(model_state)
@@ -89,14 +85,12 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dim_fused.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="a checkpoint.pt written by python -m dim_fused.train")
+    parser = argparse.ArgumentParser(prog="python -m dim_fused.training.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a checkpoint.pt written by python -m dim_fused.training.train")
     parser.add_argument("--data-dir", help="override the dataset folder saved in the checkpoint")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
-
-    from .train import TrainConfig
 
     path = Path(args.checkpoint)
     if not path.is_file():

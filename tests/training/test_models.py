@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dim_fused
-from dim_fused.models import PRESETS, DeepInfoMax, DIMConfig, Encoder
+from dim_fused.training import PRESETS, DeepInfoMax, DIMConfig, Encoder
 
 SMALL = {"in_channels": 1, "hidden": (32, 32), "units": 32}
 

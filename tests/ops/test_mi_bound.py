@@ -161,4 +161,4 @@ def test_torch_compile(fused, estimator):
 
 def test_auto_picks_compiled_kernel_on_cpu():
     expected = "cpu" if "cpu" in dim_fused.available_backends("cpu") else "reference"
-    assert dim_fused._dispatch.resolve("auto", torch.device("cpu")) == expected
+    assert dim_fused.resolve_backend("auto", torch.device("cpu")) == expected

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import DEVICES
+from helpers import DEVICES
 from scipy.stats import chisquare
 
 import dim_fused

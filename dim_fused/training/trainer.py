@@ -1,0 +1,244 @@
+"""The training loop of Deep InfoMax: one ``Trainer`` per process (one rank under
+torch.distributed), exact checkpoints, and the metrics records of a run folder."""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import dim_fused
+from dim_fused import distributed
+
+from . import data as datasets
+from .checkpoint import save_atomically
+from .config import ENCODERS, TrainConfig
+from .models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class Trainer:
+    """One training run: data, model, optimisers and generators on one device (one rank
+    under torch.distributed). ``run()`` trains; ``train_step(images)`` is one step of
+    both players; ``state()`` / ``load(state)`` are exact checkpoints."""
+
+    def __init__(self, config: TrainConfig, out: str | os.PathLike, device: str | None = None) -> None:
+        self.config, self.out = config, Path(out)
+        self.rank, self.world = distributed.world()
+        if device is None:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.data = datasets.load(config.data, config.data_dir)
+        model, channels = config.model, self.data.channels
+        if model.in_channels != channels:
+            raise ValueError(f"{config.data} has {channels}-channel images; the model reads {model.in_channels}")
+        size = ENCODERS[model.architecture].image_size
+        if size != self.data.crop:
+            raise ValueError(f"{config.data} gives {self.data.crop}-pixel inputs; {model.architecture} reads {size}")
+        self.global_batch = config.batch_size * self.world
+        self.steps_per_epoch = len(self.data.unlabeled.labels) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{config.data} has {len(self.data.unlabeled.labels)} training images, fewer than one global batch "
+                f"({config.batch_size} x {self.world} processes)"
+            )
+        dim_fused.resolve_backend(config.model.backend, self.device)  # an unavailable backend fails here, with its fix
+        self.model = build_model(config.model, config.seed).to(self.device)
+        if self.world > 1:
+            distributed.convert_batchnorm(self.model)
+        self.encoder_optimizer = torch.optim.Adam(self.model.encoder_parameters(), lr=config.lr)
+        self.prior_optimizer = (
+            torch.optim.Adam(self.model.prior_parameters(), lr=config.prior_lr, betas=(0.5, 0.999))
+            if self.model.prior is not None
+            else None
+        )
+        self.trainable = self.model
+        if self.world > 1:
+            # The prior discriminator plays its own game; its gradients are averaged by hand.
+            ignore = [f"prior.{name}" for name, _ in self.model.prior.named_parameters()] if self.model.prior else []
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, ignore)
+            self.trainable = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        # shared: identical on every rank (prior samples for the global batch); local: this rank's negatives/crops.
+        self.shared = torch.Generator(self.device).manual_seed(config.seed)
+        self.local = torch.Generator(self.device).manual_seed(config.seed + 1 + self.rank)
+        self.step = 0
+        self._stop = False
+        self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0))
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def batch_indices(self, step: int) -> torch.Tensor:
+        """This rank's image indices for ``step``: a pure function of (seed, step)."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if self._order[0] != epoch:
+            seed = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.data.unlabeled.labels), generator=seed))
+        start = position * self.global_batch + self.rank * self.config.batch_size
+        return self._order[1][start : start + self.config.batch_size]
+
+    # ---- one step -----------------------------------------------------------------------------------------------
+    def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
+            out = self.trainable(images, generator=self.local)
+        self.encoder_optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.encoder_optimizer.step()
+        metrics = {"loss": out.loss, "global_mi": out.global_mi, "local_mi": out.local_mi, "prior": out.prior}
+        if self.prior_optimizer is not None:
+            batch, dim = out.code.shape
+            samples = torch.rand(self.world * batch, dim, generator=self.shared, device=self.device)
+            samples = samples[self.rank * batch : (self.rank + 1) * batch]
+            loss, stats = self.model.prior_loss(out.code, samples)
+            self.prior_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            distributed.average_gradients(self.model.prior_parameters())
+            self.prior_optimizer.step()
+            metrics.update(stats)
+        return {k: v.detach().float() for k, v in metrics.items()}
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        local_states = [self.local.get_state()]
+        if self.world > 1:
+            local_states = [None] * self.world
+            dist.all_gather_object(local_states, self.local.get_state().cpu())
+        return {
+            "format": 1,
+            "config": dataclasses.asdict(self.config),
+            "step": self.step,
+            "world_size": self.world,
+            "model": self.model.state_dict(),
+            "encoder_optimizer": self.encoder_optimizer.state_dict(),
+            "prior_optimizer": None if self.prior_optimizer is None else self.prior_optimizer.state_dict(),
+            "generators": {"shared": self.shared.get_state().cpu(), "local": [s.cpu() for s in local_states]},
+        }
+
+    def save(self) -> None:
+        state = self.state()  # every rank takes part in gathering the generator states
+        if self.rank == 0:
+            save_atomically(state, self.out / CHECKPOINT)
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+        if self.prior_optimizer is not None:
+            self.prior_optimizer.load_state_dict(state["prior_optimizer"])
+        self.shared.set_state(state["generators"]["shared"])
+        local = state["generators"]["local"]
+        if len(local) == self.world:
+            self.local.set_state(local[self.rank])
+        elif self.rank == 0:
+            print(
+                f"note: checkpoint from {len(local)} processes, resuming on {self.world}: negatives differ",
+                file=sys.stderr,
+            )
+        self.step = state["step"]
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def batches(self) -> Iterator[torch.Tensor]:
+        split = self.data.unlabeled
+        while self.step < self.config.steps:
+            images = split.images[self.batch_indices(self.step)].to(self.device, non_blocking=True)
+            yield datasets.to_inputs(images, self.data.crop, self.local)
+
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for. Several ranks agree on it (an all-reduce, a host
+        sync) only at logging steps, where the loop synchronises anyway, so they stop at
+        the same step within ``log_every`` steps of the signal."""
+        if self.world == 1:
+            return self._stop
+        if self.step % self.config.log_every != 0 and self.step != self.config.steps:
+            return False
+        flag = torch.tensor([float(self._stop)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def request_stop(self) -> None:
+        """Ask the loop to checkpoint and leave after the step in flight (signal-safe)."""
+        self._stop = True
+
+    def run(self, progress: bool = True) -> bool:
+        """Train up to ``config.steps``, logging and checkpointing. After
+        ``request_stop()`` (the CLI calls it on SIGTERM and Ctrl-C), the step in flight
+        finishes, a checkpoint is written and False is returned; True when done."""
+        config = self.config
+        metrics_file = self.out / METRICS
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+
+            interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
+            bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=interval)
+        sums: dict[str, torch.Tensor] = {}
+        window_steps, window_start = 0, time.perf_counter()
+        try:
+            for images in self.batches():
+                for key, value in self.train_step(images).items():
+                    sums[key] = sums.get(key, 0) + value
+                self.step += 1
+                window_steps += 1
+                if self.step % config.log_every == 0 or self.step == config.steps:
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    now = time.perf_counter()
+                    names = sorted(sums)
+                    means = torch.stack([sums[k] for k in names]) / window_steps
+                    if self.world > 1:  # the record is the mean over ranks
+                        dist.all_reduce(means)
+                        means /= self.world
+                    record = {"step": self.step, "epoch": self.step / self.steps_per_epoch}
+                    record.update(zip(names, means.tolist(), strict=True))
+                    record["steps_per_s"] = window_steps / (now - window_start)
+                    if self.rank == 0:
+                        with open(metrics_file, "a") as f:
+                            f.write(json.dumps(record) + "\n")
+                        if bar is not None:
+                            bar.set_postfix(
+                                loss=f"{record['loss']:.3f}",
+                                local_mi=f"{record['local_mi']:.3f}",
+                                steps_s=f"{record['steps_per_s']:.1f}",
+                                refresh=False,  # the bar redraws at its own pace (mininterval)
+                            )
+                    sums, window_steps, window_start = {}, 0, time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+                stop = self.stop_requested()
+                if stop or self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                    self.save()
+                if stop:
+                    return False
+            return True
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file; a line torn by a kill is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,102 @@
+"""The package's shape: the op library never imports the training application, the
+application uses the library's public API only, and the facts two languages share
+(estimator order, statistics columns, version) agree."""
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import torch
+
+import dim_fused
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "dim_fused"
+TRAINING = PACKAGE / "training"
+
+
+def imports_of(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, imported names, relative level) of every import in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, [], 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", [alias.name for alias in node.names], node.level))
+    return found
+
+
+def test_importing_the_library_does_not_import_the_training_application():
+    code = "import sys, dim_fused; print([m for m in sys.modules if m.startswith('dim_fused.training')])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_library_module_imports_training():
+    for path in PACKAGE.rglob("*.py"):
+        if TRAINING in path.parents:
+            continue
+        for module, names, _ in imports_of(path):
+            assert "training" not in module.split(".") and "training" not in names, f"{path} imports training"
+
+
+def test_training_uses_the_public_api_only():
+    public = set(dim_fused.__all__)
+    for path in TRAINING.rglob("*.py"):
+        for module, names, level in imports_of(path):
+            where = f"{path.relative_to(ROOT)}: from {'.' * level}{module} import {names}"
+            assert level <= 1, f"{where} reaches into the library with a relative import"
+            if level == 0 and module.split(".")[0] == "dim_fused":
+                parts = module.split(".")
+                assert not any(p.startswith("_") for p in parts), where
+                if module == "dim_fused":
+                    assert set(names) <= public, where
+                else:
+                    assert parts[1] in public, where
+
+
+def test_estimator_order_agrees_across_languages():
+    header = (ROOT / "csrc" / "estimators.h").read_text()
+    enum = re.search(r"enum class Estimator : int \{([^}]*)\}", header).group(1)
+    assert [name.strip().lower() for name in enum.split(",")] == list(dim_fused.ESTIMATORS)
+    from dim_fused.triton import _math
+
+    for name in dim_fused.ESTIMATORS:
+        assert getattr(_math, name.upper()).value == dim_fused.ESTIMATORS.index(name)
+    # The C++ ops accept exactly these names.
+    pos, neg = torch.randn(2, 3), torch.randn(1, 2, 3)
+    for name in dim_fused.ESTIMATORS:
+        torch.ops.dim_fused.mi_bound(pos, neg, name)
+
+
+def _enum_values(header: str, name: str) -> list[str]:
+    body = re.search(rf"enum {name} : int \{{([^}}]*)\}}", header).group(1)
+    return [item.strip() for item in body.split(",")]
+
+
+def test_statistics_columns_agree_across_languages():
+    header = (ROOT / "csrc" / "estimators.h").read_text()
+    from dim_fused.triton import _math
+    from dim_fused.triton import dot_product_mi as triton_dot
+
+    row_stats = _enum_values(header, "RowStat")
+    assert row_stats == ["kPosSum", "kNegSum", "kNegMax", "kNegSumExp", "kRowStats"]
+    columns = [_math.POS_SUM, _math.NEG_SUM, _math.NEG_MAX, _math.NEG_SUM_EXP, _math.ROW_STATS]
+    assert [c.value for c in columns] == list(range(len(row_stats)))
+    coefs = _enum_values(header, "DotCoef")
+    assert coefs == ["kPosScale", "kNegScale", "kNegLse", "kShift", "kCoefs"]
+    triton_coefs = [triton_dot.POS_SCALE, triton_dot.NEG_SCALE, triton_dot.NEG_LSE, triton_dot.SHIFT, triton_dot.COEFS]
+    assert [c.value for c in triton_coefs] == list(range(len(coefs)))
+
+
+def test_version_has_one_source():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dim_fused._version.__version__"}
+    assert "version=" not in (ROOT / "setup.py").read_text()
+    from importlib.metadata import version
+
+    assert version("dim_fused") == dim_fused.__version__
