@@ -1,4 +1,4 @@
-"""Estimator names and their per-score terms (DESIGN.md section 1).
+"""Estimator names and their per-score terms (docs/design.md, "Estimators").
 
 Every bound is "higher = more mutual information"; a training loss is its negative.
 The f-measures average Ep over positive scores and Eq over negative scores and

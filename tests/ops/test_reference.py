@@ -19,7 +19,7 @@ def test_gradcheck(estimator):
 
 
 def test_estimator_table():
-    """Spot values of DESIGN.md section 1's table at t = 0.3."""
+    """Spot values of the estimators table of docs/design.md at t = 0.3."""
     t = torch.tensor(0.3, dtype=torch.float64)
     sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
     expected = {
