@@ -39,6 +39,8 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
   const Estimator e = parse_estimator(estimator);
   TORCH_CHECK_VALUE(pos.numel() > 0 && neg.numel() > 0,
                     "dim_fused.mi_bound: pos_scores and neg_scores must be non-empty");
+  TORCH_CHECK_VALUE(at::isFloatingType(pos.scalar_type()),
+                    "dim_fused.mi_bound: scores must be floating point, got ", pos.scalar_type());
   TORCH_CHECK_VALUE(pos.scalar_type() == neg.scalar_type(),
                     "dim_fused.mi_bound: pos_scores and neg_scores must share a dtype, got ",
                     pos.scalar_type(), " and ", neg.scalar_type());
@@ -53,6 +55,13 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
     num_negatives = neg.size(0);
   }
   return {pos.contiguous(), neg.contiguous(), num_negatives, e};
+}
+
+void check_mi_bound_grad(const at::Tensor& grad, const at::Tensor& pos) {
+  TORCH_CHECK_VALUE(
+      grad.numel() == 1 && grad.device() == pos.device() && at::isFloatingType(grad.scalar_type()),
+      "dim_fused.mi_bound_backward: grad must be one floating-point element on ", pos.device(),
+      ", got ", grad.sizes(), " on ", grad.device());
 }
 
 DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
@@ -75,54 +84,45 @@ DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Te
                     positive_offset);
   TORCH_CHECK_VALUE(globals == batch || (e != Estimator::DV && e != Estimator::InfoNCE), op,
                     "dv and infonce need G == B");
-  // A view for channels-last codes; reshape copies (B, E, L)-contiguous ones.
-  const at::Tensor rows = local.reshape({batch, units, -1}).transpose(1, 2).reshape({-1, units});
-  return {local,           rows, global,  batch, units, rows.size(0) / batch, globals,
-          positive_offset, e,    official};
+  const at::Tensor flat = local.reshape({batch, units, -1});  // a view for dense layouts
+  return {local,           flat,  global,       flat.transpose(1, 2).is_contiguous(),
+          batch,           units, flat.size(2), globals,
+          positive_offset, e,     official};
 }
 
 void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
                              const DotProductProblem& p) {
-  const auto acc = acc_dtype(p.rows.scalar_type());
-  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.rows.device(),
+  const auto acc = acc_dtype(p.local.scalar_type());
+  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.local.device(),
                     "dim_fused.dot_product_mi_backward: grad must be one element on ",
-                    p.rows.device());
+                    p.local.device());
   TORCH_CHECK_VALUE(stats.dim() == 2 && stats.size(0) == p.globals && stats.size(1) == 2 &&
-                        stats.scalar_type() == acc && stats.device() == p.rows.device(),
+                        stats.scalar_type() == acc && stats.device() == p.local.device(),
                     "dim_fused.dot_product_mi_backward: stats must be the forward's (G, 2) = (",
                     p.globals, ", 2) ", acc, " tensor, got ", stats.sizes(), " ",
                     stats.scalar_type());
 }
 
-int64_t DotProductProblem::tile_columns() const {
+int64_t DotProductProblem::tile_images() const {
   // DIM_FUSED_TILE_SCORES shrinks the tiles (tests use it to cross tile edges).
   const char* env = std::getenv("DIM_FUSED_TILE_SCORES");
-  const int64_t fallback = rows.is_cuda() ? int64_t(1) << 24 : int64_t(1) << 20;
+  const int64_t fallback = local.is_cuda() ? int64_t(1) << 24 : int64_t(1) << 20;
   const int64_t tile_scores = env != nullptr ? std::max<int64_t>(1, std::atoll(env)) : fallback;
-  return std::clamp<int64_t>(tile_scores / globals, 1, columns());
+  return std::clamp<int64_t>(tile_scores / (globals * locations), 1, batch);
 }
 
 namespace {
 
-// Every perm[k, l] must be a permutation of range(B): checked here on the CPU
-// (free: the data is on the host). On a GPU the check would cost a sync, so an
-// index outside [0, B) becomes source -1 there (NaN scores, no stray memory
-// access) and the scatter is correct for repeated indices.
-void check_permutations_on_host(const at::Tensor& perm, int64_t batch) {
-  const at::Tensor p = perm.contiguous();
-  const int64_t* data = p.const_data_ptr<int64_t>();
-  std::vector<char> seen(batch);
-  for (int64_t row = 0; row < p.numel() / batch; ++row) {
-    std::fill(seen.begin(), seen.end(), 0);
-    for (int64_t b = 0; b < batch; ++b) {
-      const int64_t v = data[row * batch + b];
-      TORCH_CHECK_VALUE(v >= 0 && v < batch && !seen[v],
-                        "dim_fused.concat_conv_mi: perm[k, l] must be a permutation of range(",
-                        batch, ") for every k and l; row ", row, " holds ", v,
-                        v >= 0 && v < batch ? " twice" : "");
-      seen[v] = 1;
-    }
-  }
+// Every index of perm must be in [0, B): checked here on the CPU (free: the data
+// is on the host). On a GPU the check would cost a sync, so an index outside
+// [0, B) becomes source -1 there instead (NaN scores, no stray memory access).
+// Repeated indices are harmless on both: the scatters are correct for any map.
+void check_perm_range_on_host(const at::Tensor& perm, int64_t batch) {
+  const auto [low, high] = at::aminmax(perm);
+  const int64_t lowest = low.item<int64_t>(), highest = high.item<int64_t>();
+  TORCH_CHECK_VALUE(lowest >= 0 && highest < batch,
+                    "dim_fused.concat_conv_mi: perm's indices must be in [0, ", batch, "), got ",
+                    lowest < 0 ? lowest : highest);
 }
 
 }  // namespace
@@ -170,7 +170,7 @@ ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
                     op, "perm must be an int64 (K >= 1, L = ", locations, ", B = ", batch,
                     ") tensor on the feature map's device, got ", perm.scalar_type(), " ",
                     perm.sizes(), " on ", perm.device());
-  if (perm.is_cpu()) check_permutations_on_host(perm, batch);
+  if (perm.is_cpu()) check_perm_range_on_host(perm, batch);
   const int64_t k = perm.size(0);
   // Row b * L + l of negative k reads local row perm[k, l, b] * L + l.
   const at::Tensor rows = at::arange(batch * locations, perm.options());
@@ -221,16 +221,36 @@ int64_t ConcatConvProblem::chunk_images() const {
   return std::clamp<int64_t>(values / (widest * locations), 1, batch);
 }
 
-at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
-  if (a.scalar_type() == out) return at::mm(a, b);
+namespace {
+
+// a (op) b with fp32 accumulation and the result in `out`: the ATen overload with
+// an out_dtype (aten::mm.dtype, aten::bmm.dtype: cuBLAS writes float32 from half
+// inputs) where this torch has one for CUDA; elsewhere the operands are converted.
+template <typename Plain>
+at::Tensor gemm_to(const char* op, const Plain& plain, const at::Tensor& a, const at::Tensor& b,
+                   at::ScalarType out) {
+  if (a.scalar_type() == out) return plain(a, b);
   if (a.is_cuda()) {
-    static const auto mm_dtype = c10::Dispatcher::singleton().findSchema({"aten::mm", "dtype"});
-    if (mm_dtype && mm_dtype->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
-      return mm_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>()
+    static const auto with_dtype = c10::Dispatcher::singleton().findSchema({op, "dtype"});
+    if (with_dtype && with_dtype->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
+      return with_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>()
           .call(a, b, out);
     }
   }
-  return at::mm(a.to(out), b.to(out));
+  return plain(a.to(out), b.to(out));
+}
+
+}  // namespace
+
+at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  return gemm_to(
+      "aten::mm", [](const at::Tensor& x, const at::Tensor& y) { return at::mm(x, y); }, a, b, out);
+}
+
+at::Tensor bmm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  return gemm_to(
+      "aten::bmm", [](const at::Tensor& x, const at::Tensor& y) { return at::bmm(x, y); }, a, b,
+      out);
 }
 
 TORCH_LIBRARY(dim_fused, m) {
@@ -244,6 +264,12 @@ TORCH_LIBRARY(dim_fused, m) {
   m.def(
       "dot_product_mi_backward(Tensor grad, Tensor local_codes, Tensor global_codes, Tensor stats,"
       " str estimator, bool official, int positive_offset) -> (Tensor, Tensor)");
+  // The argument checks of the C++ kernels, for the Triton ones.
+  m.def("check_mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator, Tensor? grad) -> ()");
+  m.def(
+      "check_dot_product(Tensor local_codes, Tensor global_codes, str estimator, int "
+      "positive_offset,"
+      " Tensor? grad, Tensor? stats) -> ()");
   // The statistics finish of dot_product_mi, for the Triton forward's partials.
   m.def(
       "dot_product_mi_finish(Tensor row_stats, Tensor positives, str estimator, bool official,"
@@ -251,6 +277,9 @@ TORCH_LIBRARY(dim_fused, m) {
   m.def(
       "dot_product_mi_coefficients(Tensor grad, Tensor stats, str estimator, int batch,"
       " int locations) -> Tensor");
+  m.def(
+      "dot_product_mi_tile_backward(Tensor d_scores, Tensor local_codes, Tensor global_codes,"
+      " int first, Tensor(a!) d_local, Tensor(b!) d_global) -> ()");
   m.def(
       "concat_conv_mi(Tensor feature_map, Tensor global_code, Tensor[] weights, Tensor[] biases,"
       " Tensor perm, str estimator, bool detach_negatives) -> (Tensor, Tensor)");
@@ -261,9 +290,55 @@ TORCH_LIBRARY(dim_fused, m) {
       " -> (Tensor, Tensor, Tensor[], Tensor[])");
 }
 
+namespace {
+
+// The lower layer's checks as ops, so that the Triton backend guards its kernels
+// with the very checks the C++ kernels run (they read metadata only).
+void check_mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string_view estimator,
+                       const std::optional<at::Tensor>& grad) {
+  check_mi_bound_inputs(pos, neg, estimator);
+  if (grad) check_mi_bound_grad(*grad, pos);
+}
+
+void dot_product_tile_backward_op(const at::Tensor& d_scores, const at::Tensor& local,
+                                  const at::Tensor& global, int64_t first, at::Tensor& d_local,
+                                  at::Tensor& d_global) {
+  const DotProductProblem p = check_dot_product_inputs(local, global, "jsd", false, 0);
+  const char* op = "dim_fused.dot_product_mi_tile_backward: ";
+  const auto acc = acc_dtype(local.scalar_type());
+  TORCH_CHECK_VALUE(
+      d_scores.dim() == 2 && d_scores.size(0) == p.globals && d_scores.size(1) % p.locations == 0 &&
+          first >= 0 && first <= p.batch - d_scores.size(1) / p.locations &&
+          d_scores.scalar_type() == acc && d_scores.device() == local.device(),
+      op, "d_scores must be a (G, images * L) ", acc, " tile of images within the batch");
+  TORCH_CHECK_VALUE(
+      d_local.sizes() == local.sizes() && d_local.scalar_type() == local.scalar_type() &&
+          d_local.device() == local.device() && d_local.is_non_overlapping_and_dense(),
+      op, "d_local must be a dense tensor like local_codes");
+  TORCH_CHECK_VALUE(d_global.dim() == 2 && d_global.size(0) == p.globals &&
+                        d_global.size(1) == p.units && d_global.scalar_type() == acc &&
+                        d_global.device() == local.device(),
+                    op, "d_global must be a (G, E) ", acc, " tensor");
+  dot_product_tile_backward(p, d_scores.contiguous(), first, d_local, d_global);
+}
+
+void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
+                          c10::string_view estimator, int64_t positive_offset,
+                          const std::optional<at::Tensor>& grad,
+                          const std::optional<at::Tensor>& stats) {
+  const DotProductProblem p =
+      check_dot_product_inputs(local, global, estimator, false, positive_offset);
+  if (grad && stats) check_dot_product_stats(*grad, *stats, p);
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
+  m.impl("check_mi_bound", &check_mi_bound_op);
+  m.impl("check_dot_product", &check_dot_product_op);
   m.impl("dot_product_mi_finish", &dot_product_mi_finish);
   m.impl("dot_product_mi_coefficients", &dot_product_mi_coefficients);
+  m.impl("dot_product_mi_tile_backward", &dot_product_tile_backward_op);
 }
 
 }  // namespace dim_fused

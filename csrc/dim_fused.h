@@ -27,6 +27,8 @@ struct MiBoundProblem {
 };
 MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& neg,
                                      c10::string_view estimator);
+// The backward's incoming gradient: one element on the scores' device.
+void check_mi_bound_grad(const at::Tensor& grad, const at::Tensor& pos);
 
 template <typename scalar_t>
 Scores<scalar_t> scores_of(const MiBoundProblem& p) {
@@ -43,21 +45,25 @@ Scores<scalar_t> scores_of(const MiBoundProblem& p) {
 // Scores u[i, c] = <global i, rows c> for the B * L columns c = j * L + p (local
 // image j, location p); local image j's positive global is row offset + j.
 struct DotProductProblem {
-  at::Tensor local;  // as given
-  // (B * L, E): row j * L + p is local_codes[j, :, p]. A view of channels-last
-  // codes (what the encode-and-dot critic produces); a transposed copy otherwise.
-  at::Tensor rows;
-  at::Tensor global;  // (G, E)
+  at::Tensor local_codes;  // as given (the gradient takes their shape and layout)
+  at::Tensor local;        // (B, E, L): a view of local_codes, whatever their strides
+  at::Tensor global;       // (G, E)
+  // Whether the units are innermost (channels-last codes, what the encode-and-dot
+  // critic produces): then rows() is a view and a tile is one GEMM; otherwise a
+  // tile is a batched GEMM over its images, each (E, L) matrix read in place.
+  bool rows_layout;
   int64_t batch, units, locations, globals, offset;
   Estimator estimator;
   bool official;
 
+  // (B * L, E): row j * L + p is local[j, :, p] (a view when rows_layout).
+  at::Tensor rows() const { return local.transpose(1, 2).reshape({-1, units}); }
   int64_t columns() const { return batch * locations; }
   int64_t positives() const { return batch * locations; }
   int64_t negatives() const { return (globals - 1) * batch * locations; }
-  // Columns per score tile: a tile holds G x columns scores in the accumulation
-  // dtype, 2^20 on a CPU and 2^24 on a GPU (DIM_FUSED_TILE_SCORES overrides).
-  int64_t tile_columns() const;
+  // Images per score tile: a tile holds G x images x L scores in the accumulation
+  // dtype, about 2^20 on a CPU and 2^24 on a GPU (DIM_FUSED_TILE_SCORES overrides).
+  int64_t tile_images() const;
 };
 DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
                                            c10::string_view estimator, bool official,
@@ -105,6 +111,14 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
                                                            const DotProductEpilogue& epilogue);
+// The tile's (G, images * L) scores (images [first, first + images)) in the
+// accumulation dtype.
+at::Tensor dot_product_score_tile(const DotProductProblem& p, int64_t first, int64_t images);
+// From a tile of d(estimate)/d(score) (accumulation dtype, times the gradient
+// scale): d_local's images [first, first + images) (d_local laid out like
+// local_codes) and d_global (G, E), accumulation dtype, += its share.
+void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_scores,
+                               int64_t first, at::Tensor& d_local, at::Tensor& d_global);
 // Shared with the Triton backend (registered as ops). The statistics finish:
 // row_stats (G, S, kRowStats) holds S partial Totals per global row.
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_finish(const at::Tensor& row_stats,
@@ -112,6 +126,8 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_finish(const at::Tensor& row_s
                                                          c10::string_view estimator, bool official,
                                                          int64_t batch, int64_t locations);
 // The backward's per-row coefficients (G, kCoefs), times the gradient scale B * L.
+// With dot_product_mi_tile_backward (the op of dot_product_tile_backward), what a
+// backend needs that computes its gradient tiles itself.
 at::Tensor dot_product_mi_coefficients(const at::Tensor& grad, const at::Tensor& stats,
                                        c10::string_view estimator, int64_t batch,
                                        int64_t locations);
@@ -126,7 +142,7 @@ struct ConcatConvProblem {
   std::vector<at::Tensor> weights;  // 2-D (out, in), weights[0] in = C + D
   std::vector<std::optional<at::Tensor>> biases;  // (out,) or none (an empty tensor in the op)
   // (1 + K, B * L) int64; -1 where perm held an index outside [0, B) (the CUDA
-  // kernels then write NaN instead of reading out of bounds; the CPU checks first).
+  // kernels then write NaN instead of reading out of bounds; the CPU refuses it).
   at::Tensor sources;
   int64_t batch, locations, channels, num_negatives;
   Estimator estimator;
@@ -153,7 +169,8 @@ struct ConcatConvKernels {
   // whose source is -1 becomes NaN.
   void (*first_layer)(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
                       int64_t first_row, int64_t locations, at::Tensor& out);
-  // dP[src[r]] += dZ[r] for the rows whose source is not -1.
+  // dP[src[r]] += dZ[r] for the rows whose source is not -1, correct when src
+  // repeats an index (a permutation never does: deterministic then).
   void (*scatter_rows)(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src);
 };
 
@@ -167,6 +184,9 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
                         const at::Tensor& scores, const ConcatConvKernels& kernels);
 
 // --- shared -------------------------------------------------------------------
+
+// bmm with the result in `out` dtype (see mm_to).
+at::Tensor bmm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
 
 // a @ b in `out` dtype with fp32 accumulation: cuBLAS writes float32 from half
 // inputs directly where ATen has aten::mm.dtype; elsewhere the operands are

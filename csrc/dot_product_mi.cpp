@@ -1,7 +1,9 @@
 // The tile plan of dot_product_mi, shared by the CPU and CUDA backends; the
-// Triton backend reuses its statistics finish and gradient coefficients (ops). One ATen
-// GEMM computes a (G, n) tile of scores for n columns of the rows layout, in the
-// accumulation dtype; the backend's epilogue reduces it (forward) or turns it
+// Triton backend reuses its statistics finish, gradient coefficients and tile
+// backward (ops). ATen GEMMs compute a (G, n) tile of scores for the n = images x
+// L columns of a group of images, in the accumulation dtype, reading the codes in
+// their own layout (one GEMM for channels-last codes, a batched GEMM over the
+// images' (E, L) matrices otherwise); the backend's epilogue reduces it (forward) or turns it
 // into d(estimate)/d(score) (backward, recomputing the tile); the per-row
 // statistics are finished with ATen ops on the device. Memory: one tile plus
 // O(B L + G E). See docs/design.md ("Encode-and-dot").
@@ -14,15 +16,13 @@
 namespace dim_fused {
 namespace {
 
-// body(first, n, rows, tile): tile = the (G, n) scores of rows [first, first + n).
+// body(first, images, tile) for the tiles of whole images [first, first + images).
 template <typename Body>
 void for_each_tile(const DotProductProblem& p, const Body& body) {
-  const int64_t step = p.tile_columns();
-  const auto acc = acc_dtype(p.rows.scalar_type());
-  for (int64_t first = 0; first < p.columns(); first += step) {
-    const int64_t n = std::min(step, p.columns() - first);
-    const at::Tensor rows = p.rows.narrow(0, first, n);
-    body(first, n, rows, mm_to(p.global, rows.t(), acc));
+  const int64_t step = p.tile_images();
+  for (int64_t first = 0; first < p.batch; first += step) {
+    const int64_t images = std::min(step, p.batch - first);
+    body(first, images, dot_product_score_tile(p, first, images));
   }
 }
 
@@ -118,45 +118,81 @@ at::Tensor dot_product_mi_coefficients(const at::Tensor& grad, const at::Tensor&
   return coefficients(grad, stats, parse_estimator(estimator), batch, locations);
 }
 
+at::Tensor dot_product_score_tile(const DotProductProblem& p, int64_t first, int64_t images) {
+  const auto acc = acc_dtype(p.local.scalar_type());
+  if (p.rows_layout) {
+    return mm_to(p.global, p.rows().narrow(0, first * p.locations, images * p.locations).t(), acc);
+  }
+  // (images, G, L) from one batched GEMM, then (G, images * L): a copy of the tile only.
+  const at::Tensor per_image =
+      bmm_to(p.global.expand({images, p.globals, p.units}), p.local.narrow(0, first, images), acc);
+  return per_image.transpose(0, 1).reshape({p.globals, images * p.locations});
+}
+
+void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_scores,
+                               int64_t first, at::Tensor& d_local, at::Tensor& d_global) {
+  const int64_t images = d_scores.size(1) / p.locations;
+  const at::Tensor ds = d_scores.to(p.local.scalar_type());
+  const at::Tensor local = p.local.narrow(0, first, images);
+  at::Tensor d_local_tile = d_local.view({p.batch, p.units, -1}).narrow(0, first, images);
+  if (p.rows_layout) {  // d_global += dS rows, d_rows = dS^T global: two GEMMs, in place
+    const at::Tensor rows = local.transpose(1, 2).reshape({-1, p.units});
+    d_global.add_(mm_to(ds, rows, d_global.scalar_type()));
+    at::Tensor d_rows = d_local_tile.transpose(1, 2).view({-1, p.units});
+    at::mm_out(d_rows, ds.t(), p.global);
+    return;
+  }
+  const at::Tensor ds_images =
+      ds.view({p.globals, images, p.locations}).transpose(0, 1).contiguous();
+  const at::Tensor global_t =
+      p.global.t().contiguous();  // (E, G): small; the faster operand layout
+  at::bmm_out(d_local_tile, global_t.expand({images, p.units, p.globals}), ds_images);
+  // d_global += sum_j dS_j local_j^T: batched GEMMs over groups of images (at most 2^22
+  // products held at once on a CPU, 2^24 on a GPU), each group summed in the
+  // accumulation dtype (addbmm would loop slower GEMMs, and on a GPU round its running
+  // sum to half precision).
+  const int64_t budget = d_global.is_cuda() ? int64_t(1) << 24 : int64_t(1) << 22;
+  const int64_t group = std::clamp<int64_t>(budget / (p.globals * p.units), 1, images);
+  for (int64_t g = 0; g < images; g += group) {
+    const int64_t n = std::min(group, images - g);
+    d_global.add_(bmm_to(ds_images.narrow(0, g, n), local.narrow(0, g, n).transpose(1, 2),
+                         d_global.scalar_type())
+                      .sum(0));
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
                                                           const DotProductEpilogue& epilogue) {
-  const auto acc = p.rows.options().dtype(acc_dtype(p.rows.scalar_type()));
+  const auto acc = p.local.options().dtype(acc_dtype(p.local.scalar_type()));
   at::Tensor row_stats = at::zeros({p.globals, kRowStats}, acc);
   row_stats.select(1, kNegMax).fill_(-INFINITY);
   at::Tensor positives = at::empty({p.columns()}, acc);
-  for_each_tile(p, [&](int64_t first, int64_t, const at::Tensor&, const at::Tensor& tile) {
-    epilogue.reduce(p, tile, first, row_stats, positives);
+  for_each_tile(p, [&](int64_t first, int64_t, const at::Tensor& tile) {
+    epilogue.reduce(p, tile, first * p.locations, row_stats, positives);
   });
   auto [estimate, stats] =
       finish(row_stats.unsqueeze(1), positives, p.estimator, p.official, p.batch, p.locations);
-  return {estimate.to(p.rows.scalar_type()), stats};
+  return {estimate.to(p.local.scalar_type()), stats};
 }
 
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& grad,
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
                                                            const DotProductEpilogue& epilogue) {
-  const auto dtype = p.rows.scalar_type();
   const at::Tensor coef = coefficients(grad, stats, p.estimator, p.batch, p.locations);
   at::Tensor d_global = at::zeros({p.globals, p.units}, stats.options());
-  // The gradient of the rows, written in place where local_codes' layout is the
-  // rows layout (channels-last), else through a buffer and one transposing copy.
-  at::Tensor d_local = at::empty_like(p.local);
-  at::Tensor d_local_rows = d_local.view({p.batch, p.units, -1}).transpose(1, 2);
-  const bool in_place = d_local_rows.is_contiguous();
-  at::Tensor d_rows = in_place ? d_local_rows.view({-1, p.units})
-                               : at::empty({p.columns(), p.units}, p.rows.options());
-  for_each_tile(p, [&](int64_t first, int64_t n, const at::Tensor& rows, at::Tensor tile) {
-    epilogue.gradient(p, tile, first, coef);
-    const at::Tensor d_scores = tile.to(dtype);
-    d_global.add_(mm_to(d_scores, rows, stats.scalar_type()));
-    at::Tensor d_rows_tile = d_rows.narrow(0, first, n);
-    at::mm_out(d_rows_tile, d_scores.t(), p.global);
+  // Laid out like the codes where they are in the rows layout (written in place, no
+  // transposing copy), contiguous otherwise.
+  at::Tensor d_local = p.rows_layout ? at::empty({p.batch, p.locations, p.units}, p.local.options())
+                                           .transpose(1, 2)
+                                           .view(p.local_codes.sizes())
+                                     : at::empty(p.local_codes.sizes(), p.local.options());
+  for_each_tile(p, [&](int64_t first, int64_t, at::Tensor tile) {
+    epilogue.gradient(p, tile, first * p.locations, coef);
+    dot_product_tile_backward(p, tile, first, d_local, d_global);
   });
-  const double unscale = 1.0 / double(p.positives());
-  d_rows.mul_(unscale);
-  if (!in_place) d_local_rows.copy_(d_rows.view(d_local_rows.sizes()));
-  return {d_local, (d_global * unscale).to(dtype)};
+  const double unscale = 1.0 / double(p.positives());  // the coefficients' gradient scale
+  return {d_local.mul_(unscale), d_global.mul_(unscale).to(p.local.scalar_type())};
 }
 
 }  // namespace dim_fused

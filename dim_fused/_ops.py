@@ -11,6 +11,8 @@ import warnings
 
 import torch
 
+from ._layout import gradient_like
+
 C_IMPORT_ERROR: str | None = None
 try:
     from . import _C  # noqa: F401  (importing it registers the C++ ops)
@@ -37,16 +39,47 @@ def has_cpp_kernel(op: str, dispatch_key: str) -> bool:
     return C_IMPORT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dim_fused::{op}", dispatch_key)
 
 
+# --- checks every fake kernel and backward formula shares ------------------------
+
+
+def _one_device(op: str, *tensors: torch.Tensor) -> None:
+    """A fake kernel also answers for real tensors when one of them is on the meta device:
+    it must refuse a mix instead of returning uninitialised memory."""
+    devices = {t.device for t in tensors}
+    torch._check_value(
+        len(devices) == 1, lambda: f"dim_fused.{op}: tensors on several devices {sorted(map(str, devices))}"
+    )
+
+
+def _no_double_backward(op: str) -> None:
+    """The backward ops have no derivative of their own: a gradient of a gradient through
+    them (create_graph=True, e.g. a gradient penalty through the critic) would silently be
+    zero, so it is refused."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"dim_fused.{op}: double backward (a gradient of this op's gradient, create_graph=True) is not "
+            "supported; compute that term with backend='reference'"
+        )
+
+
 # --- mi_bound -----------------------------------------------------------------
 
 
 def _mi_bound_fake(pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str) -> torch.Tensor:
+    _one_device("mi_bound", pos_scores, neg_scores)
+    if estimator == "infonce":
+        torch._check_value(
+            neg_scores.dim() == pos_scores.dim() + 1 and neg_scores.shape[1:] == pos_scores.shape,
+            lambda: "dim_fused.mi_bound: infonce needs neg_scores of shape (K, *pos_scores.shape)",
+        )
     return pos_scores.new_empty(())
 
 
 def _mi_bound_backward_fake(
     grad: torch.Tensor, pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _one_device("mi_bound_backward", grad, pos_scores, neg_scores)
+    torch._check_value(grad.numel() == 1, lambda: "dim_fused.mi_bound_backward: grad must be one element")
     return pos_scores.new_empty(pos_scores.shape), neg_scores.new_empty(neg_scores.shape)
 
 
@@ -57,6 +90,7 @@ def _register_mi_bound(op: str, backward_op) -> None:
         ctx.estimator = estimator
 
     def backward(ctx, grad):
+        _no_double_backward("mi_bound")
         pos_scores, neg_scores = ctx.saved_tensors
         dpos, dneg = backward_op(grad, pos_scores, neg_scores, ctx.estimator)
         return dpos, dneg, None
@@ -92,9 +126,21 @@ def _stats_dtype(codes: torch.Tensor) -> torch.dtype:
     return torch.float64 if codes.dtype == torch.float64 else torch.float32
 
 
+def _check_dot_product_shapes(op: str, local_codes: torch.Tensor, global_codes: torch.Tensor) -> None:
+    torch._check_value(
+        local_codes.dim() >= 3
+        and global_codes.dim() == 2
+        and global_codes.shape[1] == local_codes.shape[1]
+        and global_codes.shape[0] >= local_codes.shape[0],
+        lambda: f"dim_fused.{op}: need local_codes (B, E, ...) and global_codes (G >= B, E)",
+    )
+
+
 def _dot_product_mi_fake(
     local_codes: torch.Tensor, global_codes: torch.Tensor, estimator: str, official: bool, positive_offset: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    _one_device("dot_product_mi", local_codes, global_codes)
+    _check_dot_product_shapes("dot_product_mi", local_codes, global_codes)
     stats = global_codes.new_empty((global_codes.shape[0], 2), dtype=_stats_dtype(global_codes))
     return local_codes.new_empty(()), stats
 
@@ -108,7 +154,12 @@ def _dot_product_mi_backward_fake(
     official: bool,
     positive_offset: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.empty_like(local_codes), global_codes.new_empty(global_codes.shape)
+    _one_device("dot_product_mi_backward", grad, local_codes, global_codes, stats)
+    _check_dot_product_shapes("dot_product_mi_backward", local_codes, global_codes)
+    torch._check_value(
+        stats.shape == (global_codes.shape[0], 2), lambda: "dim_fused.dot_product_mi_backward: stats must be (G, 2)"
+    )
+    return gradient_like(local_codes), global_codes.new_empty(global_codes.shape)
 
 
 def _register_dot_product_mi(op: str, backward_op) -> None:
@@ -118,6 +169,7 @@ def _register_dot_product_mi(op: str, backward_op) -> None:
         ctx.args = (estimator, official, positive_offset)
 
     def backward(ctx, grad, _grad_stats):
+        _no_double_backward("dot_product_mi")
         local_codes, global_codes, stats = ctx.saved_tensors
         d_local, d_global = backward_op(grad, local_codes, global_codes, stats, *ctx.args)
         return d_local, d_global, None, None, None
@@ -159,7 +211,17 @@ if TRITON_IMPORT_ERROR is None and C_IMPORT_ERROR is None:
 # --- concat_conv_mi -----------------------------------------------------------
 
 
+def _check_concat_conv_shapes(op, feature_map, global_code, weights, biases, perm) -> None:
+    _one_device(op, feature_map, global_code, perm, *weights, *biases)
+    batch, locations = feature_map.shape[0], feature_map[0, 0].numel()
+    torch._check_value(
+        perm.dim() == 3 and perm.shape[1:] == (locations, batch) and global_code.shape[0] == batch,
+        lambda: f"dim_fused.{op}: need perm (K, L, B) and global_code (B, D) for a (B, C, L) feature map",
+    )
+
+
 def _concat_conv_mi_fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives):
+    _check_concat_conv_shapes("concat_conv_mi", feature_map, global_code, weights, biases, perm)
     shape = (perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel())
     return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=_stats_dtype(feature_map))
 
@@ -167,6 +229,8 @@ def _concat_conv_mi_fake(feature_map, global_code, weights, biases, perm, estima
 def _concat_conv_mi_backward_fake(
     grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
 ):
+    _check_concat_conv_shapes("concat_conv_mi_backward", feature_map, global_code, weights, biases, perm)
+    _one_device("concat_conv_mi_backward", grad, feature_map, scores)
     return (
         feature_map.new_empty(feature_map.shape),
         global_code.new_empty(global_code.shape),
@@ -184,6 +248,7 @@ def _register_concat_conv_mi(op: str, backward_op) -> None:
         ctx.args = (len(weights), estimator, detach_negatives)
 
     def backward(ctx, grad, _grad_scores):
+        _no_double_backward("concat_conv_mi")
         num_layers, estimator, detach_negatives = ctx.args
         feature_map, global_code, perm, scores, *params = ctx.saved_tensors
         weights, biases = params[:num_layers], params[num_layers:]

@@ -73,8 +73,10 @@ def permutation(
         )
     if perm.device != device:
         raise ValueError(f"perm is on {perm.device} but the feature map is on {device}")
-    if torch.compiler.is_compiling():
-        return perm  # the content check reads the data: eager mode only
+    if torch.compiler.is_compiling() or perm.device.type != "cpu":
+        # The content check reads the data: a host sync on a GPU, impossible when tracing.
+        # The kernels stay memory-safe without it (an index outside [0, B) gives NaN).
+        return perm
     expected = torch.arange(batch_size, device=perm.device, dtype=perm.dtype)
     if not torch.equal(perm.sort(dim=-1).values, expected.expand_as(perm)):
         raise ValueError("perm[k, l] must be a permutation of range(batch) for every k and l")

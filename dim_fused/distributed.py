@@ -22,7 +22,32 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
 
 
-def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64)
+_MAX_DIMS = 8
+
+
+def check_agreement(tensor: torch.Tensor) -> None:
+    """Raise ValueError on every rank unless every rank holds a tensor of the same shape
+    and dtype (all_gather would abort the process inside the backend instead). One small
+    all_gather: on NCCL a host sync."""
+    if tensor.dim() > _MAX_DIMS or tensor.dtype not in _DTYPES:
+        raise ValueError(f"gather_with_grad takes tensors of up to {_MAX_DIMS} dims and dtypes {_DTYPES}")
+    device = tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = [*tensor.shape, *([-1] * (_MAX_DIMS - tensor.dim()))]
+    mine = torch.tensor([tensor.dim(), _DTYPES.index(tensor.dtype), *padded], dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(every, mine)
+    described = []
+    for ndim, dtype, *shape in (e.tolist() for e in every):
+        described.append((tuple(shape[:ndim]), str(_DTYPES[dtype])))
+    if len(set(described)) > 1:
+        ranks = ", ".join(
+            f"rank {r}: {shape} {str(dtype).removeprefix('torch.')}" for r, (shape, dtype) in enumerate(described)
+        )
+        raise ValueError(f"gather_with_grad: the ranks disagree on the tensor's shape or dtype ({ranks})")
+
+
+def gather_with_grad(tensor: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """all_gather along dim 0 (every rank contributes the same number of rows, in rank
     order) that is differentiable: each rank gets the gradient of every rank's loss
     with respect to its own rows (summed; DDP's averaging then divides by the world
@@ -38,6 +63,8 @@ def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return tensor
+    if check:
+        check_agreement(tensor)
     return _GatherWithGrad.apply(tensor)
 
 
@@ -81,7 +108,7 @@ class CrossRankBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         dims = [0, *range(2, input.dim())]
         x = input.float()
         sums = torch.cat([x.sum(dims), (x * x).sum(dims)])
-        totals = gather_with_grad(sums[None]).sum(0)
+        totals = gather_with_grad(sums[None], check=False).sum(0)  # (1, 2C): the same model on every rank
         count = (input.numel() // input.shape[1]) * size
         mean, mean_sq = totals.chunk(2)
         mean, var = mean / count, mean_sq / count - (mean / count) ** 2

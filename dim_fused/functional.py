@@ -44,8 +44,9 @@ def location_permutation(
     (negative, location): a LongTensor of shape (num_negatives, locations, batch).
 
     With ``derangement=True`` each is uniform over the permutations without a fixed
-    point, so no image is ever paired with itself. The same generator state gives the
-    same permutations on the same device.
+    point, so no image is ever paired with itself (drawn without a host sync off the
+    CPU and under torch.compile; see ``_derangements_without_sync``). The same generator
+    state gives the same permutations on the same device.
     """
     _validate.batch_size(batch)
     if locations < 1:
@@ -58,18 +59,50 @@ def location_permutation(
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device} but device is {device}; use a generator on {device}")
 
+    random = {} if generator is None else {"generator": generator}  # no generator kwarg: compiles with dynamic shapes
+
     def draw(rows: int) -> torch.Tensor:
         # float64 keys make ties (which would bias argsort) practically impossible.
-        return torch.rand(rows, batch, generator=generator, device=device, dtype=torch.float64).argsort(dim=-1)
+        return torch.rand(rows, batch, device=device, dtype=torch.float64, **random).argsort(dim=-1)
 
     perm = draw(num_negatives * locations)
-    if derangement:  # rejection sampling keeps each row uniform over derangements
-        identity = torch.arange(batch, device=device)
-        redraw = (perm == identity).any(dim=-1).nonzero().squeeze(1)
-        while redraw.numel() > 0:
-            perm[redraw] = draw(redraw.numel())
-            redraw = redraw[(perm[redraw] == identity).any(dim=-1)]
+    if derangement:
+        exact = device.type == "cpu" and not torch.compiler.is_compiling()
+        perm = _derangements(perm, draw) if exact else _derangements_without_sync(perm, draw)
     return perm.reshape(num_negatives, locations, batch)
+
+
+DERANGEMENT_ROUNDS = 48
+
+
+def _derangements(perm: torch.Tensor, draw) -> torch.Tensor:
+    """Rejection sampling: every row is redrawn until it has no fixed point, so each is
+    uniform over the derangements. The loop's condition reads the data (a host sync)."""
+    identity = torch.arange(perm.shape[1], device=perm.device)
+    redraw = (perm == identity).any(dim=-1).nonzero().squeeze(1)
+    while redraw.numel() > 0:
+        perm[redraw] = draw(redraw.numel())
+        redraw = redraw[(perm[redraw] == identity).any(dim=-1)]
+    return perm
+
+
+def _derangements_without_sync(perm: torch.Tensor, draw) -> torch.Tensor:
+    """The same rejection sampling in a fixed number of rounds (no host sync on a GPU, no
+    data-dependent control flow under torch.compile): each row keeps the first of
+    1 + DERANGEMENT_ROUNDS uniform candidates that has no fixed point, a uniform
+    derangement. A row where all fail (probability (1 - 1/e)^49 < 2e-10) takes a uniformly
+    random single-cycle permutation instead, a derangement though not a uniform one."""
+    rows, batch = perm.shape
+    identity = torch.arange(batch, device=perm.device)
+    accepted = ~(perm == identity).any(dim=-1)
+    for _ in range(DERANGEMENT_ROUNDS):
+        candidate = draw(rows)
+        take = ~accepted & ~(candidate == identity).any(dim=-1)
+        perm = torch.where(take[:, None], candidate, perm)
+        accepted = accepted | take
+    order = draw(rows)  # the cycle order[0] -> order[1] -> ... -> order[0]
+    cycle = torch.empty_like(order).scatter_(1, order, order.roll(-1, dims=1))
+    return torch.where(accepted[:, None], perm, cycle)
 
 
 def local_shuffle(

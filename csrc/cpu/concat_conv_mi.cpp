@@ -1,7 +1,6 @@
 // concat_conv_mi on the CPU: the shared row-chunk driver with these two SIMD
-// kernels around its BLAS GEMMs, one row per step of at::parallel_for. The
-// permutations were checked on the host, so every source is in range and the
-// scatter never writes a row twice.
+// kernels around its BLAS GEMMs. perm's range was checked on the host, so every
+// source is a row of P.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -41,22 +40,25 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
       });
 }
 
+// Parallel over columns, every row in order within a column range: correct (and
+// deterministic) for any source map, a permutation or not.
 void scatter_rows_cpu(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src) {
-  const int64_t width = dP.size(1);
+  const int64_t width = dP.size(1), rows = dZ.size(0);
   const int64_t* source = src.const_data_ptr<int64_t>();
   const at::Tensor d_z = dZ.to(dP.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "scatter_rows_cpu", [&] {
     using V = at::vec::Vectorized<scalar_t>;
     scalar_t* d = dP.data_ptr<scalar_t>();
     const scalar_t* z = d_z.const_data_ptr<scalar_t>();
-    at::parallel_for(0, d_z.size(0), 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
+    at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = 0; r < rows; ++r) {
         scalar_t* d_row = d + source[r] * width;
         const scalar_t* z_row = z + r * width;
-        for_each_vector<V>(0, width, [&](auto lane, int64_t h) {
-          using L = decltype(lane);
-          Math<L>::store(d_row + h, Math<L>::load(d_row + h) + Math<L>::load(z_row + h));
-        });
+        int64_t h = begin;
+        for (; h + V::size() <= end; h += V::size()) {
+          (V::loadu(d_row + h) + V::loadu(z_row + h)).store(d_row + h);
+        }
+        for (; h < end; ++h) d_row[h] += z_row[h];
       }
     });
   });

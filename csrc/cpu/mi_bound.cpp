@@ -68,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor> mi_bound_backward_cpu(const at::Tensor& grad,
                                                          const at::Tensor& neg,
                                                          c10::string_view estimator) {
   const MiBoundProblem p = check_mi_bound_inputs(pos, neg, estimator);
+  check_mi_bound_grad(grad, pos);
   at::Tensor dpos = at::empty(pos.sizes(), pos.options());
   at::Tensor dneg = at::empty(neg.sizes(), neg.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(

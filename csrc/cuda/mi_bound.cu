@@ -107,8 +107,7 @@ std::tuple<at::Tensor, at::Tensor> mi_bound_backward_cuda(const at::Tensor& grad
                                                           const at::Tensor& neg,
                                                           c10::string_view estimator) {
   const MiBoundProblem p = check_mi_bound_inputs(pos, neg, estimator);
-  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == pos.device(),
-                    "dim_fused.mi_bound_backward: grad must be one element on ", pos.device());
+  check_mi_bound_grad(grad, pos);
   const c10::cuda::CUDAGuard guard(pos.device());
   const at::Tensor g = grad.to(pos.scalar_type()).contiguous();
   at::Tensor dpos = at::empty(pos.sizes(), pos.options());

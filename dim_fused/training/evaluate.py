@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from . import data as datasets
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .models import Encoder, build_model
 
@@ -97,12 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no checkpoint at {path}", file=sys.stderr)
         return 2
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path)
         config = TrainConfig(**state["config"])
-    except Exception as error:  # a foreign or damaged file
-        print(
-            f"error: {path} is not a dim_fused training checkpoint ({type(error).__name__}: {error})", file=sys.stderr
-        )
+    except (ValueError, TypeError) as error:  # CheckpointError: damaged or foreign; or a config it cannot read
+        print(f"error: {error}", file=sys.stderr)
         return 2
     if args.data_dir:
         config.data_dir = args.data_dir

@@ -5,6 +5,10 @@ probe results), ``curves.png``, ``checkpoint.pt`` (written to a temporary file, 
 renamed: a crash never leaves a broken or missing checkpoint) and ``probe.json``.
 ``--resume`` continues from ``checkpoint.pt`` exactly where it stopped.
 
+Exit status: 0 done; 2 a bad option, dataset or checkpoint, or a run folder in use by
+another run; 3 the run folder cannot be written (read-only, disk full; the last
+checkpoint stays intact); 130 stopped by SIGTERM or Ctrl-C after checkpointing.
+
 Several processes: ``torchrun --nproc_per_node N -m dim_fused.training.train ...`` (gloo
 on CPU, NCCL on GPUs). Each process takes ``--batch-size`` images of every global batch;
 the encoder and critics are wrapped in DistributedDataParallel, BatchNorm statistics
@@ -12,110 +16,206 @@ span all ranks, and the encode-and-dot critic takes its negatives from every ran
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from . import data as datasets
-from .checkpoint import write_text_atomically
+from .checkpoint import CheckpointError, RunFolderBusy, RunLock, load_checkpoint, write_text_atomically
 from .config import CRITICS, ENCODERS, PRESETS, DIMConfig, TrainConfig
 from .evaluate import evaluate, print_table
 from .plots import plot
 from .trainer import CHECKPOINT, METRICS, Trainer, read_metrics
 
-
-class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False):  # flags, and options whose help says their default
-            return action.help
-        return super()._get_help_string(action)
+# Every option that defines the run: its default, and where it lives in the TrainConfig
+# ("model." for DIMConfig). Options a user leaves out are absent from the parsed arguments,
+# so --resume can tell what was asked for from what was merely defaulted.
+DEFAULTS: dict[str, Any] = {
+    "data": "digits",
+    "data_dir": "data",
+    "preset": "dim-local",
+    "estimator": "jsd",
+    "critic": "concat",
+    "negatives": 1,
+    "backend": "auto",
+    "hidden": [512, 512],
+    "units": 2048,
+    "steps": 1500,
+    "batch_size": 64,
+    "lr": 1e-4,
+    "prior_lr": 1e-4,
+    "seed": 0,
+    "log_every": 10,
+    "checkpoint_every": 250,
+    "probe_samples": 10000,
+}
+FIELDS: dict[str, str] = {
+    "data": "data",
+    "data_dir": "data_dir",
+    "alpha": "model.alpha",
+    "beta": "model.beta",
+    "gamma": "model.gamma",
+    "estimator": "model.estimator",
+    "critic": "model.critic",
+    "negatives": "model.num_negatives",
+    "backend": "model.backend",
+    "hidden": "model.hidden",
+    "units": "model.units",
+    "architecture": "model.architecture",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "prior_lr": "prior_lr",
+    "seed": "seed",
+    "amp": "amp",
+    "log_every": "log_every",
+    "checkpoint_every": "checkpoint_every",
+    "probe_samples": "probe_samples",
+}
+# What a resumed run may change: the rest would make it a different run.
+CHANGEABLE_ON_RESUME = (
+    "data_dir",
+    "backend",
+    "steps",
+    "lr",
+    "prior_lr",
+    "log_every",
+    "checkpoint_every",
+    "probe_samples",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dim_fused.training.train",
         description="Train Deep InfoMax with the fused MI ops; evaluate it with a linear probe.",
-        formatter_class=_HelpWithDefaults,
+        epilog="Exit status: 0 done, 2 bad option/data/checkpoint or folder in use, 3 folder not writable, "
+        "130 stopped (checkpointed).",
     )
-    parser.add_argument("--data", default="digits", help=f"one of {', '.join(datasets.DATASETS)}")
-    parser.add_argument("--data-dir", default="data", help="folder holding cifar10/cifar100/stl10 (never downloaded)")
-    parser.add_argument("--out", default="runs/dim", help="folder for metrics, plot, checkpoint")
+
+    def option(name: str, help: str, **kwargs) -> None:
+        key = name.removeprefix("--").replace("-", "_")
+        if key in DEFAULTS:
+            help = f"{help} (default: {DEFAULTS[key]})"
+        parser.add_argument(name, help=help, default=argparse.SUPPRESS, **kwargs)
+
+    option("--data", f"one of {', '.join(datasets.DATASETS)}")
+    option("--data-dir", "folder holding cifar10/cifar100/stl10 (never downloaded)")
+    parser.add_argument("--out", default="runs/dim", help="folder for metrics, plot, checkpoint (default: runs/dim)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
-    parser.add_argument("--preset", default="dim-local", help=f"(alpha, beta, gamma): {PRESETS}")
-    parser.add_argument("--alpha", type=float, help="global MI weight (default: the preset's)")
-    parser.add_argument("--beta", type=float, help="local MI weight (default: the preset's)")
-    parser.add_argument("--gamma", type=float, help="prior matching weight (default: the preset's)")
-    parser.add_argument("--estimator", default="jsd", help="MI bound: jsd, infonce, dv, or another f-measure")
-    parser.add_argument("--critic", default="concat", choices=CRITICS, help="concat-and-conv or encode-and-dot")
-    parser.add_argument("--negatives", type=int, default=1, help="shuffled negatives per positive (concat critic)")
-    parser.add_argument("--backend", default="auto", help="auto, reference, cpu, cuda or triton")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="concat critic hidden units")
-    parser.add_argument("--units", type=int, default=2048, help="encode-and-dot critic code width")
-    parser.add_argument(
-        "--architecture", choices=tuple(ENCODERS), help="(default: alex64x64 for stl10, else basic32x32)"
-    )
-    parser.add_argument(
-        "--steps", type=int, help="optimizer steps in all (default: 1500; on --resume, the saved number)"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per process and step")
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--prior-lr", type=float, default=1e-4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        help="bfloat16 autocast (default: on CUDA; on a CPU it runs, slowly)",
+    option("--preset", f"(alpha, beta, gamma): {PRESETS}")
+    option("--alpha", "global MI weight (default: the preset's)", type=float)
+    option("--beta", "local MI weight (default: the preset's)", type=float)
+    option("--gamma", "prior matching weight (default: the preset's)", type=float)
+    option("--estimator", "MI bound: jsd, infonce, dv, or another f-measure")
+    option("--critic", "concat-and-conv or encode-and-dot", choices=CRITICS)
+    option("--negatives", "shuffled negatives per positive (concat critic)", type=int)
+    option("--backend", "auto, reference, cpu, cuda or triton")
+    option("--hidden", "concat critic hidden units", type=int, nargs="+")
+    option("--units", "encode-and-dot critic code width", type=int)
+    option("--architecture", "(default: alex64x64 for stl10, else basic32x32)", choices=tuple(ENCODERS))
+    option("--steps", "optimizer steps in all; on --resume, more than the checkpoint's", type=int)
+    option("--batch-size", "images per process and step", type=int)
+    option("--lr", "encoder and critics' learning rate", type=float)
+    option("--prior-lr", "prior discriminator's learning rate", type=float)
+    option("--seed", "weights, batch order, negatives", type=int)
+    option(
+        "--amp", "bfloat16 autocast (default: on CUDA; on a CPU it runs, slowly)", action=argparse.BooleanOptionalAction
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: this rank's GPU, else cpu)")
-    parser.add_argument("--log-every", type=int, default=10)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--probe-samples", type=int, default=10000, help="most training images the probe fits on")
-    parser.add_argument("--no-eval", action="store_true", help="skip the linear probe at the end")
+    option("--log-every", "steps per metrics record", type=int)
+    option("--checkpoint-every", "steps per checkpoint", type=int)
+    option("--probe-samples", "most training images the probe fits on", type=int)
+    parser.add_argument("--no-eval", action="store_true", help="skip the probe at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
+def given(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-defining options the user set on the command line."""
+    return {k: v for k, v in vars(args).items() if k in FIELDS or k == "preset"}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    if args.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {args.preset!r}")
-    alpha, beta, gamma = PRESETS[args.preset]
-    channels = 1 if args.data == "digits" else 3
-    architecture = args.architecture or ("alex64x64" if args.data == "stl10" else "basic32x32")
+    options = {**DEFAULTS, **given(args)}
+    if options["preset"] not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {options['preset']!r}")
+    alpha, beta, gamma = PRESETS[options["preset"]]
+    data = options["data"]
     model = DIMConfig(
-        alpha=alpha if args.alpha is None else args.alpha,
-        beta=beta if args.beta is None else args.beta,
-        gamma=gamma if args.gamma is None else args.gamma,
-        estimator=args.estimator,
-        critic=args.critic,
-        num_negatives=args.negatives,
-        backend=args.backend,
-        architecture=architecture,
-        in_channels=channels,
-        hidden=tuple(args.hidden),
-        units=args.units,
+        alpha=options.get("alpha", alpha),
+        beta=options.get("beta", beta),
+        gamma=options.get("gamma", gamma),
+        estimator=options["estimator"],
+        critic=options["critic"],
+        num_negatives=options["negatives"],
+        backend=options["backend"],
+        architecture=options.get("architecture", "alex64x64" if data == "stl10" else "basic32x32"),
+        in_channels=1 if data == "digits" else 3,
+        hidden=tuple(options["hidden"]),
+        units=options["units"],
     )
     amp = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
     return TrainConfig(
         model=model,
-        data=args.data,
-        data_dir=args.data_dir,
-        steps=1500 if args.steps is None else args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        prior_lr=args.prior_lr,
-        seed=args.seed,
-        amp=amp if args.amp is None else args.amp,
-        log_every=args.log_every,
-        checkpoint_every=args.checkpoint_every,
-        probe_samples=args.probe_samples,
+        amp=options.get("amp", amp),
+        **{k: options[k] for k in ("data", "data_dir", "steps", "batch_size", "lr", "prior_lr", "seed")},
+        **{k: options[k] for k in ("log_every", "checkpoint_every", "probe_samples")},
     )
+
+
+def _field(config: TrainConfig, path: str) -> Any:
+    obj = config
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def resumed_config(saved: TrainConfig, step: int, asked: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The saved run with what the user may change on resume applied (and said), or
+    ValueError listing every option that contradicts the checkpoint."""
+    asked = dict(asked)
+    if "preset" in asked:
+        for name, value in zip(("alpha", "beta", "gamma"), PRESETS.get(asked.pop("preset"), (None,) * 3), strict=True):
+            asked.setdefault(name, value)
+    if "hidden" in asked:
+        asked["hidden"] = tuple(asked["hidden"])
+    conflicts, changes = [], {}
+    for name, value in asked.items():
+        was = _field(saved, FIELDS[name])
+        if value == was:
+            continue
+        if name in CHANGEABLE_ON_RESUME:
+            changes[name] = (was, value)
+        else:
+            conflicts.append(f"--{name.replace('_', '-')} {value} (the checkpoint's run has {was})")
+    if conflicts:
+        raise ValueError(
+            "--resume continues the saved run, which these options contradict: "
+            + "; ".join(conflicts)
+            + ". Leave them out, or start a new run in another --out (or --overwrite)"
+        )
+    if "steps" in changes and changes["steps"][1] < step:
+        raise ValueError(f"--steps {changes['steps'][1]}: the checkpoint is already at step {step}")
+    model_changes, run_changes = {}, {}
+    for name, (_, new) in changes.items():
+        path = FIELDS[name]
+        if path.startswith("model."):
+            model_changes[path.removeprefix("model.")] = new
+        else:
+            run_changes[path] = new
+    config = dataclasses.replace(saved, model=dataclasses.replace(saved.model, **model_changes), **run_changes)
+    notes = [f"--{name.replace('_', '-')} {new} (was {was})" for name, (was, new) in changes.items()]
+    return config, notes
 
 
 def _init_distributed() -> None:
@@ -123,33 +223,75 @@ def _init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def _all_ranks_agree(ok: bool) -> bool:
+    """Whether every rank is ok (one all-reduce; True without torch.distributed)."""
+    if not dist.is_initialized():
+        return ok
+    flag = torch.tensor([0.0 if ok else 1.0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     checkpoint = out / CHECKPOINT
     try:
+        if args.resume and args.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: continue the run, or start afresh")
         if checkpoint.exists() and not (args.resume or args.overwrite):
             raise ValueError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start afresh")
-        state = (
-            torch.load(checkpoint, map_location="cpu", weights_only=False)
-            if args.resume and checkpoint.exists()
-            else None
-        )
-        if state is not None:
-            config = TrainConfig(**{**state["config"], **({"steps": args.steps} if args.steps else {})})
-        else:
+        state = load_checkpoint(checkpoint) if args.resume and checkpoint.exists() else None
+        if state is None:
             config = config_from_args(args)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        else:
+            try:
+                saved = TrainConfig(**state["config"])
+            except (TypeError, ValueError) as error:
+                raise CheckpointError(
+                    f"{checkpoint} holds a configuration this version cannot read ({error})"
+                ) from error
+            config, changes = resumed_config(saved, state["step"], given(args))
+            for change in changes:
+                print(f"resuming with {change}", file=sys.stderr)
+    except ValueError as error:  # CheckpointError included
+        return _fail(str(error), 2)
     _init_distributed()
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    lock, lock_error = None, None
+    if rank == 0:
+        try:
+            lock = RunLock(out)
+        except RunFolderBusy as error:
+            lock_error = (str(error), 2)
+        except OSError as error:
+            lock_error = (f"cannot write to {out}: {error}", 3)
+    if not _all_ranks_agree(lock_error is None):
+        return _fail(*lock_error) if lock_error else 2
     try:
         trainer = Trainer(config, out, device=args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error), 2)
+    try:
+        return _train_and_evaluate(trainer, state, args, out)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        where = f"; {checkpoint} holds the last checkpoint, intact" if checkpoint.exists() else ""
+        return _fail(f"cannot write to {out}: {error}{where}", 3)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Namespace, out: Path) -> int:
+    checkpoint = out / CHECKPOINT
     if trainer.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # a save cut short by a kill: never a valid file
             stale.unlink()
         records = read_metrics(out / METRICS)
@@ -158,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if state is not None:
         trainer.load(state)
         if trainer.rank == 0:
-            print(f"resumed from {checkpoint} at step {trainer.step}", file=sys.stderr)
+            print(f"resumed from {checkpoint} at step {trainer.step} of {trainer.config.steps}", file=sys.stderr)
     if dist.is_initialized():
         dist.barrier()
 

@@ -37,6 +37,12 @@ class Trainer:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {device}: torch sees no CUDA GPU on this machine (use --device cpu)")
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
+            if self.device.index >= torch.cuda.device_count():
+                raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
             torch.cuda.set_device(self.device)
         self.data = datasets.load(config.data, config.data_dir)
         model, channels = config.model, self.data.channels
@@ -74,6 +80,10 @@ class Trainer:
         self.shared = torch.Generator(self.device).manual_seed(config.seed)
         self.local = torch.Generator(self.device).manual_seed(config.seed + 1 + self.rank)
         self.step = 0
+        # The metrics window: sums of each metric over the steps since the last record. It is
+        # part of the checkpoint, so a stopped and resumed run writes the same records.
+        self._window_sums: dict[str, torch.Tensor] = {}
+        self._window_steps = 0
         self._stop = False
         self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0))
 
@@ -109,11 +119,17 @@ class Trainer:
         return {k: v.detach().float() for k, v in metrics.items()}
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
+    def _per_rank(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order (every rank must call this)."""
+        if self.world == 1:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def state(self) -> dict[str, Any]:
-        local_states = [self.local.get_state()]
-        if self.world > 1:
-            local_states = [None] * self.world
-            dist.all_gather_object(local_states, self.local.get_state().cpu())
+        local_states = self._per_rank(self.local.get_state().cpu())
+        window = {"steps": self._window_steps, "sums": {k: v.cpu() for k, v in self._window_sums.items()}}
         return {
             "format": 1,
             "config": dataclasses.asdict(self.config),
@@ -122,7 +138,8 @@ class Trainer:
             "model": self.model.state_dict(),
             "encoder_optimizer": self.encoder_optimizer.state_dict(),
             "prior_optimizer": None if self.prior_optimizer is None else self.prior_optimizer.state_dict(),
-            "generators": {"shared": self.shared.get_state().cpu(), "local": [s.cpu() for s in local_states]},
+            "generators": {"shared": self.shared.get_state().cpu(), "local": local_states},
+            "metrics_windows": self._per_rank(window),
         }
 
     def save(self) -> None:
@@ -139,6 +156,9 @@ class Trainer:
         local = state["generators"]["local"]
         if len(local) == self.world:
             self.local.set_state(local[self.rank])
+            window = state.get("metrics_windows", [{"steps": 0, "sums": {}}] * self.world)[self.rank]
+            self._window_steps = window["steps"]
+            self._window_sums = {k: v.to(self.device) for k, v in window["sums"].items()}
         elif self.rank == 0:
             print(
                 f"note: checkpoint from {len(local)} processes, resuming on {self.world}: negatives differ",
@@ -187,26 +207,26 @@ class Trainer:
 
             interval = 0.1 if sys.stderr.isatty() else 30.0  # a log file gets a line every 30 s
             bar = tqdm(total=config.steps, initial=self.step, unit="step", dynamic_ncols=True, mininterval=interval)
-        sums: dict[str, torch.Tensor] = {}
-        window_steps, window_start = 0, time.perf_counter()
+        timed_steps, window_start = 0, time.perf_counter()  # steps/s counts this process's steps only
         try:
             for images in self.batches():
                 for key, value in self.train_step(images).items():
-                    sums[key] = sums.get(key, 0) + value
+                    self._window_sums[key] = self._window_sums.get(key, 0) + value
                 self.step += 1
-                window_steps += 1
+                self._window_steps += 1
+                timed_steps += 1
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize(self.device)
                     now = time.perf_counter()
-                    names = sorted(sums)
-                    means = torch.stack([sums[k] for k in names]) / window_steps
+                    names = sorted(self._window_sums)
+                    means = torch.stack([self._window_sums[k] for k in names]) / self._window_steps
                     if self.world > 1:  # the record is the mean over ranks
                         dist.all_reduce(means)
                         means /= self.world
                     record = {"step": self.step, "epoch": self.step / self.steps_per_epoch}
                     record.update(zip(names, means.tolist(), strict=True))
-                    record["steps_per_s"] = window_steps / (now - window_start)
+                    record["steps_per_s"] = timed_steps / (now - window_start)
                     if self.rank == 0:
                         with open(metrics_file, "a") as f:
                             f.write(json.dumps(record) + "\n")
@@ -217,7 +237,8 @@ class Trainer:
                                 steps_s=f"{record['steps_per_s']:.1f}",
                                 refresh=False,  # the bar redraws at its own pace (mininterval)
                             )
-                    sums, window_steps, window_start = {}, 0, time.perf_counter()
+                    self._window_sums, self._window_steps = {}, 0
+                    timed_steps, window_start = 0, time.perf_counter()
                 if bar is not None:
                     bar.update(1)
                 stop = self.stop_requested()

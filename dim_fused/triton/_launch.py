@@ -27,16 +27,3 @@ def allow_tf32(tensor: torch.Tensor) -> bool:
     if precision is None:  # torch without the new API
         return bool(torch.backends.cuda.matmul.allow_tf32)
     return precision == "tf32"
-
-
-def mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a @ b in `dtype` with fp32 accumulation: cuBLAS writes float32 from half inputs
-    directly where torch has mm's out_dtype; elsewhere the operands are converted."""
-    if a.dtype == dtype:
-        return a @ b
-    if a.is_cuda:
-        try:
-            return torch.mm(a, b, out_dtype=dtype)
-        except (TypeError, RuntimeError):  # a torch without mm's out_dtype
-            pass
-    return a.to(dtype) @ b.to(dtype)

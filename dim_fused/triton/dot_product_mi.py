@@ -2,10 +2,12 @@
 column blocks) of the score matrix — tl.dot over E, then the estimator epilogue
 with running sums and an online logsumexp — writes per-row partial statistics;
 nothing of size G x B x L reaches memory. Backward: the same score tile, recomputed
-exactly as the forward computed it, becomes d(estimate)/d(score) for one chunk of
-columns, and two GEMMs turn it into the gradients. The statistics finish and the
-gradient coefficients are the C++ plan's ops (csrc/dot_product_mi.cpp), so they
-exist once (docs/design.md, "Encode-and-dot")."""
+exactly as the forward computed it (so its softmax weights match the forward's
+statistics at any magnitude), becomes d(estimate)/d(score) for a group of images.
+The statistics finish, the gradient coefficients and the tile backward (the GEMMs
+that turn a gradient tile into the inputs' gradients, for either layout of the
+codes) are the C++ plan's ops (csrc/dot_product_mi.cpp), so they exist once
+(docs/design.md, "Encode-and-dot")."""
 
 import os
 
@@ -13,8 +15,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._layout import gradient_like
 from ..estimators import ESTIMATORS
-from ._launch import accumulator, allow_tf32, device_of, mm_to
+from ._launch import accumulator, allow_tf32, device_of
 from ._math import (
     DV,
     INFONCE,
@@ -265,6 +268,7 @@ class _Problem:
 
 
 def forward(local: torch.Tensor, global_codes: torch.Tensor, estimator: str, official: bool, offset: int):
+    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, None, None)  # the C++ checks
     p = _Problem(local, global_codes, estimator, offset)
     row_blocks, col_blocks = triton.cdiv(p.num_globals, BLOCK_M), triton.cdiv(p.num_columns, BLOCK_N)
     grid = (row_blocks, min(col_blocks, max(1, _max_programs() // row_blocks)))
@@ -279,27 +283,21 @@ def forward(local: torch.Tensor, global_codes: torch.Tensor, estimator: str, off
 
 
 def backward(grad, local, global_codes, stats, estimator: str, official: bool, offset: int):
+    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, grad, stats)
     p = _Problem(local, global_codes, estimator, offset)
-    coef = torch.ops.dim_fused.dot_product_mi_coefficients(grad, stats, estimator, p.batch, p.locations)
-    # The rows layout (B * L, E) of the GEMMs: a view of channels-last codes, else a copy.
-    rows = p.local.transpose(1, 2).reshape(p.num_columns, p.units)
+    ops = torch.ops.dim_fused
+    coef = ops.dot_product_mi_coefficients(grad, stats, estimator, p.batch, p.locations)
     d_global = torch.zeros(p.num_globals, p.units, dtype=p.acc, device=local.device)
-    # Written in place where local's layout is the rows layout (channels-last), as the C++ plan does.
-    d_local = torch.empty_like(local)
-    d_local_rows = d_local.view(p.batch, p.units, -1).transpose(1, 2)
-    in_place = d_local_rows.is_contiguous()
-    d_rows = d_local_rows.view(-1, p.units) if in_place else torch.empty_like(rows)
-    step = max(1, min(p.num_columns, _tile_scores() // p.num_globals))
+    d_local = gradient_like(local)
+    step = max(1, min(p.batch, _tile_scores() // (p.num_globals * p.locations)))  # whole images per tile
     with device_of(local):
-        for first in range(0, p.num_columns, step):
-            n = min(step, p.num_columns - first)
-            tile = torch.empty(p.num_globals, n, dtype=local.dtype, device=local.device)
+        for first in range(0, p.batch, step):
+            n = min(step, p.batch - first) * p.locations
+            tile = torch.empty(p.num_globals, n, dtype=p.acc, device=local.device)
             grid = (triton.cdiv(p.num_globals, BLOCK_M), triton.cdiv(n, BLOCK_N))
-            _gradient_kernel[grid](global_codes, p.local, coef, tile, first, tile_columns=n, **p.shape, **p.meta)
-            d_global += mm_to(tile, rows[first : first + n], p.acc)
-            torch.mm(tile.t(), global_codes, out=d_rows[first : first + n])
+            _gradient_kernel[grid](
+                global_codes, p.local, coef, tile, first * p.locations, tile_columns=n, **p.shape, **p.meta
+            )
+            ops.dot_product_mi_tile_backward(tile, local, global_codes, first, d_local, d_global)
     unscale = 1.0 / p.num_columns  # the coefficients carry the gradient scale B * L
-    d_rows.mul_(unscale)
-    if not in_place:
-        d_local_rows.copy_(d_rows.view(d_local_rows.shape))
-    return d_local, (d_global * unscale).to(global_codes.dtype)
+    return d_local.mul_(unscale), d_global.mul_(unscale).to(global_codes.dtype)

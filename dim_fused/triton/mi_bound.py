@@ -9,21 +9,34 @@ import triton
 import triton.language as tl
 
 from ..estimators import ESTIMATORS
-from ._math import DV, INFONCE, negative_term, negative_term_grad, positive_term, positive_term_grad
+from ._launch import device_of
+from ._math import (
+    DV,
+    INFONCE,
+    lse_rescaled,
+    lse_shift,
+    negative_term,
+    negative_term_grad,
+    positive_term,
+    positive_term_grad,
+)
 
 BLOCK = 1024
 
 
 @triton.jit
 def _infonce_row_lse(pos, neg_ptr, offs, mask, n_pos, num_neg, ACC: tl.constexpr):
+    """logsumexp([pos, neg_1..K]) per position, online (inf-safe: see lse_shift)."""
     row_max = pos
-    row_sum = tl.full(pos.shape, 1.0, ACC)
-    for k in range(num_neg):
-        x = tl.load(neg_ptr + k * n_pos + offs, mask=mask, other=0.0).to(ACC)
+    row_sum = tl.exp(pos - lse_shift(pos))
+    negatives = neg_ptr + offs  # negative k of position i is at k * n_pos + i: 64-bit pointer steps
+    for _ in range(num_neg):
+        x = tl.load(negatives, mask=mask, other=0.0).to(ACC)
+        negatives += n_pos
         new_max = tl.maximum(row_max, x)
-        row_sum = row_sum * tl.exp(row_max - new_max) + tl.exp(x - new_max)
+        row_sum = lse_rescaled(row_sum, row_max, new_max) + tl.exp(x - lse_shift(new_max))
         row_max = new_max
-    return row_max + tl.log(row_sum)
+    return lse_shift(row_max) + tl.log(row_sum)
 
 
 @triton.jit
@@ -42,8 +55,7 @@ def _partials_kernel(
         in_neg = offs < n_neg
         neg = tl.load(neg_ptr + offs, mask=in_neg, other=0.0).to(ACC)
         if EST == DV:
-            block_max = tl.max(tl.where(in_neg, neg, -float("inf")))
-            shift = tl.where(block_max == -float("inf"), 0.0, block_max)
+            shift = lse_shift(tl.max(tl.where(in_neg, neg, -float("inf"))))
             block_sum = tl.sum(tl.where(in_neg, tl.exp(neg - shift), 0.0))
             tl.store(partial_ptr + pid * 3 + 2, shift + tl.log(block_sum))
         else:
@@ -75,10 +87,12 @@ def _gradient_kernel(
         lse = _infonce_row_lse(pos, neg_ptr, offs, in_pos, n_pos, num_neg, ACC)
         dpos = g_pos * (1.0 - tl.exp(pos - lse))
         tl.store(dpos_ptr + offs, dpos.to(dpos_ptr.dtype.element_ty), mask=in_pos)
-        for k in range(num_neg):
-            x = tl.load(neg_ptr + k * n_pos + offs, mask=in_pos, other=0.0).to(ACC)
-            dneg = -g_pos * tl.exp(x - lse)
-            tl.store(dneg_ptr + k * n_pos + offs, dneg.to(dneg_ptr.dtype.element_ty), mask=in_pos)
+        negatives, d_negatives = neg_ptr + offs, dneg_ptr + offs
+        for _ in range(num_neg):
+            x = tl.load(negatives, mask=in_pos, other=0.0).to(ACC)
+            tl.store(d_negatives, (-g_pos * tl.exp(x - lse)).to(dneg_ptr.dtype.element_ty), mask=in_pos)
+            negatives += n_pos
+            d_negatives += n_pos
     else:
         dpos = g_pos * positive_term_grad(pos, EST)
         tl.store(dpos_ptr + offs, dpos.to(dpos_ptr.dtype.element_ty), mask=in_pos)
@@ -110,11 +124,13 @@ def _partials(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Ten
     # Columns: sum of Ep (or of pos - lse), sum of Eq, logsumexp of neg; unused ones stay at their identity.
     partial = torch.zeros(grid[0], 3, dtype=acc, device=pos.device)
     partial[:, 2] = -math.inf
-    _partials_kernel[grid](pos, neg, partial, pos.numel(), neg.numel(), num_neg, **meta)
+    with device_of(pos):
+        _partials_kernel[grid](pos, neg, partial, pos.numel(), neg.numel(), num_neg, **meta)
     return partial
 
 
 def forward(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Tensor:
+    torch.ops.dim_fused.check_mi_bound(pos, neg, estimator, None)  # the C++ kernels' checks
     pos, neg = pos.contiguous(), neg.contiguous()
     partial = _partials(pos, neg, estimator)
     pos_mean = partial[:, 0].sum() / pos.numel()
@@ -128,9 +144,11 @@ def forward(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Tenso
 
 
 def backward(grad: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, estimator: str):
+    torch.ops.dim_fused.check_mi_bound(pos, neg, estimator, grad)
     pos, neg = pos.contiguous(), neg.contiguous()
     grid, num_neg, meta = _launch_args(pos, neg, estimator)
     lse = torch.logsumexp(_partials(pos, neg, estimator)[:, 2], dim=0) if estimator == "dv" else grad
     dpos, dneg = torch.empty_like(pos), torch.empty_like(neg)
-    _gradient_kernel[grid](pos, neg, grad.reshape(()), lse, dpos, dneg, pos.numel(), neg.numel(), num_neg, **meta)
+    with device_of(pos):
+        _gradient_kernel[grid](pos, neg, grad.reshape(()), lse, dpos, dneg, pos.numel(), neg.numel(), num_neg, **meta)
     return dpos, dneg

@@ -59,6 +59,22 @@ def test_derangement_uniform_over_derangements():
     assert _chi_square_p(perms, support) > 1e-3
 
 
+def test_derangement_without_a_host_sync_is_uniform_too(monkeypatch):
+    """Off the CPU (and under torch.compile) derangements come from a fixed number of
+    candidate rounds; forced on here, they are still uniform over the derangements."""
+    from dim_fused import functional
+
+    monkeypatch.setattr(functional, "_derangements", functional._derangements_without_sync)
+    support = [p for p in itertools.permutations(range(4)) if all(p[i] != i for i in range(4))]
+    perms = dim_fused.location_permutation(4, 4500, derangement=True, generator=seeded(13))
+    assert _chi_square_p(perms, support) > 1e-3
+    # A row that no round accepts falls back to a single cycle: still no fixed point.
+    monkeypatch.setattr(functional, "DERANGEMENT_ROUNDS", 0)
+    fallback = dim_fused.location_permutation(6, 500, derangement=True, generator=seeded(14))
+    assert not (fallback == torch.arange(6)).any()
+    assert torch.equal(fallback.sort(dim=-1).values, torch.arange(6).expand_as(fallback))
+
+
 def test_derangement_of_two_is_the_swap():
     perm = dim_fused.location_permutation(2, 5, derangement=True, generator=seeded(1))
     assert torch.equal(perm, torch.tensor([1, 0]).expand(1, 5, 2))
