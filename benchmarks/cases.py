@@ -209,6 +209,13 @@ def bytes_moved(config: Config, itemsize: int, mode: str) -> int:
     return elements * itemsize * (1 if mode == "forward" else 3)
 
 
+def tf32_enabled() -> bool:
+    """torch's float32 matmul setting, read through the fp32_precision API (the legacy
+    allow_tf32 raises once a user set the new one)."""
+    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+    return precision == "tf32" if precision is not None else bool(torch.backends.cuda.matmul.allow_tf32)
+
+
 def check(config: Config, peer: str, device: torch.device, dtype: torch.dtype, estimator: str) -> None:
     """Value and gradients of `peer` against the float64 reference on the config's
     problem with the batch capped at 8 (same L, E, K), so the oracle always fits."""
@@ -220,7 +227,7 @@ def check(config: Config, peer: str, device: torch.device, dtype: torch.dtype, e
     leaves, wrt = differentiable(inputs)
     out = peer_fn(config.op, peer)(*leaves, estimator)
     grads = torch.autograd.grad(out, wrt)
-    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+    tf32 = device.type == "cuda" and dtype == torch.float32 and tf32_enabled()
     tolerance = {torch.float64: 1e-9, torch.float32: 5e-3 if tf32 else 1e-4, torch.float16: 2e-2, torch.bfloat16: 6e-2}
     named_grads = [(f"grad {i}", g, o) for i, (g, o) in enumerate(zip(grads, oracle_grads, strict=True))]
     for what, got, want in [("value", out, oracle), *named_grads]:

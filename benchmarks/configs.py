@@ -56,6 +56,8 @@ CONCAT_CONV = [
         hidden=(512, 512),
     ),
     Config("concat_conv_mi", "large", batch=256, locations=256, channels=256, global_dim=128, hidden=(512, 512)),
+    # The alex64x64 encoder's local map on STL-10's 64x64 crops.
+    Config("concat_conv_mi", "stl10", batch=64, locations=225, channels=384, global_dim=64, hidden=(512, 512)),
 ]
 
 QUICK = [MI_BOUND[0], DOT_PRODUCT[0], CONCAT_CONV[0]]  # the CIFAR-10 settings

@@ -130,7 +130,8 @@ void check_perm_range_on_host(const at::Tensor& perm, int64_t batch) {
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
                                            const at::Tensor& global_code, at::TensorList weights,
                                            at::TensorList biases, const at::Tensor& perm,
-                                           c10::string_view estimator, bool detach_negatives) {
+                                           c10::string_view estimator, bool detach_negatives,
+                                           bool keep_activations) {
   const Estimator e = parse_estimator(estimator);
   const char* op = "dim_fused.concat_conv_mi: ";
   TORCH_CHECK_VALUE(feature_map.dim() >= 3 && global_code.dim() == 2 &&
@@ -193,11 +194,26 @@ ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
           k,
           e,
           estimator,
-          detach_negatives};
+          detach_negatives,
+          keep_activations};
 }
 
 void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
-                              const ConcatConvProblem& p) {
+                              const ConcatConvProblem& p, at::TensorList activations) {
+  const int64_t rows = (p.num_negatives + 1) * p.rows();
+  TORCH_CHECK_VALUE(
+      activations.empty() || activations.size() + 2 == p.weights.size(),
+      "dim_fused.concat_conv_mi_backward: activations must be the forward's (one per hidden "
+      "layer after the first) or none");
+  for (size_t i = 0; i < activations.size(); ++i) {
+    const at::Tensor& a = activations[i];
+    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == rows && a.size(1) == p.weights[i + 1].size(0) &&
+                          a.scalar_type() == p.local_rows.scalar_type() &&
+                          a.device() == p.local_rows.device() && a.is_contiguous(),
+                      "dim_fused.concat_conv_mi_backward: activations[", i,
+                      "] must be the forward's (", rows, ", ", p.weights[i + 1].size(0),
+                      ") tensor, got ", a.sizes());
+  }
   const auto acc = acc_dtype(p.local_rows.scalar_type());
   TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.local_rows.device(),
                     "dim_fused.concat_conv_mi_backward: grad must be one element on ",
@@ -270,6 +286,9 @@ TORCH_LIBRARY(dim_fused, m) {
       "check_dot_product(Tensor local_codes, Tensor global_codes, str estimator, int "
       "positive_offset,"
       " Tensor? grad, Tensor? stats) -> ()");
+  m.def(
+      "concat_conv_mi_sources(Tensor feature_map, Tensor global_code, Tensor[] weights,"
+      " Tensor[] biases, Tensor perm, str estimator, Tensor? grad, Tensor? scores) -> Tensor");
   // The statistics finish of dot_product_mi, for the Triton forward's partials.
   m.def(
       "dot_product_mi_finish(Tensor row_stats, Tensor positives, str estimator, bool official,"
@@ -282,12 +301,12 @@ TORCH_LIBRARY(dim_fused, m) {
       " int first, Tensor(a!) d_local, Tensor(b!) d_global) -> ()");
   m.def(
       "concat_conv_mi(Tensor feature_map, Tensor global_code, Tensor[] weights, Tensor[] biases,"
-      " Tensor perm, str estimator, bool detach_negatives) -> (Tensor, Tensor)");
+      " Tensor perm, str estimator, bool detach_negatives, bool keep_activations)"
+      " -> (Tensor, Tensor, Tensor[])");
   m.def(
-      "concat_conv_mi_backward(Tensor grad, Tensor feature_map, Tensor global_code, Tensor[] "
-      "weights,"
-      " Tensor[] biases, Tensor perm, Tensor scores, str estimator, bool detach_negatives)"
-      " -> (Tensor, Tensor, Tensor[], Tensor[])");
+      "concat_conv_mi_backward(Tensor grad, Tensor feature_map, Tensor global_code,"
+      " Tensor[] weights, Tensor[] biases, Tensor perm, Tensor scores, Tensor[] activations,"
+      " str estimator, bool detach_negatives) -> (Tensor, Tensor, Tensor[], Tensor[])");
 }
 
 namespace {
@@ -322,6 +341,19 @@ void dot_product_tile_backward_op(const at::Tensor& d_scores, const at::Tensor& 
   dot_product_tile_backward(p, d_scores.contiguous(), first, d_local, d_global);
 }
 
+// The checks of concat_conv_mi (and of its backward's grad and scores when given), and
+// the row sources they produce: what the Triton backend needs of the C++ plan.
+at::Tensor concat_conv_sources_op(const at::Tensor& feature_map, const at::Tensor& global_code,
+                                  at::TensorList weights, at::TensorList biases,
+                                  const at::Tensor& perm, c10::string_view estimator,
+                                  const std::optional<at::Tensor>& grad,
+                                  const std::optional<at::Tensor>& scores) {
+  const ConcatConvProblem p =
+      check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, estimator, false);
+  if (grad && scores) check_concat_conv_scores(*grad, *scores, p, {});
+  return p.sources;
+}
+
 void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
                           c10::string_view estimator, int64_t positive_offset,
                           const std::optional<at::Tensor>& grad,
@@ -336,6 +368,7 @@ void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
 TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
   m.impl("check_mi_bound", &check_mi_bound_op);
   m.impl("check_dot_product", &check_dot_product_op);
+  m.impl("concat_conv_mi_sources", &concat_conv_sources_op);
   m.impl("dot_product_mi_finish", &dot_product_mi_finish);
   m.impl("dot_product_mi_coefficients", &dot_product_mi_coefficients);
   m.impl("dot_product_mi_tile_backward", &dot_product_tile_backward_op);

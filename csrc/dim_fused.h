@@ -148,6 +148,9 @@ struct ConcatConvProblem {
   Estimator estimator;
   c10::string_view estimator_name;
   bool detach_negatives;
+  // Whether the forward returns the hidden activations after the first layer (what the
+  // backward would otherwise recompute with GEMMs); the caller decides under a memory budget.
+  bool keep_activations;
 
   int64_t rows() const { return batch * locations; }
   // Images per chunk of rows: a chunk's widest activation holds 2^18 values on a
@@ -157,10 +160,12 @@ struct ConcatConvProblem {
 ConcatConvProblem check_concat_conv_inputs(const at::Tensor& feature_map,
                                            const at::Tensor& global_code, at::TensorList weights,
                                            at::TensorList biases, const at::Tensor& perm,
-                                           c10::string_view estimator, bool detach_negatives);
-// The backward's grad (one element) and the forward's scores (1 + K, B, L).
+                                           c10::string_view estimator, bool detach_negatives,
+                                           bool keep_activations = false);
+// The backward's grad (one element), the forward's scores (1 + K, B, L) and kept
+// activations (none, or one per hidden layer after the first).
 void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
-                              const ConcatConvProblem& p);
+                              const ConcatConvProblem& p, at::TensorList activations);
 
 // What a backend supplies around the ATen GEMMs.
 struct ConcatConvKernels {
@@ -169,19 +174,26 @@ struct ConcatConvKernels {
   // whose source is -1 becomes NaN.
   void (*first_layer)(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
                       int64_t first_row, int64_t locations, at::Tensor& out);
-  // dP[src[r]] += dZ[r] for the rows whose source is not -1, correct when src
-  // repeats an index (a permutation never does: deterministic then).
-  void (*scatter_rows)(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src);
+  // The first layer's backward for a chunk of whole images [image, image + images):
+  // dZ1 = dH1 * (H1 > 0), added into dP at each row's source (and into dP_features too
+  // when given) and, summed over each image's rows, into dQ. Correct when src repeats an
+  // index (a permutation never does: deterministic then); rows whose source is -1 are
+  // left out.
+  void (*first_layer_backward)(const at::Tensor& dH1, const at::Tensor& H1, const at::Tensor& src,
+                               int64_t image, int64_t locations, at::Tensor& dP,
+                               at::Tensor* dP_features, at::Tensor& dQ);
 };
 
-// (estimate, scores (1 + K, B, L) in the accumulation dtype); the scores are
-// what the backward needs.
-std::tuple<at::Tensor, at::Tensor> concat_conv_mi_forward(const ConcatConvProblem& p,
-                                                          const ConcatConvKernels& kernels);
+// (estimate, scores (1 + K, B, L) in the accumulation dtype, the activations of
+// hidden layers 2.. over all (1 + K) B L rows when keep_activations, else none): what
+// the backward needs.
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forward(
+    const ConcatConvProblem& p, const ConcatConvKernels& kernels);
 // (d feature_map (B, C, L), d global_code, d weights, d biases (empty where none)).
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
-                        const at::Tensor& scores, const ConcatConvKernels& kernels);
+                        const at::Tensor& scores, at::TensorList activations,
+                        const ConcatConvKernels& kernels);
 
 // --- shared -------------------------------------------------------------------
 

@@ -12,6 +12,16 @@ BACKENDS: tuple[str, ...] = ("auto", "reference", "cpu", "cuda", "triton")
 
 BUILD_HINT = "pip install --no-build-isolation -e .  (from the dim_fused repository root)"
 
+
+def keep_activations(feature_map, global_code, weights, biases, perm, *_) -> bool:
+    """Whether concat_conv_mi's forward keeps the hidden activations after the first layer
+    for its backward (which then skips re-running their GEMMs): when they take at most
+    DIM_FUSED_KEEP_BYTES (default 64 MiB). The first layer is always recomputed (a gather)."""
+    rows = (perm.shape[0] + 1) * feature_map.shape[0] * feature_map[0, 0].numel()
+    kept = rows * sum(w.shape[0] for w in weights[1:-1]) * feature_map.element_size()
+    return 0 < kept <= int(os.environ.get("DIM_FUSED_KEEP_BYTES", 1 << 26))
+
+
 # op name -> backend -> callable with the op's schema.
 _KERNELS: dict[str, dict[str, Callable]] = {
     "mi_bound": {
@@ -24,9 +34,9 @@ _KERNELS: dict[str, dict[str, Callable]] = {
         "reference": lambda fmap, code, weights, biases, perm, estimator, detach: reference.concat_conv_mi(
             fmap, code, weights, [b if b.numel() else None for b in biases], perm, estimator, detach
         ),
-        "cpu": lambda *args: torch.ops.dim_fused.concat_conv_mi(*args)[0],
-        "cuda": lambda *args: torch.ops.dim_fused.concat_conv_mi(*args)[0],
-        "triton": lambda *args: torch.ops.dim_fused.concat_conv_mi_triton(*args)[0],
+        "cpu": lambda *args: torch.ops.dim_fused.concat_conv_mi(*args, keep_activations(*args))[0],
+        "cuda": lambda *args: torch.ops.dim_fused.concat_conv_mi(*args, keep_activations(*args))[0],
+        "triton": lambda *args: torch.ops.dim_fused.concat_conv_mi_triton(*args, keep_activations(*args))[0],
     },
     "dot_product_mi": {
         "reference": reference.dot_product_mi,
@@ -102,14 +112,21 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return [b for b in BACKENDS[1:] if _unavailable_reason(b, device) is None]
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
-    """The concrete backend that ``backend`` means for tensors on ``device``; raises
-    RuntimeError saying why (and how to get it) when that backend cannot run there.
-    'auto' prefers the compiled kernels for the device, then Triton on CUDA, then the
-    reference; it never picks the (slow) Triton interpreter."""
+# 'auto' on CUDA tensors, per op, until GPU measurements decide (benchmarks/results): the
+# concat-and-conv critic's scoring MLP is on chip only in Triton; the others' Triton and
+# CUDA paths are the same plan with different epilogues.
+CUDA_PREFERENCE: dict[str, tuple[str, ...]] = {"concat_conv_mi": ("triton", "cuda")}
+
+
+def resolve_backend(backend: str, device: torch.device | str, op: str | None = None) -> str:
+    """The concrete backend that ``backend`` means for tensors on ``device`` (for ``op``,
+    whose 'auto' choice on CUDA may differ); raises RuntimeError saying why (and how to get
+    it) when that backend cannot run there. 'auto' prefers the compiled kernels for the
+    device, then Triton on CUDA, then the reference; it never picks the (slow) Triton
+    interpreter."""
     device = torch.device(device)
     if backend == "auto":
-        preferred = ("cuda", "triton") if device.type == "cuda" else ("cpu",)
+        preferred = CUDA_PREFERENCE.get(op, ("cuda", "triton")) if device.type == "cuda" else ("cpu",)
         return next((b for b in preferred if _unavailable_reason(b, device) is None), "reference")
     reason = _unavailable_reason(backend, device)
     if reason is not None:
@@ -118,4 +135,4 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 
 def kernel(op: str, backend: str, device: torch.device) -> Callable:
-    return _KERNELS[op][resolve_backend(backend, device)]
+    return _KERNELS[op][resolve_backend(backend, device, op)]

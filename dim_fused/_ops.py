@@ -220,17 +220,27 @@ def _check_concat_conv_shapes(op, feature_map, global_code, weights, biases, per
     )
 
 
-def _concat_conv_mi_fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives):
-    _check_concat_conv_shapes("concat_conv_mi", feature_map, global_code, weights, biases, perm)
-    shape = (perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel())
-    return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=_stats_dtype(feature_map))
+def _concat_conv_mi_fake_keeping(keeps):
+    """The forward's fake kernel; `keeps(weights)` says whether the op keeps activations when
+    asked to (the Triton op's fused kernels never do: they recompute on chip)."""
+
+    def fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives, keep_activations):
+        _check_concat_conv_shapes("concat_conv_mi", feature_map, global_code, weights, biases, perm)
+        shape = (perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel())
+        rows = shape[0] * shape[1] * shape[2]
+        kept = []
+        if keep_activations and keeps(weights):
+            kept = [feature_map.new_empty((rows, w.shape[0])) for w in weights[1:-1]]
+        return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=_stats_dtype(feature_map)), kept
+
+    return fake
 
 
 def _concat_conv_mi_backward_fake(
-    grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
+    grad, feature_map, global_code, weights, biases, perm, scores, activations, estimator, detach_negatives
 ):
     _check_concat_conv_shapes("concat_conv_mi_backward", feature_map, global_code, weights, biases, perm)
-    _one_device("concat_conv_mi_backward", grad, feature_map, scores)
+    _one_device("concat_conv_mi_backward", grad, feature_map, scores, *activations)
     return (
         feature_map.new_empty(feature_map.shape),
         global_code.new_empty(global_code.shape),
@@ -239,25 +249,26 @@ def _concat_conv_mi_backward_fake(
     )
 
 
-def _register_concat_conv_mi(op: str, backward_op) -> None:
+def _register_concat_conv_mi(op: str, backward_op, keeps=lambda weights: True) -> None:
     # Layers without a bias carry an empty tensor: torch.library differentiates
     # through lists of tensors only, not through lists with None in them.
     def setup_context(ctx, inputs, output):
-        feature_map, global_code, weights, biases, perm, estimator, detach_negatives = inputs
-        ctx.save_for_backward(feature_map, global_code, perm, output[1], *weights, *biases)
+        feature_map, global_code, weights, biases, perm, estimator, detach_negatives, _ = inputs
+        _, scores, activations = output
+        ctx.save_for_backward(feature_map, global_code, perm, scores, *weights, *biases, *activations)
         ctx.args = (len(weights), estimator, detach_negatives)
 
-    def backward(ctx, grad, _grad_scores):
+    def backward(ctx, grad, _grad_scores, _grad_activations):
         _no_double_backward("concat_conv_mi")
         num_layers, estimator, detach_negatives = ctx.args
-        feature_map, global_code, perm, scores, *params = ctx.saved_tensors
-        weights, biases = params[:num_layers], params[num_layers:]
+        feature_map, global_code, perm, scores, *rest = ctx.saved_tensors
+        weights, biases, activations = rest[:num_layers], rest[num_layers : 2 * num_layers], rest[2 * num_layers :]
         d_map, d_code, d_weights, d_biases = backward_op(
-            grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
+            grad, feature_map, global_code, weights, biases, perm, scores, activations, estimator, detach_negatives
         )
-        return d_map, d_code, list(d_weights), list(d_biases), None, None, None
+        return d_map, d_code, list(d_weights), list(d_biases), None, None, None, None
 
-    torch.library.register_fake(op)(_concat_conv_mi_fake)
+    torch.library.register_fake(op)(_concat_conv_mi_fake_keeping(keeps))
     torch.library.register_autograd(op, backward, setup_context=setup_context)
 
 
@@ -276,11 +287,12 @@ if TRITON_IMPORT_ERROR is None and C_IMPORT_ERROR is None:
         biases: list[torch.Tensor],
         perm: torch.Tensor,
         scores: torch.Tensor,
+        activations: list[torch.Tensor],
         estimator: str,
         detach_negatives: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         return triton_concat_conv_mi.backward(
-            grad, feature_map, global_code, weights, biases, perm, scores, estimator, detach_negatives
+            grad, feature_map, global_code, weights, biases, perm, scores, activations, estimator, detach_negatives
         )
 
     @torch.library.custom_op("dim_fused::concat_conv_mi_triton", mutates_args=())
@@ -292,10 +304,15 @@ if TRITON_IMPORT_ERROR is None and C_IMPORT_ERROR is None:
         perm: torch.Tensor,
         estimator: str,
         detach_negatives: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        keep_activations: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         return triton_concat_conv_mi.forward(
-            feature_map, global_code, weights, biases, perm, estimator, detach_negatives
+            feature_map, global_code, weights, biases, perm, estimator, detach_negatives, keep_activations
         )
 
     concat_conv_mi_triton_backward.register_fake(_concat_conv_mi_backward_fake)
-    _register_concat_conv_mi("dim_fused::concat_conv_mi_triton", concat_conv_mi_triton_backward)
+    _register_concat_conv_mi(
+        "dim_fused::concat_conv_mi_triton",
+        concat_conv_mi_triton_backward,
+        keeps=lambda weights: not triton_concat_conv_mi.fused(weights),
+    )

@@ -7,6 +7,8 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # one tile per dtype instead of autotuning every new shape (the tile tests try each one)
+    os.environ.setdefault("DIM_FUSED_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
 from helpers import FUSED_CASES, require  # noqa: E402

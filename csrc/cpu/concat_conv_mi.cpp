@@ -40,52 +40,71 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
       });
 }
 
+// dZ1 = dH1 * (H1 > 0) into dP (at each row's source) and dQ (at its image), in one pass.
 // Parallel over columns, every row in order within a column range: correct (and
 // deterministic) for any source map, a permutation or not.
-void scatter_rows_cpu(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& src) {
-  const int64_t width = dP.size(1), rows = dZ.size(0);
+void first_layer_backward_cpu(const at::Tensor& dH1, const at::Tensor& H1, const at::Tensor& src,
+                              int64_t image, int64_t locations, at::Tensor& dP,
+                              at::Tensor* dP_features, at::Tensor& dQ) {
+  const int64_t width = dP.size(1), rows = dH1.size(0);
   const int64_t* source = src.const_data_ptr<int64_t>();
-  const at::Tensor d_z = dZ.to(dP.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES(dP.scalar_type(), "scatter_rows_cpu", [&] {
-    using V = at::vec::Vectorized<scalar_t>;
-    scalar_t* d = dP.data_ptr<scalar_t>();
-    const scalar_t* z = d_z.const_data_ptr<scalar_t>();
-    at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t r = 0; r < rows; ++r) {
-        scalar_t* d_row = d + source[r] * width;
-        const scalar_t* z_row = z + r * width;
-        int64_t h = begin;
-        for (; h + V::size() <= end; h += V::size()) {
-          (V::loadu(d_row + h) + V::loadu(z_row + h)).store(d_row + h);
-        }
-        for (; h < end; ++h) d_row[h] += z_row[h];
-      }
-    });
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, dH1.scalar_type(), "first_layer_backward_cpu", [&] {
+        using T = cpu::acc_type<scalar_t>;
+        using V = at::vec::Vectorized<T>;
+        const at::Tensor d_h = dH1.to(dP.scalar_type()),
+                         h = H1.to(dP.scalar_type());  // no-ops but for half
+        const T* dh = d_h.const_data_ptr<T>();
+        const T* h1 = h.const_data_ptr<T>();
+        T* dp = dP.data_ptr<T>();
+        T* dp_features = dP_features != nullptr ? dP_features->data_ptr<T>() : nullptr;
+        T* dq = dQ.data_ptr<T>();
+        at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* dh_row = dh + r * width;
+            const T* h_row = h1 + r * width;
+            T* targets[3] = {dp + source[r] * width, dq + (image + r / locations) * width,
+                             dp_features != nullptr ? dp_features + source[r] * width : nullptr};
+            int64_t c = begin;
+            for (; c + V::size() <= end; c += V::size()) {
+              const V dz = V::blendv(V(0), V::loadu(dh_row + c), V::loadu(h_row + c) > V(0));
+              for (T* t : targets) {
+                if (t != nullptr) (V::loadu(t + c) + dz).store(t + c);
+              }
+            }
+            for (; c < end; ++c) {
+              const T dz = h_row[c] > T(0) ? dh_row[c] : T(0);
+              for (T* t : targets) {
+                if (t != nullptr) t[c] += dz;
+              }
+            }
+          }
+        });
+      });
 }
 
-constexpr ConcatConvKernels kCpuKernels{&first_layer_cpu, &scatter_rows_cpu};
+constexpr ConcatConvKernels kCpuKernels{&first_layer_cpu, &first_layer_backward_cpu};
 
-std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cpu(const at::Tensor& feature_map,
-                                                      const at::Tensor& global_code,
-                                                      at::TensorList weights, at::TensorList biases,
-                                                      const at::Tensor& perm,
-                                                      c10::string_view estimator,
-                                                      bool detach_negatives) {
-  return concat_conv_mi_forward(check_concat_conv_inputs(feature_map, global_code, weights, biases,
-                                                         perm, estimator, detach_negatives),
-                                kCpuKernels);
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_cpu(
+    const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
+    at::TensorList biases, const at::Tensor& perm, c10::string_view estimator,
+    bool detach_negatives, bool keep_activations) {
+  return concat_conv_mi_forward(
+      check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, estimator,
+                               detach_negatives, keep_activations),
+      kCpuKernels);
 }
 
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward_cpu(const at::Tensor& grad, const at::Tensor& feature_map,
                             const at::Tensor& global_code, at::TensorList weights,
                             at::TensorList biases, const at::Tensor& perm, const at::Tensor& scores,
-                            c10::string_view estimator, bool detach_negatives) {
+                            at::TensorList activations, c10::string_view estimator,
+                            bool detach_negatives) {
   const auto p = check_concat_conv_inputs(feature_map, global_code, weights, biases, perm,
                                           estimator, detach_negatives);
-  check_concat_conv_scores(grad, scores, p);
-  auto result = concat_conv_mi_backward(grad, p, scores, kCpuKernels);
+  check_concat_conv_scores(grad, scores, p, activations);
+  auto result = concat_conv_mi_backward(grad, p, scores, activations, kCpuKernels);
   std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
   return result;
 }

@@ -79,29 +79,41 @@ void scatter_rows_cuda(at::Tensor& dP, const at::Tensor& dZ, const at::Tensor& s
       });
 }
 
-constexpr ConcatConvKernels kCudaKernels{&first_layer_cuda, &scatter_rows_cuda};
+// dZ1 = dH1 * (H1 > 0); dQ's per-image sum with ATen (deterministic), dP's scatter atomic.
+void first_layer_backward_cuda(const at::Tensor& dH1, const at::Tensor& H1, const at::Tensor& src,
+                               int64_t image, int64_t locations, at::Tensor& dP,
+                               at::Tensor* dP_features, at::Tensor& dQ) {
+  const at::Tensor d_z = at::threshold_backward(dH1, H1, 0);
+  const int64_t images = d_z.size(0) / locations;
+  dQ.narrow(0, image, images).add_(d_z.view({images, locations, -1}).sum(1));
+  scatter_rows_cuda(dP, d_z, src);
+  if (dP_features != nullptr) scatter_rows_cuda(*dP_features, d_z, src);
+}
 
-std::tuple<at::Tensor, at::Tensor> concat_conv_mi_cuda(
+constexpr ConcatConvKernels kCudaKernels{&first_layer_cuda, &first_layer_backward_cuda};
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_cuda(
     const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
     at::TensorList biases, const at::Tensor& perm, c10::string_view estimator,
-    bool detach_negatives) {
+    bool detach_negatives, bool keep_activations) {
   const c10::cuda::CUDAGuard guard(feature_map.device());
-  return concat_conv_mi_forward(check_concat_conv_inputs(feature_map, global_code, weights, biases,
-                                                         perm, estimator, detach_negatives),
-                                kCudaKernels);
+  return concat_conv_mi_forward(
+      check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, estimator,
+                               detach_negatives, keep_activations),
+      kCudaKernels);
 }
 
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 concat_conv_mi_backward_cuda(const at::Tensor& grad, const at::Tensor& feature_map,
                              const at::Tensor& global_code, at::TensorList weights,
                              at::TensorList biases, const at::Tensor& perm,
-                             const at::Tensor& scores, c10::string_view estimator,
-                             bool detach_negatives) {
+                             const at::Tensor& scores, at::TensorList activations,
+                             c10::string_view estimator, bool detach_negatives) {
   const c10::cuda::CUDAGuard guard(feature_map.device());
   const auto p = check_concat_conv_inputs(feature_map, global_code, weights, biases, perm,
                                           estimator, detach_negatives);
-  check_concat_conv_scores(grad, scores, p);
-  auto result = concat_conv_mi_backward(grad, p, scores, kCudaKernels);
+  check_concat_conv_scores(grad, scores, p, activations);
+  auto result = concat_conv_mi_backward(grad, p, scores, activations, kCudaKernels);
   std::get<0>(result) = std::get<0>(result).view(feature_map.sizes());
   return result;
 }

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .._layout import gradient_like
 from ..estimators import ESTIMATORS
-from ._launch import accumulator, allow_tf32, device_of
+from ._launch import accumulator, allow_tf32, autotuned, device_of
 from ._math import (
     DV,
     INFONCE,
@@ -35,14 +35,17 @@ from ._math import (
     sigmoid,
 )
 
-BLOCK_M, BLOCK_N, BLOCK_K = 32, 32, 32
+TUNING_KEY = ["num_globals", "num_columns", "units", "EST", "ALLOW_TF32", "AFFINE", "WIDE"]  # + the dtypes
+_tuned = autotuned(TUNING_KEY, "global_ptr")
+
+
 # Columns of the coefficients the backward reads per row, as csrc/estimators.h's DotCoef.
 POS_SCALE, NEG_SCALE, NEG_LSE, SHIFT, COEFS = (tl.constexpr(i) for i in range(5))
 
 
 def _max_programs() -> int:
     """Forward programs at most (DIM_FUSED_TRITON_PROGRAMS overrides): bounds the partials
-    at (G, about 2048 / (G / BLOCK_M), ROW_STATS) whatever B * L is."""
+    at (G, about 2048 / (G / 64), ROW_STATS) whatever B * L is."""
     return max(1, int(os.environ.get("DIM_FUSED_TRITON_PROGRAMS", 2048)))
 
 
@@ -68,28 +71,41 @@ def _score_tile(
     stride_location,
     ACC: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    AFFINE: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """u[row, col] = <global[row], local[image, :, location]> for col = image * L + location."""
+    """u[row, col] = <global[row], local[image, :, location]> for col = image * L + location.
+    AFFINE: the columns are evenly spaced in memory (channels-last codes, or one location),
+    so their addresses are one stride apart instead of gathered per (image, location).
+    WIDE: an offset can pass 2^31 elements, so offsets are 64-bit (else 32-bit, which keeps
+    the address registers of a tile half as many)."""
     in_rows, in_cols = rows < num_globals, cols < num_columns
-    image, location = cols // locations, cols % locations
-    global_rows = global_ptr + rows.to(tl.int64)[:, None] * stride_global
-    local_cols = local_ptr + image.to(tl.int64)[None, :] * stride_image + location[None, :] * stride_location
+    if WIDE:
+        rows, cols = rows.to(tl.int64), cols.to(tl.int64)
+    ks = tl.arange(0, BLOCK_K)
+    g_ptrs = global_ptr + rows[:, None] * stride_global + ks[None, :] * stride_global_unit
+    if AFFINE:
+        column_stride = stride_location if locations > 1 else stride_image
+        x_ptrs = local_ptr + cols[None, :] * column_stride + ks[:, None] * stride_unit
+    else:
+        columns = (cols // locations) * stride_image + (cols % locations) * stride_location
+        x_ptrs = local_ptr + columns[None, :] + ks[:, None] * stride_unit
     scores = tl.zeros((rows.shape[0], cols.shape[0]), dtype=ACC)
     for k0 in range(0, units, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        in_units = ks < units
-        g = tl.load(
-            global_rows + ks[None, :] * stride_global_unit, mask=in_rows[:, None] & in_units[None, :], other=0.0
-        )
-        x = tl.load(local_cols + ks[:, None] * stride_unit, mask=in_units[:, None] & in_cols[None, :], other=0.0)
+        in_units = ks < units - k0
+        g = tl.load(g_ptrs, mask=in_rows[:, None] & in_units[None, :], other=0.0)
+        x = tl.load(x_ptrs, mask=in_units[:, None] & in_cols[None, :], other=0.0)
         if ALLOW_TF32:
             scores += tl.dot(g, x, out_dtype=ACC)
         else:
             scores += tl.dot(g, x, input_precision="ieee", out_dtype=ACC)
+        g_ptrs += BLOCK_K * stride_global_unit
+        x_ptrs += BLOCK_K * stride_unit
     return scores
 
 
+@_tuned
 @triton.jit
 def _reduce_kernel(
     global_ptr,
@@ -109,6 +125,8 @@ def _reduce_kernel(
     EST: tl.constexpr,
     ACC: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    AFFINE: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -140,6 +158,8 @@ def _reduce_kernel(
             stride_location,
             ACC,
             ALLOW_TF32,
+            AFFINE,
+            WIDE,
             BLOCK_K,
         )
         valid = in_rows[:, None] & (cols < num_columns)[None, :]
@@ -165,6 +185,7 @@ def _reduce_kernel(
     tl.store(out + NEG_SUM_EXP, neg_sum_exp, mask=in_rows)
 
 
+@_tuned
 @triton.jit
 def _gradient_kernel(
     global_ptr,
@@ -186,6 +207,8 @@ def _gradient_kernel(
     EST: tl.constexpr,
     ACC: tl.constexpr,
     ALLOW_TF32: tl.constexpr,
+    AFFINE: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -211,6 +234,8 @@ def _gradient_kernel(
         stride_location,
         ACC,
         ALLOW_TF32,
+        AFFINE,
+        WIDE,
         BLOCK_K,
     )
     in_rows = rows < num_globals
@@ -235,6 +260,11 @@ def _gradient_kernel(
     tl.store(out, tl.where(positive, d_pos, d_neg).to(out_ptr.dtype.element_ty), mask=valid)
 
 
+def _last_offset(tensor: torch.Tensor) -> int:
+    """The largest element offset a kernel computes into `tensor`."""
+    return sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride(), strict=True))
+
+
 class _Problem:
     """The launch arguments both kernels share."""
 
@@ -257,25 +287,29 @@ class _Problem:
             "stride_unit": self.local.stride(1),
             "stride_location": self.local.stride(2),
         }
+        stride_image, _, stride_location = self.local.stride()
+        affine = self.locations == 1 or stride_image == self.locations * stride_location
         self.meta = {
             "EST": ESTIMATORS.index(estimator),
             "ACC": tl_acc,
             "ALLOW_TF32": allow_tf32(local),
-            "BLOCK_M": BLOCK_M,
-            "BLOCK_N": BLOCK_N,
-            "BLOCK_K": BLOCK_K,
+            "AFFINE": affine,
+            "WIDE": max(_last_offset(self.local), _last_offset(global_codes)) >= 2**31,
         }
 
 
 def forward(local: torch.Tensor, global_codes: torch.Tensor, estimator: str, official: bool, offset: int):
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, None, None)  # the C++ checks
     p = _Problem(local, global_codes, estimator, offset)
-    row_blocks, col_blocks = triton.cdiv(p.num_globals, BLOCK_M), triton.cdiv(p.num_columns, BLOCK_N)
-    grid = (row_blocks, min(col_blocks, max(1, _max_programs() // row_blocks)))
-    partial = torch.empty(p.num_globals, grid[1], ROW_STATS.value, dtype=p.acc, device=local.device)
+    # Splits of the column blocks, whatever tile the autotuner picks (a split without a
+    # block writes the identity).
+    splits = min(triton.cdiv(p.num_columns, 32), max(1, _max_programs() // triton.cdiv(p.num_globals, 64)))
+    partial = torch.empty(p.num_globals, splits, ROW_STATS.value, dtype=p.acc, device=local.device)
     positives = torch.empty(p.num_columns, dtype=p.acc, device=local.device)
     with device_of(local):
-        _reduce_kernel[grid](global_codes, p.local, partial, positives, **p.shape, **p.meta)
+        _reduce_kernel[lambda meta: (triton.cdiv(p.num_globals, meta["BLOCK_M"]), splits)](
+            global_codes, p.local, partial, positives, **p.shape, **p.meta
+        )
     estimate, stats = torch.ops.dim_fused.dot_product_mi_finish(
         partial, positives, estimator, official, p.batch, p.locations
     )
@@ -294,7 +328,7 @@ def backward(grad, local, global_codes, stats, estimator: str, official: bool, o
         for first in range(0, p.batch, step):
             n = min(step, p.batch - first) * p.locations
             tile = torch.empty(p.num_globals, n, dtype=p.acc, device=local.device)
-            grid = (triton.cdiv(p.num_globals, BLOCK_M), triton.cdiv(n, BLOCK_N))
+            grid = lambda meta, n=n: (triton.cdiv(p.num_globals, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
             _gradient_kernel[grid](
                 global_codes, p.local, coef, tile, first * p.locations, tile_columns=n, **p.shape, **p.meta
             )

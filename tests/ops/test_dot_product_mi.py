@@ -34,7 +34,7 @@ def make_codes(shape, scale=0.5):
 def dtypes_for(backend, device):
     if backend == "triton" and device == "cpu":
         return [torch.float64, torch.float32]  # the interpreter's dot: no 16-bit checks here
-    return [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+    return [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 def check(backend, device, dtype, estimator, local, global_codes, offset=0, official=False):
@@ -148,3 +148,78 @@ def test_torch_compile(fused):
     torch.testing.assert_close(out, eager)
     for g, eg in zip(grads, eager_grads, strict=True):
         torch.testing.assert_close(g, eg)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+def test_half_precision_scores_reach_the_epilogue_in_float32(fused, layout):
+    """bf16 codes, fp32 GEMM output: the forward's per-row logsumexps match those of the
+    float64 scores of the same (rounded) codes to fp32 accuracy, far better than scores
+    rounded to bf16 would give (relative 4e-3)."""
+    backend, device = fused
+    if backend == "triton" and device == "cpu":
+        pytest.skip("the interpreter has no bf16")
+    torch.manual_seed(0)
+    local = (torch.randn(6, 64, 4, 4) * 0.3).bfloat16()
+    if layout == "channels-last":
+        local = local.contiguous(memory_format=torch.channels_last)
+    global_codes = (torch.randn(6, 64) * 0.3).bfloat16()
+    op = torch.ops.dim_fused.dot_product_mi_triton if backend == "triton" else torch.ops.dim_fused.dot_product_mi
+    _, stats = op(local.to(device), global_codes.to(device), "infonce", False, 0)
+    scores = reference.dot_product_scores(local.double(), global_codes.double())  # (G, B, L)
+    off_diagonal = ~torch.eye(6, dtype=torch.bool)[:, :, None].expand_as(scores)
+    want = torch.logsumexp(scores.masked_fill(~off_diagonal, -float("inf")).flatten(1), dim=1)
+    assert stats.dtype == torch.float32
+    torch.testing.assert_close(stats[:, 0].double().cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_codes_are_read_in_place(fused):
+    """The critic's codes are channels-last: the gradient comes back in that layout (written
+    in place, no transposing copy) and equals the contiguous codes' gradient."""
+    backend, device = fused
+    local, global_codes = make_codes((3, 8, (2, 3), 3, 0))
+    channels_last = local.float().contiguous(memory_format=torch.channels_last).to(device).requires_grad_()
+    contiguous = local.float().to(device).requires_grad_()
+    grads = []
+    for codes in (channels_last, contiguous):
+        out = dim_fused.dot_product_mi(codes, global_codes.float().to(device), estimator="infonce", backend=backend)
+        grads.append(torch.autograd.grad(out, codes)[0])
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) and grads[1].is_contiguous()
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_torch_compile_with_channels_last_codes(fused):
+    backend, device = fused
+    torch._dynamo.reset()
+    local, global_codes = make_codes((3, 5, (2, 2), 3, 0))
+    local = local.float().contiguous(memory_format=torch.channels_last).to(device).requires_grad_()
+    global_codes = global_codes.float().to(device)
+
+    def loss(loc, glo):
+        return -dim_fused.dot_product_mi(loc, glo, estimator="jsd", backend=backend)
+
+    eager = torch.autograd.grad(loss(local, global_codes), local)[0]
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(local, global_codes), local)[0]
+    torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the autotuner's GPU tiles run on a GPU")
+@pytest.mark.parametrize("estimator", ["jsd", "infonce"])
+def test_every_autotuner_tile_is_correct(estimator):
+    """The tests run one tile per dtype (DIM_FUSED_AUTOTUNE=0); here each tile the
+    autotuner may pick runs against the oracle, for the dtypes it serves."""
+    from dim_fused.triton import _launch as tiles
+    from dim_fused.triton import dot_product_mi as kernels
+
+    local, global_codes = make_codes((5, 40, (3, 7), 5, 0))
+    saved = kernels._reduce_kernel.configs
+    try:
+        for tile in [*tiles.TENSOR_CORE_TILES, *tiles.FMA_TILES]:
+            for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
+                kernel.configs, kernel.cache = [tile], {}
+            fma = any(tile is t for t in tiles.FMA_TILES)
+            dtypes = [torch.float32] if fma else [torch.bfloat16, torch.float16]
+            for dtype in dtypes:
+                check("triton", "cuda", dtype, estimator, local, global_codes)
+    finally:
+        for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
+            kernel.configs, kernel.cache = saved, {}

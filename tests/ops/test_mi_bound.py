@@ -30,7 +30,7 @@ def make_scores(pos_shape, neg_shape, estimator, scale=2.0):
 
 
 def dtypes_for(device):
-    return [torch.float64, torch.float32, torch.float16] + ([torch.bfloat16] if device == "cuda" else [])
+    return [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 
 def check_against_oracle(backend, device, dtype, estimator, pos, neg):

@@ -1,0 +1,132 @@
+"""What a GPU run could break, checked without a GPU: every Triton kernel compiles for
+sm_80 and sm_90 through the real launchers (every estimator, dtype and autotuner tile,
+both layouts of the codes, edge shapes) without register spills, and the CUDA kernels
+in the built extension use no stack beyond the float64 ones (accepted: double-precision
+math calls; float64 is the test dtype, not a speed path)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+
+import dim_fused
+from dim_fused import _ops
+
+ROOT = Path(__file__).resolve().parents[2]
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}  # bytes per block: A100, H100/H200
+FLOAT64_STACK_LIMIT = 96  # bytes, see the module docstring
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernel tests compile and run them for real")
+@pytest.mark.skipif(_ops.TRITON_IMPORT_ERROR is not None, reason="needs Triton")
+def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["DIM_FUSED_QUIET"] = "1"
+    script = str(Path(__file__).with_name("compile_for_gpu.py"))
+    runs = {
+        arch: subprocess.Popen(
+            [sys.executable, script, str(arch)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for arch in (80, 90)
+    }
+    kernels = []
+    for arch, process in runs.items():
+        out, err = process.communicate(timeout=900)
+        assert process.returncode == 0, f"sm_{arch}: {err[-3000:]}"
+        kernels += json.loads(out)
+    assert {k["name"] for k in kernels} == {
+        "_partials_kernel",
+        "_gradient_kernel",
+        "_reduce_kernel",
+        "_score_kernel",
+        "_dz2_kernel",
+        "_dw2_kernel",
+        "_dz1_kernel",
+    }
+    reduce = [k for k in kernels if k["name"] == "_reduce_kernel" and k["arch"] == 90]
+    assert {k["constants"]["EST"] for k in reduce} == {str(i) for i in range(len(dim_fused.ESTIMATORS))}
+    assert {k["signature"]["global_ptr"] for k in reduce} == {"*fp16", "*bf16", "*fp32", "*fp64"}
+    assert {k["constants"]["ALLOW_TF32"] for k in reduce} == {"True", "False"}
+    assert {k["constants"]["AFFINE"] for k in reduce} == {"True", "False"}
+    for k in kernels:
+        signature = k["signature"]
+        dtype = signature.get("global_ptr") or signature.get("pos_ptr") or signature.get("P_ptr")
+        what = f"sm_{k['arch']} {k['name']} {dtype} {k['constants']}"
+        assert k["registers"] <= 255, what
+        assert k["shared_bytes"] <= SHARED_LIMIT[k["arch"]], what
+        assert k["stack_bytes"] <= (FLOAT64_STACK_LIMIT if k["float64"] else 0), f"spills: {what}"
+
+
+def _cuda_extension() -> str:
+    if not _ops.has_cpp_kernel("mi_bound", "CUDA"):
+        pytest.skip("dim_fused._C was built without its CUDA kernels")
+    if shutil.which("c++filt") is None:
+        pytest.skip("needs c++filt to name the kernels")
+    return dim_fused._C.__file__
+
+
+def test_cuda_kernels_use_no_stack_but_float64_ones():
+    usage = subprocess.run(
+        [str(CUOBJDUMP), "-res-usage", _cuda_extension()], capture_output=True, text=True, check=True
+    )
+    mangled = re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage.stdout)
+    assert len(mangled) >= 40, usage.stdout[:2000]  # every kernel, for sm_80 and sm_90
+    names = subprocess.run(
+        ["c++filt"], input="\n".join(m[0] for m in mangled), capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    for name, (_, registers, stack, shared, local) in zip(names, mangled, strict=True):
+        float64 = re.search(r"<[^>]*\bdouble\b", name) is not None
+        assert int(registers) <= 255 and int(shared) <= 48 * 1024, name
+        assert int(local) == 0, f"{name} uses local memory"
+        assert int(stack) <= (FLOAT64_STACK_LIMIT if float64 else 0), f"{name}: {stack} bytes of stack"
+
+
+def test_every_triton_launch_is_guarded_by_its_tensors_device():
+    """A launch with cuda:1 tensors while cuda:0 is current is an illegal access: every
+    `kernel[grid](...)` in dim_fused/triton runs inside `with device_of(...)`."""
+    import ast
+
+    total = 0
+    for path in (ROOT / "dim_fused" / "triton").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        guarded = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.With) and any(
+                isinstance(item.context_expr, ast.Call) and getattr(item.context_expr.func, "id", "") == "device_of"
+                for item in node.items
+            ):
+                guarded |= {id(inner) for inner in ast.walk(node)}
+        launches = [
+            node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
+        ]
+        for launch in launches:
+            assert id(launch) in guarded, f"{path.name}:{launch.lineno}: a kernel launch outside device_of"
+        total += len(launches)
+    assert total >= 4  # mi_bound's two, dot_product_mi's two
+
+
+def test_tf32_is_read_through_the_new_api(monkeypatch):
+    """Once a user sets TF32 through fp32_precision, reading the legacy allow_tf32 raises:
+    the launchers and the benchmarks must not."""
+    from benchmarks import cases
+    from dim_fused.triton import _launch
+
+    previous = torch.backends.cuda.matmul.fp32_precision
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        assert cases.tf32_enabled()
+        assert not _launch.allow_tf32(torch.ones(2))  # CPU tensors never take TF32
+        monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+        assert _launch.allow_tf32(torch.ones(2))
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        assert not cases.tf32_enabled() and not _launch.allow_tf32(torch.ones(2))
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
