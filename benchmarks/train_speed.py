@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--critics", nargs="+", default=["concat", "dot"])
     parser.add_argument("--backends", nargs="+", help="default: reference and the fused ones available")
     parser.add_argument("--preset", default="dim-local")
-    parser.add_argument("--estimator", default="jsd")
+    parser.add_argument("--estimator", default="infonce", help="default: the paper's headline DIM(L) bound")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA)")
+    parser.add_argument("--units", type=int, default=2048, help="the encode-and-dot critic's width")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds of timed steps per case, at least")
     parser.add_argument("--out", help="write table.md and results.json here")
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for critic in args.critics:
         for backend in backends:
-            model = DIMConfig.preset(args.preset, critic=critic, backend=backend, estimator=args.estimator)
+            model = DIMConfig.preset(
+                args.preset, critic=critic, backend=backend, estimator=args.estimator, units=args.units
+            )
             config = TrainConfig(model=model, data=args.data, batch_size=args.batch_size, amp=amp)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)

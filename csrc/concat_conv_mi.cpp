@@ -103,6 +103,7 @@ void for_each_chunk(const ConcatConvProblem& p, const Body& body) {
 
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forward(
     const ConcatConvProblem& p, const ConcatConvKernels& kernels) {
+  const NoAutocast no_autocast;
   const auto [P, Q] = split_first_layer(p);
   const auto acc = P.options().dtype(acc_dtype(P.scalar_type()));
   at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, acc);
@@ -130,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
 concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
                         const at::Tensor& scores, at::TensorList activations,
                         const ConcatConvKernels& kernels) {
+  const NoAutocast no_autocast;
   const auto dtype = p.local_rows.scalar_type();
   const auto [d_pos, d_neg] =
       mi_bound_backward_op(grad.to(scores.scalar_type()), scores[0],

@@ -3,6 +3,8 @@
 
 #include <ATen/core/List.h>
 #include <ATen/core/Tensor.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/string_view.h>
 
 #include <optional>
@@ -15,6 +17,13 @@
 namespace dim_fused {
 
 Estimator parse_estimator(c10::string_view name);
+
+// Held by every plan: the ATen calls inside a kernel are not autocast again (the plans
+// choose their GEMMs' dtypes themselves; under torch.autocast the op's inputs already
+// are in autocast's dtype).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 // The argument checks every backend repeats before launching: the Python layer
 // gives friendlier messages first, these guard direct torch.ops callers.

@@ -109,12 +109,14 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_finish(const at::Tensor& row_s
                                                          const at::Tensor& positives,
                                                          c10::string_view estimator, bool official,
                                                          int64_t batch, int64_t locations) {
+  const NoAutocast no_autocast;
   return finish(row_stats, positives, parse_estimator(estimator), official, batch, locations);
 }
 
 at::Tensor dot_product_mi_coefficients(const at::Tensor& grad, const at::Tensor& stats,
                                        c10::string_view estimator, int64_t batch,
                                        int64_t locations) {
+  const NoAutocast no_autocast;
   return coefficients(grad, stats, parse_estimator(estimator), batch, locations);
 }
 
@@ -131,6 +133,7 @@ at::Tensor dot_product_score_tile(const DotProductProblem& p, int64_t first, int
 
 void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_scores,
                                int64_t first, at::Tensor& d_local, at::Tensor& d_global) {
+  const NoAutocast no_autocast;
   const int64_t images = d_scores.size(1) / p.locations;
   const at::Tensor ds = d_scores.to(p.local.scalar_type());
   const at::Tensor local = p.local.narrow(0, first, images);
@@ -163,6 +166,7 @@ void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_s
 
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
                                                           const DotProductEpilogue& epilogue) {
+  const NoAutocast no_autocast;
   const auto acc = p.local.options().dtype(acc_dtype(p.local.scalar_type()));
   at::Tensor row_stats = at::zeros({p.globals, kRowStats}, acc);
   row_stats.select(1, kNegMax).fill_(-INFINITY);
@@ -179,6 +183,7 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
                                                            const DotProductEpilogue& epilogue) {
+  const NoAutocast no_autocast;
   const at::Tensor coef = coefficients(grad, stats, p.estimator, p.batch, p.locations);
   at::Tensor d_global = at::zeros({p.globals, p.units}, stats.options());
   // Laid out like the codes where they are in the rows layout (written in place, no

@@ -76,15 +76,38 @@ class EncodeAndDotCritic(nn.Module):
         rank (``dim_fused.distributed.gather_with_grad``) under an f-measure; ``dv`` and
         ``infonce`` keep each rank's own batch. One process: no difference."""
         local_codes, global_codes = self.encode(feature_map, global_code)
-        local_codes, global_codes = _autocast([local_codes, global_codes], local_codes.device)
-        offset = 0
-        if across_ranks and estimator in F_MEASURES:
-            rank, _ = distributed.world()
-            offset = rank * global_codes.shape[0]
-            global_codes = distributed.gather_with_grad(global_codes)
-        return functional.dot_product_mi(
-            local_codes, global_codes, estimator=estimator, official=official, positive_offset=offset, backend=backend
+        return dot_product_mi_across_ranks(
+            local_codes,
+            global_codes,
+            estimator=estimator,
+            official=official,
+            across_ranks=across_ranks,
+            backend=backend,
         )
+
+
+def dot_product_mi_across_ranks(
+    local_codes: torch.Tensor,
+    global_codes: torch.Tensor,
+    *,
+    estimator: str = "jsd",
+    official: bool = False,
+    across_ranks: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``dot_product_mi`` of a critic's codes (in autocast's dtype under autocast). With
+    ``across_ranks=True`` and an f-measure, the local codes are scored against the global
+    codes of every rank (``dim_fused.distributed.gather_with_grad``); ``dv`` and ``infonce``
+    keep each rank's own batch. One process: no difference."""
+    local_codes, global_codes = _autocast([local_codes, global_codes], local_codes.device)
+    offset = 0
+    if across_ranks and estimator in F_MEASURES:
+        rank, _ = distributed.world()
+        offset = rank * global_codes.shape[0]
+        global_codes = distributed.gather_with_grad(global_codes)
+    return functional.dot_product_mi(
+        local_codes, global_codes, estimator=estimator, official=official, positive_offset=offset, backend=backend
+    )
 
 
 class ConcatConvDiscriminator(nn.Sequential):

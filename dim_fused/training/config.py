@@ -13,6 +13,10 @@ from . import data as datasets
 # (alpha, beta, gamma) of the paper's named settings.
 PRESETS: dict[str, tuple[float, float, float]] = {"dim-local": (0.0, 1.0, 0.1), "dim-global": (1.0, 0.0, 1.0)}
 CRITICS: tuple[str, ...] = ("concat", "dot")
+# The global MI term's critic: "official" is the official code's GlobalDIM (the encoder's
+# layers from the local map on, re-run as a small network, and a linear layer on Y, scored
+# by a dot product); "flat" scores the flattened local map as one location of `critic`.
+GLOBAL_CRITICS: tuple[str, ...] = ("official", "flat")
 
 
 class ConvSpec(NamedTuple):
@@ -50,20 +54,24 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 @dataclasses.dataclass
 class DIMConfig:
-    """Everything that defines a DeepInfoMax model (saved in checkpoints).
+    """Everything that defines a DeepInfoMax model (saved in checkpoints). The defaults are
+    the paper's headline configuration, DIM(L) with InfoNCE (Hjelm et al., ICLR 2019,
+    Table 1), and the official code's critics.
 
-    ``critic`` scores both MI terms: ``concat`` (concat-and-conv, ``concat_conv_mi``;
-    ``hidden`` units, ``num_negatives`` shuffled negatives per positive) or ``dot``
-    (encode-and-dot, ``dot_product_mi``; ``units``-wide codes, every other image is a
-    negative, and under several processes every other image of every rank for an
-    f-measure). The global term scores the flattened local map as one location.
-    ``prior_penalty`` weighs the prior discriminator's gradient penalty."""
+    ``critic`` scores the local MI term: ``dot`` (encode-and-dot, the official code's
+    default, ``dot_product_mi``; ``units``-wide codes, every other image is a negative, and
+    under several processes every other image of every rank for an f-measure) or
+    ``concat`` (concat-and-conv, the paper's Figure 3, ``concat_conv_mi``; ``hidden`` units,
+    ``num_negatives`` shuffled negatives per positive). ``global_critic`` scores the global
+    term (see GLOBAL_CRITICS). ``prior_penalty`` weighs the prior discriminator's gradient
+    penalty, 0.5 (P + Q) as in the official code."""
 
     alpha: float = 0.0
     beta: float = 1.0
     gamma: float = 0.1
-    estimator: str = "jsd"
-    critic: str = "concat"
+    estimator: str = "infonce"
+    critic: str = "dot"
+    global_critic: str = "official"
     num_negatives: int = 1
     backend: str = "auto"
     architecture: str = "basic32x32"
@@ -92,6 +100,8 @@ class DIMConfig:
             raise ValueError(f"estimator must be one of {', '.join(dim_fused.ESTIMATORS)}; got {self.estimator!r}")
         if self.critic not in CRITICS:
             raise ValueError(f"critic must be one of {', '.join(CRITICS)}; got {self.critic!r}")
+        if self.global_critic not in GLOBAL_CRITICS:
+            raise ValueError(f"global_critic must be one of {', '.join(GLOBAL_CRITICS)}; got {self.global_critic!r}")
         if self.num_negatives < 1:
             raise ValueError(f"num_negatives must be at least 1, got {self.num_negatives}")
         if self.units < 1 or not self.hidden or min(self.hidden) < 1:
@@ -105,7 +115,10 @@ class DIMConfig:
 @dataclasses.dataclass
 class TrainConfig:
     """A training run (saved in its checkpoints). ``steps`` counts optimizer steps;
-    ``batch_size`` is per process."""
+    ``batch_size`` is per process. Adam with ``betas`` (0.5, 0.999), the official code's, for
+    every network (encoder and critics at ``lr``, the prior discriminator at ``prior_lr``).
+    ``amp`` (bfloat16 autocast) is off by default: no GPU measurement has shown bfloat16
+    training to match float32 yet."""
 
     model: DIMConfig
     data: str = "digits"
@@ -114,6 +127,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     prior_lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
     seed: int = 0
     amp: bool = False
     log_every: int = 10
@@ -134,3 +148,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive learning rate, got {value}")
+        self.betas = tuple(self.betas)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")

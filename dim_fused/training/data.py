@@ -2,8 +2,9 @@
 
 ``digits`` is built in (scikit-learn's bundled 8x8 handwritten digits, upscaled to
 32x32): no download, no folder. ``cifar10``, ``cifar100`` and ``stl10`` are read
-through torchvision from a local folder in their standard formats; nothing is ever
-downloaded. ``synthetic`` is random CIFAR-sized images, for timing only.
+through torchvision from a local folder in their standard formats; nothing is
+downloaded unless asked for (``download``: torchvision fetches and checksums the
+archives). ``synthetic`` is random CIFAR-sized images, for timing only.
 """
 
 import dataclasses
@@ -15,6 +16,15 @@ import torch
 import torch.nn.functional as F
 
 DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "synthetic")
+# Images DIM trains on (an epoch): digits' fixed training split, CIFAR's training sets,
+# STL-10's unlabeled split, the synthetic set.
+TRAINING_IMAGES: dict[str, int] = {
+    "digits": 1347,
+    "cifar10": 50000,
+    "cifar100": 50000,
+    "stl10": 100000,
+    "synthetic": 4096,
+}
 
 # What each torchvision dataset expects under the data folder, for the error message.
 _LAYOUT = {
@@ -93,14 +103,31 @@ def _synthetic() -> ImageData:
     return ImageData("synthetic", train, train, split(1024), 10, 32)
 
 
+def download(name: str, root: str | os.PathLike) -> None:
+    """Let torchvision fetch ``name``'s archives into ``root`` and check their MD5 sums
+    (a no-op for what is already there; digits and synthetic need nothing)."""
+    if name not in _LAYOUT:
+        return
+    import torchvision
+
+    root = os.fspath(root)
+    os.makedirs(root, exist_ok=True)
+    if name == "stl10":
+        torchvision.datasets.STL10(root, split="train+unlabeled", download=True)
+        torchvision.datasets.STL10(root, split="test", download=True)
+    else:
+        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+        cls(root, train=True, download=True)
+
+
 def _torchvision(name: str, root: str) -> ImageData:
     import torchvision
 
     where = os.path.abspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(
-            f"{name}: data folder {where} does not exist. Put {_LAYOUT[name]} into it "
-            "(nothing is downloaded), or pass --data-dir."
+            f"{name}: data folder {where} does not exist. Put {_LAYOUT[name]} into it, "
+            "pass --data-dir, or --download to let torchvision fetch it."
         )
 
     def read(split: str) -> Split:
@@ -113,8 +140,8 @@ def _torchvision(name: str, root: str) -> ImageData:
             return Split(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(ds.targets))
         except (RuntimeError, OSError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as error:
             raise FileNotFoundError(
-                f"{name} ({split} split) is missing or malformed under {where}: expected {_LAYOUT[name]}. "
-                f"Nothing is downloaded. ({type(error).__name__}: {error})"
+                f"{name} ({split} split) is missing or malformed under {where}: expected {_LAYOUT[name]} "
+                f"(--download lets torchvision fetch it). ({type(error).__name__}: {error})"
             ) from error
 
     train, test = read("train"), read("test")

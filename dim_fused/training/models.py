@@ -3,7 +3,9 @@
     alpha * global MI + beta * mean local MI - gamma * prior-matching loss
 
 with the local and global critics scored by the fused ops, and the prior
-discriminator as a proper adversary with its own loss (see ``DeepInfoMax``).
+discriminator as a proper adversary with its own loss (see ``DeepInfoMax``). As in the
+official code (rdevon/DIM, cortex_DIM), the critics and the probes see the linear global
+code Y; only prior matching squashes it with a sigmoid, onto the uniform prior's [0, 1].
 """
 
 from collections.abc import Sequence
@@ -14,14 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import dim_fused
-from dim_fused.nn import ConcatConvDiscriminator, EncodeAndDotCritic
+from dim_fused.nn import ConcatConvDiscriminator, EncodeAndDotCritic, dot_product_mi_across_ranks
 
 from .config import ENCODERS, ConvSpec, DIMConfig
 
 
 class Features(NamedTuple):
     """What an encoder exposes: the M x M local map (after its ReLU), the last conv
-    layer's output, the last fc layer's output, and the global code in (0, 1)."""
+    layer's output and the last fc layer's (after their BatchNorm and ReLU), and the
+    global code Y (linear, no output nonlinearity)."""
 
     local_map: torch.Tensor
     conv: torch.Tensor
@@ -34,10 +37,23 @@ def _output_size(size: int, spec: ConvSpec) -> int:
     return (size - 3) // 2 + 1 if spec.max_pool else size
 
 
+def conv_block(fan_in: int, spec: ConvSpec) -> nn.Sequential:
+    """conv - BatchNorm - ReLU [- 3x3/2 max-pool], as the official encoders' layers."""
+    layers = [nn.Conv2d(fan_in, spec.channels, spec.kernel, spec.stride, spec.padding, bias=False)]
+    layers += [nn.BatchNorm2d(spec.channels), nn.ReLU()]
+    if spec.max_pool:
+        layers.append(nn.MaxPool2d(3, 2))
+    return nn.Sequential(*layers)
+
+
+def fc_block(fan_in: int, width: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(fan_in, width, bias=False), nn.BatchNorm1d(width), nn.ReLU())
+
+
 class Encoder(nn.Module):
     """Conv layers (conv - BatchNorm - ReLU [- max-pool]), fc layers (linear - BatchNorm
-    - ReLU), then a linear global code squashed by a sigmoid so that a uniform prior on
-    [0, 1]^code_dim can be matched. Input (B, in_channels, S, S) with S = image_size."""
+    - ReLU), then the linear global code Y. Input (B, in_channels, S, S) with S =
+    image_size."""
 
     def __init__(self, architecture: str = "basic32x32", in_channels: int = 3, code_dim: int = 64) -> None:
         super().__init__()
@@ -51,11 +67,7 @@ class Encoder(nn.Module):
         self.convs = nn.ModuleList()
         channels, size = in_channels, spec.image_size
         for i, conv in enumerate(spec.convs):
-            layers = [nn.Conv2d(channels, conv.channels, conv.kernel, conv.stride, conv.padding, bias=False)]
-            layers += [nn.BatchNorm2d(conv.channels), nn.ReLU()]
-            if conv.max_pool:
-                layers.append(nn.MaxPool2d(3, 2))
-            self.convs.append(nn.Sequential(*layers))
+            self.convs.append(conv_block(channels, conv))
             channels, size = conv.channels, _output_size(size, conv)
             if i == spec.local_layer:
                 self.local_shape = (channels, size, size)
@@ -63,7 +75,7 @@ class Encoder(nn.Module):
         fan_in = channels * size * size
         self.fcs = nn.ModuleList()
         for width in spec.fcs:
-            self.fcs.append(nn.Sequential(nn.Linear(fan_in, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()))
+            self.fcs.append(fc_block(fan_in, width))
             fan_in = width
         self.fc_dim = fan_in
         self.code_dim = code_dim
@@ -85,11 +97,51 @@ class Encoder(nn.Module):
         h = h.flatten(1)
         for layer in self.fcs:
             h = layer(h)
-        return Features(local_map, conv, h, torch.sigmoid(self.to_code(h)))
+        return Features(local_map, conv, h, self.to_code(h))
+
+
+class GlobalDotCritic(nn.Module):
+    """The official code's global critic (cortex_DIM's GlobalDIM): the encoder's own layers
+    from the local map on, re-run as a network of their own (its convs from the local
+    layer, then its fc layers) ending in a linear layer to ``units``, and a linear layer
+    from Y to ``units``; every (code, image) pair is scored by a dot product
+    (``dot_product_mi`` with one location)."""
+
+    def __init__(self, architecture: str, local_shape: tuple[int, int, int], code_dim: int, units: int = 2048):
+        super().__init__()
+        spec = ENCODERS[architecture]
+        channels, size, _ = local_shape
+        layers: list[nn.Module] = []
+        for conv in spec.convs[spec.local_layer :]:
+            layers.append(conv_block(channels, conv))
+            channels, size = conv.channels, _output_size(size, conv)
+        layers.append(nn.Flatten())
+        fan_in = channels * size * size
+        for width in spec.fcs:
+            layers.append(fc_block(fan_in, width))
+            fan_in = width
+        layers.append(nn.Linear(fan_in, units))
+        self.local_net = nn.Sequential(*layers)
+        self.global_net = nn.Linear(code_dim, units)
+
+    def forward(
+        self,
+        feature_map: torch.Tensor,
+        code: torch.Tensor,
+        *,
+        estimator: str = "jsd",
+        across_ranks: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor:
+        local_codes = self.local_net(feature_map).unsqueeze(-1)  # (B, units, one location)
+        return dot_product_mi_across_ranks(
+            local_codes, self.global_net(code), estimator=estimator, across_ranks=across_ranks, backend=backend
+        )
 
 
 class PriorDiscriminator(nn.Module):
-    """Tells samples of the prior (uniform on [0, 1]^D) from global codes: D - 1000 - 200 - 1."""
+    """Tells samples of the prior (uniform on [0, 1]^D) from squashed global codes
+    sigmoid(Y): D - 1000 - 200 - 1."""
 
     def __init__(self, code_dim: int, hidden: Sequence[int] = (1000, 200)) -> None:
         super().__init__()
@@ -119,11 +171,11 @@ class DeepInfoMax(nn.Module):
 
     ``forward(images)`` returns the encoder's loss
     ``-(alpha * global_mi + beta * local_mi) + gamma * prior``, where
-    ``prior = mean softplus(-D(code))`` is the non-saturating GAN loss of the encoder
+    ``prior = mean softplus(-D(sigmoid(Y)))`` is the non-saturating GAN loss of the encoder
     against the prior discriminator D. Minimise it over ``encoder_parameters()``
     (encoder and critics: the critics maximise the MI bounds with the encoder).
-    ``prior_loss(codes)`` is D's own loss (the GAN bound between prior samples and the
-    detached codes, negated, plus the gradient penalty): minimise it over
+    ``prior_loss(codes, samples)`` is D's own loss (the GAN bound between prior samples and
+    the detached squashed codes, negated, plus the gradient penalty): minimise it over
     ``prior_parameters()`` in a separate step. D plays against the encoder.
     Terms with a zero weight are not built and cost nothing.
     """
@@ -133,9 +185,14 @@ class DeepInfoMax(nn.Module):
         self.config = config = config or DIMConfig()
         self.encoder = Encoder(config.architecture, config.in_channels, config.code_dim)
         channels, size, _ = self.encoder.local_shape
-        flat = channels * size * size
         self.local_critic = self._critic(channels) if config.beta > 0 else None
-        self.global_critic = self._critic(flat) if config.alpha > 0 else None
+        self.global_critic = None
+        if config.alpha > 0 and config.global_critic == "official":
+            self.global_critic = GlobalDotCritic(
+                config.architecture, self.encoder.local_shape, config.code_dim, config.units
+            )
+        elif config.alpha > 0:
+            self.global_critic = self._critic(channels * size * size)
         self.prior = PriorDiscriminator(config.code_dim) if config.gamma > 0 else None
 
     def _critic(self, local_channels: int) -> nn.Module:
@@ -154,16 +211,16 @@ class DeepInfoMax(nn.Module):
         self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
         config = self.config
-        if config.critic == "dot":
-            return critic(feature_map, code, estimator=config.estimator, across_ranks=True, backend=config.backend)
-        return critic(
-            feature_map,
-            code,
-            estimator=config.estimator,
-            num_negatives=config.num_negatives,
-            generator=generator,
-            backend=config.backend,
-        )
+        if isinstance(critic, ConcatConvDiscriminator):
+            return critic(
+                feature_map,
+                code,
+                estimator=config.estimator,
+                num_negatives=config.num_negatives,
+                generator=generator,
+                backend=config.backend,
+            )
+        return critic(feature_map, code, estimator=config.estimator, across_ranks=True, backend=config.backend)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Output:
         """``generator`` draws the concat critic's negatives (on the images' device)."""
@@ -178,30 +235,34 @@ class DeepInfoMax(nn.Module):
         if self.local_critic is not None:
             local_mi = self.mutual_information(self.local_critic, features.local_map, features.code, generator)
         if self.global_critic is not None:
-            flat = features.local_map.flatten(1).unsqueeze(-1)  # the whole map as one location
-            global_mi = self.mutual_information(self.global_critic, flat, features.code, generator)
+            local_input = features.local_map
+            if not isinstance(self.global_critic, GlobalDotCritic):
+                local_input = features.local_map.flatten(1).unsqueeze(-1)  # the whole map as one location
+            global_mi = self.mutual_information(self.global_critic, local_input, features.code, generator)
         if self.prior is not None:
-            prior = F.softplus(-self.prior(features.code.float())).mean()
+            prior = F.softplus(-self.prior(torch.sigmoid(features.code.float()))).mean()
         loss = -(config.alpha * global_mi.float() + config.beta * local_mi.float()) + config.gamma * prior
         return Output(loss, global_mi, local_mi, prior, features.code)
 
     def prior_loss(self, codes: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The prior discriminator's loss on ``codes`` (detached here) against
-        ``samples`` of the prior (uniform on [0, 1]^D, e.g. ``torch.rand_like(codes)``),
-        and its accuracy and bound (a dict of 0-dim tensors)."""
+        """The prior discriminator's loss on the global codes Y (detached here, squashed by
+        a sigmoid as the encoder's prior term sees them) against ``samples`` of the prior
+        (uniform on [0, 1]^D, e.g. ``torch.rand_like(codes)``), and its accuracy and bound
+        (a dict of 0-dim tensors). The gradient penalty is the official code's:
+        prior_penalty * 0.5 * (E_P |grad D|^2 + E_Q |grad D|^2)."""
         if self.prior is None:
             raise RuntimeError("this model has gamma = 0: there is no prior discriminator")
         if samples.shape != codes.shape:
             raise ValueError(f"samples must have the codes' shape {tuple(codes.shape)}, got {tuple(samples.shape)}")
-        codes = codes.detach().float().requires_grad_()
+        squashed = torch.sigmoid(codes.detach().float()).requires_grad_()
         samples = samples.detach().float().requires_grad_()
-        real, fake = self.prior(samples), self.prior(codes)
+        real, fake = self.prior(samples), self.prior(squashed)
         bound = dim_fused.mi_bound(real, fake, "gan", backend=self.config.backend)
         loss = -bound
         if self.config.prior_penalty > 0:
-            # Penalise D's input gradient at both distributions (keeps the game smooth).
-            grads = torch.autograd.grad(real.sum() + fake.sum(), [samples, codes], create_graph=True)
-            loss = loss + self.config.prior_penalty * sum(g.pow(2).sum(-1).mean() for g in grads)
+            grads = torch.autograd.grad(real.sum() + fake.sum(), [samples, squashed], create_graph=True)
+            penalty = 0.5 * sum(g.pow(2).sum(-1).mean() for g in grads)
+            loss = loss + self.config.prior_penalty * penalty
         accuracy = 0.5 * ((real > 0).float().mean() + (fake < 0).float().mean())
         return loss, {"prior_bound": bound.detach(), "prior_accuracy": accuracy}
 
@@ -216,6 +277,7 @@ def build_model(config: DIMConfig, seed: int) -> DeepInfoMax:
 
 __all__ = [
     "DeepInfoMax",
+    "GlobalDotCritic",
     "Encoder",
     "Features",
     "Output",

@@ -26,10 +26,10 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
     if rows and "prior_accuracy" in rows[0]:
         axes[2].plot(steps, [r["prior_accuracy"] for r in rows], label="prior discriminator")
     if probe:
-        for i, (name, accuracy) in enumerate(probe["trained"].items()):
-            axes[2].axhline(accuracy, linestyle="--", color=f"C{i + 1}", label=f"probe {name}: {accuracy:.3f}")
-        untrained = probe["random"]["global"]
-        axes[2].axhline(untrained, linestyle=":", color="C1", label=f"probe global, random encoder: {untrained:.3f}")
+        for i, (name, accuracy) in enumerate(probe["trained"]["linear"].items()):
+            axes[2].axhline(accuracy, linestyle="--", color=f"C{i + 1}", label=f"linear probe {name}: {accuracy:.3f}")
+        untrained = probe["random"]["linear"]["global"]
+        axes[2].axhline(untrained, linestyle=":", color="C1", label=f"linear probe global, random: {untrained:.3f}")
     axes[2].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
     axes[2].legend(fontsize="small")
     fig.tight_layout()

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from . import data as datasets
 from .checkpoint import CheckpointError, RunFolderBusy, RunLock, load_checkpoint, write_text_atomically
-from .config import CRITICS, ENCODERS, PRESETS, DIMConfig, TrainConfig
+from .config import CRITICS, ENCODERS, GLOBAL_CRITICS, PRESETS, DIMConfig, TrainConfig
 from .evaluate import evaluate, print_table
 from .plots import plot
 from .trainer import CHECKPOINT, METRICS, Trainer, read_metrics
@@ -42,8 +42,9 @@ DEFAULTS: dict[str, Any] = {
     "data": "digits",
     "data_dir": "data",
     "preset": "dim-local",
-    "estimator": "jsd",
-    "critic": "concat",
+    "estimator": "infonce",
+    "critic": "dot",
+    "global_critic": "official",
     "negatives": 1,
     "backend": "auto",
     "hidden": [512, 512],
@@ -65,6 +66,7 @@ FIELDS: dict[str, str] = {
     "gamma": "model.gamma",
     "estimator": "model.estimator",
     "critic": "model.critic",
+    "global_critic": "model.global_critic",
     "negatives": "model.num_negatives",
     "backend": "model.backend",
     "hidden": "model.hidden",
@@ -108,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(name, help=help, default=argparse.SUPPRESS, **kwargs)
 
     option("--data", f"one of {', '.join(datasets.DATASETS)}")
-    option("--data-dir", "folder holding cifar10/cifar100/stl10 (never downloaded)")
+    option("--data-dir", "folder holding cifar10/cifar100/stl10 (downloaded only with --download)")
     parser.add_argument("--out", default="runs/dim", help="folder for metrics, plot, checkpoint (default: runs/dim)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
@@ -117,13 +119,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     option("--beta", "local MI weight (default: the preset's)", type=float)
     option("--gamma", "prior matching weight (default: the preset's)", type=float)
     option("--estimator", "MI bound: jsd, infonce, dv, or another f-measure")
-    option("--critic", "concat-and-conv or encode-and-dot", choices=CRITICS)
+    option("--critic", "the local MI critic: encode-and-dot (official) or concat-and-conv", choices=CRITICS)
+    option(
+        "--global-critic", "official: GlobalDIM's convnet + dot; flat: the map as one location", choices=GLOBAL_CRITICS
+    )
     option("--negatives", "shuffled negatives per positive (concat critic)", type=int)
     option("--backend", "auto, reference, cpu, cuda or triton")
     option("--hidden", "concat critic hidden units", type=int, nargs="+")
     option("--units", "encode-and-dot critic code width", type=int)
     option("--architecture", "(default: alex64x64 for stl10, else basic32x32)", choices=tuple(ENCODERS))
     option("--steps", "optimizer steps in all; on --resume, more than the checkpoint's", type=int)
+    parser.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
     option("--batch-size", "images per process and step", type=int)
     option("--lr", "encoder and critics' learning rate", type=float)
     option("--prior-lr", "prior discriminator's learning rate", type=float)
@@ -135,14 +141,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     option("--log-every", "steps per metrics record", type=int)
     option("--checkpoint-every", "steps per checkpoint", type=int)
     option("--probe-samples", "most training images the probe fits on", type=int)
-    parser.add_argument("--no-eval", action="store_true", help="skip the probe at the end")
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision fetch cifar10/cifar100/stl10 into --data-dir"
+    )
+    parser.add_argument("--classifier-epochs", type=int, default=100, help="the nonlinear probe's epochs (0: none)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the probes at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
-def given(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-defining options the user set on the command line."""
-    return {k: v for k, v in vars(args).items() if k in FIELDS or k == "preset"}
+def given(args: argparse.Namespace, batch_size: int | None = None) -> dict[str, Any]:
+    """The run-defining options the user set on the command line; --epochs becomes
+    --steps (an epoch: every training image once, over all processes)."""
+    asked = {k: v for k, v in vars(args).items() if k in FIELDS or k == "preset"}
+    if args.epochs is not None:
+        if "steps" in asked:
+            raise ValueError("--steps and --epochs both say how long to train: give one")
+        data = asked.get("data", DEFAULTS["data"])
+        batch = batch_size or asked.get("batch_size", DEFAULTS["batch_size"])
+        per_epoch = datasets.TRAINING_IMAGES[data] // (batch * int(os.environ.get("WORLD_SIZE", "1")))
+        asked["steps"] = max(1, math.ceil(args.epochs * per_epoch))
+    return asked
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -157,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gamma=options.get("gamma", gamma),
         estimator=options["estimator"],
         critic=options["critic"],
+        global_critic=options["global_critic"],
         num_negatives=options["negatives"],
         backend=options["backend"],
         architecture=options.get("architecture", "alex64x64" if data == "stl10" else "basic32x32"),
@@ -164,10 +184,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         hidden=tuple(options["hidden"]),
         units=options["units"],
     )
-    amp = torch.cuda.is_available() and (args.device is None or args.device.startswith("cuda"))
     return TrainConfig(
         model=model,
-        amp=options.get("amp", amp),
+        amp=options.get("amp", False),
         **{k: options[k] for k in ("data", "data_dir", "steps", "batch_size", "lr", "prior_lr", "seed")},
         **{k: options[k] for k in ("log_every", "checkpoint_every", "probe_samples")},
     )
@@ -256,13 +275,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise CheckpointError(
                     f"{checkpoint} holds a configuration this version cannot read ({error})"
                 ) from error
-            config, changes = resumed_config(saved, state["step"], given(args))
+            config, changes = resumed_config(saved, state["step"], given(args, saved.batch_size))
             for change in changes:
                 print(f"resuming with {change}", file=sys.stderr)
     except ValueError as error:  # CheckpointError included
         return _fail(str(error), 2)
     _init_distributed()
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if args.download and rank == 0:
+        try:
+            datasets.download(config.data, config.data_dir)
+        except (RuntimeError, OSError) as error:  # no network, a failed checksum
+            return _fail(f"--download {config.data} into {config.data_dir} failed: {error}", 2)
+    if dist.is_initialized():
+        dist.barrier()
     lock, lock_error = None, None
     if rank == 0:
         try:
@@ -317,7 +343,8 @@ def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Nam
     if trainer.rank == 0:
         probe = None
         if not args.no_eval:
-            probe = evaluate(trainer.config, trainer.model.state_dict(), trainer.data, trainer.device)
+            model_state = trainer.model.state_dict()
+            probe = evaluate(trainer.config, model_state, trainer.data, trainer.device, args.classifier_epochs)
             print_table(probe)
             write_text_atomically(json.dumps(probe, indent=2) + "\n", out / "probe.json")
             with open(out / METRICS, "a") as f:

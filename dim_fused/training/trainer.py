@@ -62,9 +62,9 @@ class Trainer:
         self.model = build_model(config.model, config.seed).to(self.device)
         if self.world > 1:
             distributed.convert_batchnorm(self.model)
-        self.encoder_optimizer = torch.optim.Adam(self.model.encoder_parameters(), lr=config.lr)
+        self.encoder_optimizer = torch.optim.Adam(self.model.encoder_parameters(), lr=config.lr, betas=config.betas)
         self.prior_optimizer = (
-            torch.optim.Adam(self.model.prior_parameters(), lr=config.prior_lr, betas=(0.5, 0.999))
+            torch.optim.Adam(self.model.prior_parameters(), lr=config.prior_lr, betas=config.betas)
             if self.model.prior is not None
             else None
         )

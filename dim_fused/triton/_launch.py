@@ -2,6 +2,7 @@
 TF32 setting and the tiles the autotuner tries."""
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -94,3 +95,15 @@ def autotuned(key: list[str], dtype_arg: str, spills=None):
 def relu(x):
     """max(x, 0) that keeps a NaN."""
     return tl.where((x > 0) | (x != x), x, 0.0)
+
+
+def no_autocast(fn):
+    """Run a launcher with autocast off: its torch ops choose their dtypes themselves (under
+    torch.autocast the op's inputs already are in autocast's dtype)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import accumulator, allow_tf32, autotuned, device_of, relu
+from ._launch import accumulator, allow_tf32, autotuned, device_of, no_autocast, relu
 
 FUSED_DEPTH = 3  # layers: two hidden, one score
 TUNING_KEY = ["rows", "hidden1", "hidden2", "ALLOW_TF32", "WIDE"]  # + the dtypes
@@ -324,6 +324,7 @@ def fused(weights) -> bool:
     return len(weights) == FUSED_DEPTH
 
 
+@no_autocast
 def forward(feature_map, global_code, weights, biases, perm, estimator: str, detach_negatives: bool, keep: bool):
     """(estimate, scores, kept activations): the fused kernels keep none (they recompute on
     chip); other depths run the C++ plan, which keeps them when `keep`."""
@@ -345,6 +346,7 @@ def forward(feature_map, global_code, weights, biases, perm, estimator: str, det
     return estimate.to(feature_map.dtype), scores, []
 
 
+@no_autocast
 def backward(grad, feature_map, global_code, weights, biases, perm, scores, activations, estimator, detach_negatives):
     if not fused(weights):
         args = (grad, feature_map, global_code, weights, biases, perm, scores, activations, estimator, detach_negatives)

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .._layout import gradient_like
 from ..estimators import ESTIMATORS
-from ._launch import accumulator, allow_tf32, autotuned, device_of
+from ._launch import accumulator, allow_tf32, autotuned, device_of, no_autocast
 from ._math import (
     DV,
     INFONCE,
@@ -298,6 +298,7 @@ class _Problem:
         }
 
 
+@no_autocast
 def forward(local: torch.Tensor, global_codes: torch.Tensor, estimator: str, official: bool, offset: int):
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, None, None)  # the C++ checks
     p = _Problem(local, global_codes, estimator, offset)
@@ -316,6 +317,7 @@ def forward(local: torch.Tensor, global_codes: torch.Tensor, estimator: str, off
     return estimate.to(local.dtype), stats
 
 
+@no_autocast
 def backward(grad, local, global_codes, stats, estimator: str, official: bool, offset: int):
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, grad, stats)
     p = _Problem(local, global_codes, estimator, offset)

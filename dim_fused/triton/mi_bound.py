@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ..estimators import ESTIMATORS
-from ._launch import device_of
+from ._launch import device_of, no_autocast
 from ._math import (
     DV,
     INFONCE,
@@ -129,6 +129,7 @@ def _partials(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Ten
     return partial
 
 
+@no_autocast
 def forward(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Tensor:
     torch.ops.dim_fused.check_mi_bound(pos, neg, estimator, None)  # the C++ kernels' checks
     pos, neg = pos.contiguous(), neg.contiguous()
@@ -143,6 +144,7 @@ def forward(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Tenso
     return estimate.to(pos.dtype)
 
 
+@no_autocast
 def backward(grad: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, estimator: str):
     torch.ops.dim_fused.check_mi_bound(pos, neg, estimator, grad)
     pos, neg = pos.contiguous(), neg.contiguous()

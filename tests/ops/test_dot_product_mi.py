@@ -223,3 +223,19 @@ def test_every_autotuner_tile_is_correct(estimator):
     finally:
         for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
             kernel.configs, kernel.cache = saved, {}
+
+
+def test_autocast_leaves_the_ops_own_precision_alone(fused):
+    """The plans choose their GEMMs' dtypes: float32 codes passed under autocast give the
+    float32 result, values and gradients (autocast lowers the critics' layers, not the op)."""
+    backend, device = fused
+    local, global_codes = make_codes((3, 6, (5,), 3, 0))
+    local, global_codes = local.float().to(device), global_codes.float().to(device)
+    results = []
+    for enabled in (False, True):
+        leaves = [local.clone().requires_grad_(), global_codes.clone().requires_grad_()]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=enabled):
+            out = dim_fused.dot_product_mi(*leaves, estimator="infonce", backend=backend)
+        results.append([out, *torch.autograd.grad(out, leaves)])
+    for plain, autocast in zip(*results, strict=True):
+        assert autocast.dtype == torch.float32 and torch.equal(plain, autocast)

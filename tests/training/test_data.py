@@ -22,11 +22,35 @@ def test_digits_are_built_in_and_split():
     "name, expected", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")]
 )
 def test_missing_or_malformed_folders_say_what_is_expected(tmp_path, name, expected):
-    with pytest.raises(FileNotFoundError, match=f"does not exist.*{expected}.*nothing is downloaded"):
+    with pytest.raises(FileNotFoundError, match=f"does not exist.*{expected}.*--download to let torchvision"):
         data.load(name, tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match=f"missing or malformed.*{expected}.*Nothing is downloaded"):
+    with pytest.raises(FileNotFoundError, match=f"missing or malformed.*{expected}.*--download lets torchvision"):
         data.load(name, tmp_path)  # exists, but empty
     assert list(tmp_path.iterdir()) == []  # and nothing was fetched into it
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
+def test_download_is_opt_in_and_checksummed_by_torchvision(tmp_path, name, monkeypatch):
+    """--download hands the fetch to torchvision (which checks the archives' MD5 sums);
+    without it, loading never asks torchvision to download."""
+    import torchvision
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, root, *args, download=False, **kwargs):
+            calls.append((root, download, kwargs.get("split", kwargs.get("train"))))
+            raise RuntimeError("Dataset not found")  # as torchvision says when nothing is there
+
+    for cls in ("CIFAR10", "CIFAR100", "STL10"):
+        monkeypatch.setattr(torchvision.datasets, cls, Recorder)
+    with pytest.raises(FileNotFoundError):
+        data.load(name, tmp_path)
+    assert calls and not any(download for _, download, _ in calls)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="Dataset not found"):
+        data.download(name, tmp_path / "fresh")
+    assert calls[0] == (str(tmp_path / "fresh"), True, "train+unlabeled" if name == "stl10" else True)
 
 
 def test_unknown_dataset():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import dim_fused
-from dim_fused.training import PRESETS, DeepInfoMax, DIMConfig, Encoder
+from dim_fused.training import PRESETS, DeepInfoMax, DIMConfig, Encoder, TrainConfig
 
 SMALL = {"in_channels": 1, "hidden": (32, 32), "units": 32}
 
@@ -29,7 +29,10 @@ def test_encoders_expose_the_official_layers(architecture, size, local, conv, fc
     assert features.conv.shape == (2, *conv) and features.fc.shape == (2, fc)
     assert features.code.shape == (2, 64)
     assert features.local_map.min() >= 0  # the map is taken after its ReLU
-    assert features.code.min() > 0 and features.code.max() < 1  # sigmoid: a uniform prior fits
+    # Y is the last layer without an output nonlinearity (the official code's); only prior
+    # matching squashes it.
+    torch.testing.assert_close(features.code, encoder.to_code(features.fc))
+    assert features.code.min() < 0 < features.code.max()
 
 
 def test_encoder_rejects_wrong_images():
@@ -37,6 +40,37 @@ def test_encoder_rejects_wrong_images():
         Encoder("basic32x32")(torch.rand(2, 3, 64, 64))
     with pytest.raises(ValueError, match="architecture must be one of"):
         Encoder("resnet")
+
+
+def test_defaults_are_the_papers_headline_configuration():
+    config = DIMConfig()
+    assert (config.alpha, config.beta, config.gamma) == PRESETS["dim-local"]  # DIM(L)
+    assert (config.estimator, config.critic, config.global_critic) == ("infonce", "dot", "official")
+    assert config.units == 2048 and config.code_dim == 64 and config.prior_penalty == 1.0
+    run = TrainConfig(model=config)
+    assert run.betas == (0.5, 0.999) and run.lr == 1e-4 and run.batch_size == 64 and not run.amp
+
+
+def test_the_official_global_critic():
+    """cortex_DIM's GlobalDIM for basic32x32: the encoder's layers from the local map on
+    (conv 128 and conv 256, 4x4 stride 2, BatchNorm, ReLU; fc 1024) and a linear layer to
+    2048 on the map; a linear layer 64 -> 2048 on Y; a dot product."""
+    model = DeepInfoMax(DIMConfig(alpha=1.0, beta=0.0, gamma=0.0, in_channels=1, backend="reference"))
+    critic = model.global_critic
+    convs = [m for m in critic.local_net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride) for c in convs] == [
+        (128, 128, (4, 4), (2, 2)),
+        (128, 256, (4, 4), (2, 2)),
+    ]
+    linears = [m for m in critic.local_net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1024, 1024), (1024, 2048)]
+    assert (critic.global_net.in_features, critic.global_net.out_features) == (64, 2048)
+    x = images()
+    features = model.encoder(x)
+    local_codes = critic.local_net(features.local_map).unsqueeze(-1)
+    expected = dim_fused.reference.dot_product_mi(local_codes, critic.global_net(features.code), "jsd")
+    torch.testing.assert_close(critic(features.local_map, features.code, estimator="jsd"), expected)
+    assert model(x).global_mi.shape == ()
 
 
 def test_presets_are_the_papers():
@@ -72,16 +106,23 @@ def test_unknown_preset_and_batch_of_one():
 
 
 @pytest.mark.parametrize("critic", ["concat", "dot"])
-def test_loss_is_the_weighted_objective_of_reference_terms(critic):
-    model = small_model(alpha=0.5, beta=1.0, gamma=0.1, critic=critic, backend="reference")
+@pytest.mark.parametrize("global_critic", ["official", "flat"])
+def test_loss_is_the_weighted_objective_of_reference_terms(critic, global_critic):
+    model = small_model(
+        alpha=0.5, beta=1.0, gamma=0.1, critic=critic, global_critic=global_critic, estimator="jsd", backend="reference"
+    )
     x = images()
     out = model(x, generator=torch.Generator().manual_seed(3))
     features = model.encoder(x)
     negatives = {"generator": torch.Generator().manual_seed(3)} if critic == "concat" else {}
     local = model.local_critic(features.local_map, features.code, estimator="jsd", **negatives)
-    flat = features.local_map.flatten(1).unsqueeze(-1)
-    global_ = model.global_critic(flat, features.code, estimator="jsd", **negatives)
-    prior = torch.nn.functional.softplus(-model.prior(features.code)).mean()
+    if global_critic == "official":
+        global_ = model.global_critic(features.local_map, features.code, estimator="jsd")
+    else:
+        flat = features.local_map.flatten(1).unsqueeze(-1)
+        global_ = model.global_critic(flat, features.code, estimator="jsd", **negatives)
+    # The prior discriminator sees the squashed code sigmoid(Y), the critics Y itself.
+    prior = torch.nn.functional.softplus(-model.prior(torch.sigmoid(features.code))).mean()
     torch.testing.assert_close(out.local_mi, local)
     torch.testing.assert_close(out.global_mi, global_)
     torch.testing.assert_close(out.prior, prior)
@@ -120,13 +161,13 @@ def test_prior_discriminator_plays_against_the_encoder():
     # The encoder's prior term: descending it makes the discriminator call codes "prior".
     x = images(16)
     model.eval()  # the same BatchNorm statistics before and after
-    before = model.prior(model.encoder(x).code).mean()
+    before = model.prior(torch.sigmoid(model.encoder(x).code)).mean()
     model.zero_grad()
     model(x).prior.backward()
     with torch.no_grad():
         for p in model.encoder.parameters():
             p -= 0.05 * p.grad
-    assert model.prior(model.encoder(x).code).mean() > before
+    assert model.prior(torch.sigmoid(model.encoder(x).code)).mean() > before
     model.train()
 
     # The discriminator's own loss: detached from the encoder; descending it raises the GAN bound.
@@ -141,14 +182,24 @@ def test_prior_discriminator_plays_against_the_encoder():
     assert after["prior_bound"] > stats["prior_bound"]
 
 
-def test_gradient_penalty_is_added():
+def test_the_prior_game_is_the_official_one():
+    """D tells uniform samples from sigmoid(Y) with the GAN bound; its gradient penalty is
+    prior_penalty * 0.5 * (E_P |grad D|^2 + E_Q |grad D|^2), the official code's."""
     model = small_model(gamma=1.0, prior_penalty=0.0)
-    codes, samples = torch.rand(8, 64), torch.rand(8, 64)
+    codes, samples = torch.randn(8, 64), torch.rand(8, 64)
     plain, stats = model.prior_loss(codes, samples)
     torch.testing.assert_close(plain, -stats["prior_bound"])
+    squashed = torch.sigmoid(codes)
+    expected_bound = dim_fused.reference.mi_bound(model.prior(samples), model.prior(squashed), "gan")
+    torch.testing.assert_close(stats["prior_bound"], expected_bound.detach())
     model.config.prior_penalty = 10.0
     penalised, _ = model.prior_loss(codes, samples)
-    assert penalised > plain
+    penalties = []
+    for x in (samples, squashed):
+        x = x.clone().requires_grad_()
+        (gradient,) = torch.autograd.grad(model.prior(x).sum(), x)
+        penalties.append(gradient.pow(2).sum(-1).mean())
+    torch.testing.assert_close(penalised, plain + 10.0 * 0.5 * (penalties[0] + penalties[1]))
     with pytest.raises(ValueError, match="samples must have the codes' shape"):
         model.prior_loss(codes, torch.rand(8, 3))
     with pytest.raises(RuntimeError, match="gamma = 0"):
@@ -166,7 +217,7 @@ def test_fused_and_reference_backends_agree_on_the_model():
             out = model(x, generator=torch.Generator().manual_seed(1))
             out.loss.backward()
             results.append((out.loss.detach(), model.encoder.to_code.weight.grad))
-        torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
 
 
 def test_autocast_runs_the_fused_ops_in_its_dtype():

@@ -79,7 +79,7 @@ def test_resume_applies_what_may_change_and_refuses_what_contradicts(tmp_path, c
     out = str(path.parent)
     capsys.readouterr()
     assert train.main(["--resume", "--out", out, "--estimator", "dv", *FAST]) == 2
-    assert "--estimator dv (the checkpoint's run has jsd)" in capsys.readouterr().err
+    assert "--estimator dv (the checkpoint's run has infonce)" in capsys.readouterr().err
     assert train.main(["--resume", "--out", out, "--seed", "3", *FAST[:5], "--batch-size", "8", "--no-eval"]) == 2
     err = capsys.readouterr().err
     assert "--batch-size 8" in err and "--seed 3" in err
@@ -88,7 +88,7 @@ def test_resume_applies_what_may_change_and_refuses_what_contradicts(tmp_path, c
     assert train.main(["--resume", "--steps", "2", "--out", out, *FAST]) == 2
     assert "already at step 3" in capsys.readouterr().err
     # Options equal to the saved ones are fine; more steps and a new learning rate are applied, and said.
-    assert train.main(["--resume", "--steps", "5", "--lr", "3e-4", "--estimator", "jsd", "--out", out, *FAST]) == 0
+    assert train.main(["--resume", "--steps", "5", "--lr", "3e-4", "--estimator", "infonce", "--out", out, *FAST]) == 0
     err = capsys.readouterr().err
     assert "resuming with --steps 5 (was 3)" in err and "resuming with --lr 0.0003 (was 0.0001)" in err
     state = torch.load(path, weights_only=True)

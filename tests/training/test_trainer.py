@@ -137,8 +137,8 @@ def test_mixed_precision_steps_follow_the_float32_ones(tmp_path):
         trainer.run(progress=False)
         curves[amp] = read_metrics(tmp_path / str(amp) / "metrics.jsonl")
     for full, mixed in zip(curves[False], curves[True], strict=True):
-        for key in ("loss", "local_mi", "prior"):
-            assert mixed[key] == pytest.approx(full[key], rel=0.01, abs=2e-3), (full["step"], key)
+        for key in ("loss", "local_mi", "prior"):  # the default: encode-and-dot, InfoNCE (about log(B L))
+            assert mixed[key] == pytest.approx(full[key], rel=0.02, abs=2e-3), (full["step"], key)
     assert curves[False] != curves[True]  # it did run in bfloat16
 
 
@@ -147,7 +147,8 @@ WORLD, PER_RANK = 2, 4
 
 
 def _one_step(world_batch: int) -> dict:
-    cfg = config(steps=1, model={"critic": "dot", "alpha": 1.0, "beta": 1.0, "gamma": 0.5})
+    # An f-measure: then every rank scores its locals against the globals of every rank.
+    cfg = config(steps=1, model={"critic": "dot", "estimator": "jsd", "alpha": 1.0, "beta": 1.0, "gamma": 0.5})
     cfg.batch_size = world_batch
     trainer = Trainer(cfg, "unused")
     images = next(trainer.batches())
@@ -187,9 +188,14 @@ def test_two_processes_take_the_single_process_step(tmp_path):
 def test_a_short_digits_run_beats_the_random_encoder(tmp_path):
     needs_cpu_backend()
     out = tmp_path / "digits"
-    assert run_cli("--steps", "300", "--lr", "1e-3", "--out", str(out), "--no-progress") == 0
+    # The defaults (DIM(L), encode-and-dot, InfoNCE) with a narrower critic, for speed on a CPU.
+    assert run_cli("--steps", "300", "--units", "256", "--lr", "1e-3", "--out", str(out), "--no-progress") == 0
     probe = json.loads((out / "probe.json").read_text())
-    assert probe["trained"]["global"] > probe["random"]["global"] + 0.02, probe
+    trained, random = probe["trained"], probe["random"]
+    assert trained["linear"]["global"] > random["linear"]["global"] + 0.02, probe
+    one_shot = trained["few_labels"]["1"]["global"]["mean"], random["few_labels"]["1"]["global"]["mean"]
+    assert one_shot[0] > one_shot[1] + 0.05, probe  # label efficiency: where trained and random differ most
+    assert set(trained["nonlinear"]) == {"global", "fc", "conv"}
     assert (out / "curves.png").stat().st_size > 10_000
     assert read_metrics(out / "metrics.jsonl")[-1] == {"probe": probe}
     # and the evaluation command gives the same numbers from the checkpoint
