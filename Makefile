@@ -34,7 +34,7 @@ demo: train report
 
 # About 3 minutes on 2 CPU cores; run again, it resumes (or only re-evaluates).
 train: build
-	$(PYTHON) -m dim_fused.training.train --data digits --steps 800 --lr 1e-3 --seed 0 --out runs/digits --resume
+	$(PYTHON) -m dim_fused.training.train --data digits --units 512 --steps 800 --lr 1e-3 --seed 0 --out runs/digits --resume
 
 report: build
 	$(PYTHON) -m benchmarks.report --quick
