@@ -37,7 +37,7 @@ def run_cli(*args: str) -> int:
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def assert_same_state(a: dict, b: dict) -> None:
