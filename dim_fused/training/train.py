@@ -56,7 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "log_every": 10,
     "checkpoint_every": 250,
-    "probe_samples": 10000,
+    "probe_samples": 50000,
 }
 FIELDS: dict[str, str] = {
     "data": "data",
@@ -98,7 +98,7 @@ CHANGEABLE_ON_RESUME = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dim_fused.training.train",
-        description="Train Deep InfoMax with the fused MI ops; evaluate it with a linear probe.",
+        description="Train Deep InfoMax with the fused MI ops; probe its features (linear, nonlinear, few labels).",
         epilog="Exit status: 0 done, 2 bad option/data/checkpoint or folder in use, 3 folder not writable, "
         "130 stopped (checkpointed).",
     )
@@ -135,12 +135,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     option("--prior-lr", "prior discriminator's learning rate", type=float)
     option("--seed", "weights, batch order, negatives", type=int)
     option(
-        "--amp", "bfloat16 autocast (default: on CUDA; on a CPU it runs, slowly)", action=argparse.BooleanOptionalAction
+        "--amp",
+        "bfloat16 autocast (default: off; not yet shown on a GPU to match float32)",
+        action=argparse.BooleanOptionalAction,
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: this rank's GPU, else cpu)")
     option("--log-every", "steps per metrics record", type=int)
     option("--checkpoint-every", "steps per checkpoint", type=int)
-    option("--probe-samples", "most training images the probe fits on", type=int)
+    option("--probe-samples", "most training images the probes fit on (CIFAR has 50000)", type=int)
     parser.add_argument(
         "--download", action="store_true", help="let torchvision fetch cifar10/cifar100/stl10 into --data-dir"
     )

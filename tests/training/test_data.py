@@ -58,24 +58,30 @@ def test_unknown_dataset():
         data.load("mnist")
 
 
-def test_cifar10_folder_in_the_standard_format(tmp_path, monkeypatch):
+def write_fake_cifar10(root, monkeypatch, per_batch: int = 3, test: int = 4) -> None:
+    """cifar-10-batches-py/ in the official layout: five pickled training batches, a test
+    batch and batches.meta, each batch {"data": uint8 (n, 3072) channel planes, "labels"}."""
     import torchvision
 
-    folder = tmp_path / "cifar-10-batches-py"
+    folder = root / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
-    for name, n in [*[(f"data_batch_{i}", 3) for i in range(1, 6)], ("test_batch", 4)]:
-        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(range(n))}
+    for name, n in [*[(f"data_batch_{i}", per_batch) for i in range(1, 6)], ("test_batch", test)]:
+        batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(n)]}
         (folder / name).write_bytes(pickle.dumps(batch))
     meta = {"label_names": [f"class{i}" for i in range(10)]}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
     # The real files carry checksums; these stand-ins do not.
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+
+
+def test_cifar10_folder_in_the_standard_format(tmp_path, monkeypatch):
+    write_fake_cifar10(tmp_path, monkeypatch)
     cifar = data.load("cifar10", tmp_path)
     assert cifar.train.images.shape == (15, 3, 32, 32) and cifar.test.images.shape == (4, 3, 32, 32)
     assert cifar.num_classes == 10 and cifar.train.labels.dtype == torch.int64
-    raw = pickle.loads((folder / "test_batch").read_bytes())["data"].reshape(4, 3, 32, 32)
+    raw = pickle.loads((tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes())["data"].reshape(4, 3, 32, 32)
     assert torch.equal(cifar.test.images, torch.from_numpy(raw))  # channels first, unchanged
 
 
