@@ -32,7 +32,7 @@ build: $(VENV)/.built
 # against a random encoder, then the correctness-checked comparison of the backends.
 demo: train report
 
-# About 3 minutes on 2 CPU cores; run again, it resumes (or only re-evaluates).
+# About 3.5 minutes on 2 CPU cores (training and probes); run again, it resumes (or only re-evaluates).
 train: build
 	$(PYTHON) -m dim_fused.training.train --data digits --units 512 --steps 800 --lr 1e-3 --seed 0 --out runs/digits --resume
 
