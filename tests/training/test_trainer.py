@@ -184,6 +184,14 @@ def test_two_processes_take_the_single_process_step(tmp_path):
                 torch.testing.assert_close(rank[kind][key], value, rtol=1e-4, atol=1e-4 * scale, msg=key)
 
 
+def test_every_network_uses_the_official_adam_betas(tmp_path):
+    trainer = Trainer(config(), tmp_path / "run")
+    optimizers = [trainer.encoder_optimizer, trainer.prior_optimizer]
+    assert all(group["betas"] == (0.5, 0.999) for o in optimizers for group in o.param_groups)
+    trained = {id(p) for o in optimizers for group in o.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in trainer.model.parameters()}  # encoder, critics and D, each once
+
+
 # ---- the acceptance test: DIM beats a random encoder on digits --------------------------------------------------
 def test_a_short_digits_run_beats_the_random_encoder(tmp_path):
     needs_cpu_backend()
