@@ -117,9 +117,10 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
   }
   for_each_chunk(
       p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows, int64_t kept_row) {
-        const auto hidden = later_hidden(p, first_hidden(p, kernels, P, Q, pairs, first_row, rows));
-        for (size_t i = 0; i < kept.size(); ++i)
-          kept[i].narrow(0, kept_row, rows).copy_(hidden[i + 1]);
+        std::vector<at::Tensor> into;  // the chunk's rows of the kept activations: no copy
+        for (const auto& k : kept) into.push_back(k.narrow(0, kept_row, rows));
+        const auto hidden =
+            later_hidden(p, first_hidden(p, kernels, P, Q, pairs, first_row, rows), into);
         flat_scores.narrow(0, kept_row, rows).copy_(chunk_scores(p, hidden.back()));
       });
   const at::Tensor estimate =

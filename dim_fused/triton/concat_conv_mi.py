@@ -365,7 +365,10 @@ def backward(grad, feature_map, global_code, weights, biases, perm, scores, acti
     splits = max(1, min(64, triton.cdiv(p.rows, 256)))
     rows_per_split = triton.cdiv(p.rows, splits)
     dw2 = torch.empty(splits, p.hidden2, p.hidden1, dtype=p.acc, device=device)
-    dP_pairs = [torch.zeros(p.P.shape, dtype=p.acc, device=device) for _ in range(2)]  # positives, negatives
+    # dP feeds W1f's gradient (every pair), dP_features the features' gradient: the same
+    # buffer, or the positive pairs' own when the negatives are detached (added in after).
+    dP = torch.zeros(p.P.shape, dtype=p.acc, device=device)
+    dP_features = torch.zeros_like(dP) if detach_negatives else dP
     dQ = torch.zeros(p.Q.shape, dtype=p.acc, device=device)
     with device_of(feature_map):
         _dz2_kernel[lambda meta: (triton.cdiv(p.rows, meta["BLOCK_M"]), triton.cdiv(p.hidden2, meta["BLOCK_N"]))](
@@ -375,14 +378,14 @@ def backward(grad, feature_map, global_code, weights, biases, perm, scores, acti
             lambda meta: (triton.cdiv(p.hidden2, meta["BLOCK_M"]), triton.cdiv(p.hidden1, meta["BLOCK_N"]), splits)
         ](p.P, p.Q, p.sources, dz2, dw2, p.rows, rows_per_split, **p.shape, **p.meta)
         for pair in range(p.rows // p.rows_per_pair):  # one launch per pair set: each writes a dP row once
-            target = dP_pairs[min(pair, 1)]
+            target = dP_features if pair == 0 else dP
             _dz1_kernel[lambda meta: (p.batch, triton.cdiv(p.hidden1, meta["BLOCK_N"]))](
                 p.P, p.Q, p.sources, dz2, p.w2, target, dQ, pair * p.rows_per_pair,
                 p.locations, p.hidden1, p.hidden2, **p.meta,
             )  # fmt: skip
     unscale = 1.0 / scale
-    dP = dP_pairs[0] + dP_pairs[1]
-    dP_features = dP_pairs[0] if detach_negatives else dP
+    if detach_negatives:
+        dP += dP_features
     d_weights = [
         torch.cat([dP.to(dtype).t() @ p.local_rows, dQ.to(dtype).t() @ p.global_code], dim=1),
         dw2.sum(0),

@@ -59,18 +59,20 @@ def test_nonlinear_probe_learns_is_seeded_and_leaves_the_global_generator_alone(
 
 
 def test_few_labels_fit_on_exactly_that_many_images_per_class(monkeypatch):
-    x, y, _, _ = blobs(90)
+    x, y, x_test, y_test = blobs(90)
     seen = []
 
-    def spy(train, labels, test, test_labels, num_classes, statistics=None):
-        seen.append((labels.tolist(), statistics))
+    def spy(train, labels, test, test_labels, num_classes):
+        seen.append((train, labels.tolist(), test))
         return 0.5 + 0.1 * len(seen)
 
-    monkeypatch.setattr(evaluate, "linear_probe", spy)
-    result = evaluate.few_label_probe(x, y, x, y, 3, shots=2, draws=4, seed=0)
+    monkeypatch.setattr(evaluate, "logistic_regression_accuracy", spy)
+    result = evaluate.few_label_probe(x, y, x_test, y_test, 3, shots=2, draws=4, seed=0)
     assert len(seen) == 4
-    for labels, (mean, std) in seen:
+    # Standardised with the mean and std of every training image, labels or not.
+    standard = ((x - x.mean(0)) / x.std(0)).double()
+    for fit, labels, test in seen:
         assert sorted(labels) == [0, 0, 1, 1, 2, 2]
-        torch.testing.assert_close(mean, x.mean(0))  # of every training image, labels or not
-        torch.testing.assert_close(std, x.std(0))
+        assert all(torch.isclose(standard, row).all(1).any() for row in fit)  # training images, standardised
+        torch.testing.assert_close(test, ((x_test - x.mean(0)) / x.std(0)).double())
     assert result == pytest.approx({"mean": 0.75, "std": np.std([0.6, 0.7, 0.8, 0.9], ddof=1), "draws": 4})
