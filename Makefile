@@ -5,28 +5,26 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export MAX_JOBS ?= 2
 
-CXX_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cuh csrc/cuda/*.cu)
+CXX_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 EXT_SOURCES := setup.py $(CXX_SOURCES)
 
 .PHONY: setup build demo train report test bench lint format clean
 
-# The pinned platform first (the extension compiles against it), then the package
-# with every extra (pyproject.toml), which builds the extension once.
-$(VENV)/.installed: requirements.txt pyproject.toml
+# The pinned platform first: the extension compiles against it.
+$(VENV)/.installed: requirements.txt
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -r requirements.txt
-	$(PYTHON) -m pip install --no-build-isolation -e ".[dev]"
-	touch $@ $(VENV)/.built
-
-setup: $(VENV)/.installed
-
-# Rebuilt when a C++/CUDA source changes. DIM_FUSED_CUDA=1 requires the CUDA kernels.
-$(VENV)/.built: $(VENV)/.installed $(EXT_SOURCES)
-	$(PYTHON) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
-build: $(VENV)/.built
+# Then the package with every extra (pyproject.toml), which builds the extension: once on
+# a fresh clone, and again (only what changed) when a C++/CUDA source or the extras change.
+# DIM_FUSED_CUDA=1 requires the CUDA kernels.
+$(VENV)/.built: $(VENV)/.installed pyproject.toml $(EXT_SOURCES)
+	$(PYTHON) -m pip install --no-build-isolation -e ".[dev]"
+	touch $@
+
+setup build: $(VENV)/.built
 
 # The main job on built-in defaults: train DIM on the bundled digits and probe it
 # against a random encoder, then the correctness-checked comparison of the backends.

@@ -21,8 +21,6 @@ from pathlib import Path
 
 from setuptools import setup
 
-ROOT = Path(__file__).parent
-
 
 def cuda_toolkit_root() -> str | None:
     """The toolkit root, asked of nvcc itself: the nvcc on PATH may be a wrapper
@@ -64,18 +62,18 @@ if mode == "1" and not can_build_cuda:
     )
 with_cuda = can_build_cuda and mode != "0"
 
-sources = [*sorted(glob.glob("csrc/*.cpp")), *sorted(glob.glob("csrc/cpu/*.cpp"))]
+# One folder per op (its schema, host plan, CPU and CUDA pieces) and csrc/common.
+sources = sorted(glob.glob("csrc/*/*.cpp"))
 cxx_flags = ["-O3"]  # torch picks the C++ standard its headers need
 # The CPU kernels use at::vec SIMD vectors; build them for AVX2 (as torch's own
 # AVX2 kernels are) on x86-64 unless DIM_FUSED_CPU_CAPABILITY=default.
 if platform.machine() in ("x86_64", "AMD64") and os.environ.get("DIM_FUSED_CPU_CAPABILITY", "avx2") == "avx2":
     cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-include_dirs = [str(ROOT / "csrc")]
 if with_cuda:
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    sources += sorted(glob.glob("csrc/*/*.cu"))
     # The CUDA wheels torch depends on carry headers a bare toolkit may lack.
     purelib = Path(sysconfig.get_paths()["purelib"])
-    include_dirs += [d for d in glob.glob(str(purelib / "nvidia" / "cu*" / "include"))]
+    include_dirs = sorted(glob.glob(str(purelib / "nvidia" / "cu*" / "include")))
     extension = CUDAExtension(
         "dim_fused._C",
         sources,
@@ -84,7 +82,7 @@ if with_cuda:
         define_macros=[("DIM_FUSED_WITH_CUDA", "1")],
     )
 else:
-    extension = CppExtension("dim_fused._C", sources, include_dirs=include_dirs, extra_compile_args=cxx_flags)
+    extension = CppExtension("dim_fused._C", sources, extra_compile_args=cxx_flags)
 
 # The package's metadata (name, version, dependencies, extras) is in pyproject.toml.
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

@@ -97,11 +97,11 @@ step backends 60 "$PY" -c "import dim_fused; print('$DEVICE backends:', dim_fuse
 
 # The tests of the fused backends on the device, four groups of files at a time.
 tests() {
-  local k="cuda or triton" files=(tests/ops/test_mi_bound.py tests/ops/test_dot_product_mi.py
-    tests/ops/test_concat_conv_mi.py "tests/ops/test_safety.py tests/ops/test_validation.py tests/ops/test_nn.py")
+  local k="cuda or triton" files=(tests/ops/mi_bound tests/ops/dot_product_mi
+    tests/ops/concat_conv_mi "tests/ops/test_safety.py tests/ops/test_validation.py tests/ops/test_nn.py")
   if [ "$DRY" = 1 ]; then
     k="(double_backward or opcheck) and cpu-cpu"
-    files=(tests/ops/test_safety.py tests/ops/test_mi_bound.py)
+    files=(tests/ops/test_safety.py tests/ops/mi_bound)
   fi
   local pids=() i=0
   for group in "${files[@]}"; do

@@ -5,17 +5,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import distributed, functional
-from .estimators import F_MEASURES
-
-
-def _autocast(tensors: list[torch.Tensor | None], device: torch.device) -> list[torch.Tensor | None]:
-    """Under autocast, the fused ops (GEMM-bound, like the matmuls autocast lowers) take
-    all their inputs in autocast's dtype; otherwise the tensors are left as they are."""
-    if not torch.is_autocast_enabled(device.type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device.type)
-    return [None if t is None else t.to(dtype) for t in tensors]
+from . import distributed
+from .ops.common.estimators import F_MEASURES
+from .ops.concat_conv_mi import concat_conv_mi
+from .ops.dot_product_mi import dot_product_mi
 
 
 class MI1x1ConvNet(nn.Module):
@@ -95,17 +88,16 @@ def dot_product_mi_across_ranks(
     across_ranks: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``dot_product_mi`` of a critic's codes (in autocast's dtype under autocast). With
-    ``across_ranks=True`` and an f-measure, the local codes are scored against the global
-    codes of every rank (``dim_fused.distributed.gather_with_grad``); ``dv`` and ``infonce``
-    keep each rank's own batch. One process: no difference."""
-    local_codes, global_codes = _autocast([local_codes, global_codes], local_codes.device)
+    """``dot_product_mi`` of a critic's codes. With ``across_ranks=True`` and an f-measure,
+    the local codes are scored against the global codes of every rank
+    (``dim_fused.distributed.gather_with_grad``); ``dv`` and ``infonce`` keep each rank's
+    own batch. One process: no difference."""
     offset = 0
     if across_ranks and estimator in F_MEASURES:
         rank, _ = distributed.world()
         offset = rank * global_codes.shape[0]
         global_codes = distributed.gather_with_grad(global_codes)
-    return functional.dot_product_mi(
+    return dot_product_mi(
         local_codes, global_codes, estimator=estimator, official=official, positive_offset=offset, backend=backend
     )
 
@@ -145,15 +137,14 @@ class ConcatConvDiscriminator(nn.Sequential):
         detach_negatives: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor:
+        """``dim_fused.concat_conv_mi`` of this critic's layers (see its Args): (B, C, H, W) or
+        (B, C, L) features and (B, D) codes in, a 0-dim estimate out."""
         convs = self.convs
-        feature_map, global_code, *params = _autocast(
-            [feature_map, global_code, *(c.weight for c in convs), *(c.bias for c in convs)], feature_map.device
-        )
-        return functional.concat_conv_mi(
+        return concat_conv_mi(
             feature_map,
             global_code,
-            params[: len(convs)],
-            params[len(convs) :],
+            [c.weight for c in convs],
+            [c.bias for c in convs],
             estimator=estimator,
             num_negatives=None if perm is not None else num_negatives,
             perm=perm,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference
-from .estimators import negative_term, positive_term
+from .ops.common.estimators import negative_term, positive_term
 
 
 def fenchel_dual_loss(l, m, measure):

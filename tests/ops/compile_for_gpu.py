@@ -105,8 +105,12 @@ def launch_everything(full: bool) -> None:
     every tile the autotuner may pick for it, both layouts of the codes, and edge shapes.
     `full=False` (the second architecture) covers the dtypes and tiles only."""
     import dim_fused
-    from dim_fused.triton import _launch as tiles
-    from dim_fused.triton import concat_conv_mi, dot_product_mi, mi_bound
+    from dim_fused.ops.common import triton_launch as tiles
+    from dim_fused.ops.concat_conv_mi import triton_kernels as concat_conv_mi
+    from dim_fused.ops.dot_product_mi import triton_kernels as dot_product_mi
+    from dim_fused.ops.mi_bound import triton_kernels as mi_bound
+
+    tile = 1 << 24  # scores per backward tile, the GPU default
 
     def scores(estimator, dtype, shape=(33, 17), k=3):
         pos = torch.randn(shape, dtype=dtype)
@@ -118,20 +122,20 @@ def launch_everything(full: bool) -> None:
         batch, units, locations, num_globals, offset = shape
         for kernel in (dot_product_mi._reduce_kernel, dot_product_mi._gradient_kernel):
             kernel.configs = configs  # then pruned for the dtype and architecture as in a real run
-        dot_product_mi.allow_tf32 = lambda tensor: tf32 and dtype == torch.float32
+        dot_product_mi.tf32_allowed = lambda tensor: tf32 and dtype == torch.float32
         local = torch.randn(batch, units, locations, dtype=dtype)
         if rows_layout:  # channels-last: units innermost
             local = local.transpose(1, 2).contiguous().transpose(1, 2)
         global_codes = torch.randn(num_globals, units, dtype=dtype)
-        _, stats = dot_product_mi.forward(local, global_codes, estimator, False, offset)
-        dot_product_mi.backward(torch.tensor(1.0), local, global_codes, stats, estimator, False, offset)
+        _, stats = dot_product_mi.forward(local, global_codes, estimator, False, offset, tile)
+        dot_product_mi.backward(torch.tensor(1.0), local, global_codes, stats, estimator, False, offset, tile)
 
     def concat(dtype, tf32, configs, shape=(5, 6, 9, 4, (40, 24), 2), b2=True):
         batch, channels, locations, dim, hidden, k = shape
         for kernel in (concat_conv_mi._score_kernel, concat_conv_mi._dz2_kernel, concat_conv_mi._dw2_kernel):
             kernel.configs = configs
         concat_conv_mi._dz1_kernel.configs = configs
-        concat_conv_mi.allow_tf32 = lambda tensor: tf32 and dtype == torch.float32
+        concat_conv_mi.tf32_allowed = lambda tensor: tf32 and dtype == torch.float32
         sizes = [channels + dim, *hidden, 1]
         weights = [torch.randn(o, i, dtype=dtype) for i, o in zip(sizes, sizes[1:], strict=False)]
         biases = [torch.randn(o, dtype=dtype) for o in sizes[1:]]
@@ -139,8 +143,8 @@ def launch_everything(full: bool) -> None:
             biases[1] = torch.empty(0, dtype=dtype)
         fmap, code = torch.randn(batch, channels, locations, dtype=dtype), torch.randn(batch, dim, dtype=dtype)
         perm = dim_fused.location_permutation(batch, locations, num_negatives=k)
-        _, scores, kept = concat_conv_mi.forward(fmap, code, weights, biases, perm, "jsd", False, False)
-        concat_conv_mi.backward(torch.tensor(1.0), fmap, code, weights, biases, perm, scores, kept, "jsd", True)
+        _, scores, kept = concat_conv_mi.forward(fmap, code, weights, biases, perm, "jsd", False, False, 1)
+        concat_conv_mi.backward(torch.tensor(1.0), fmap, code, weights, biases, perm, scores, kept, "jsd", True, 1)
 
     small = [tiles.SMALL_TILE]
     classes = [  # (dtype, TF32, the tiles the autotuner may pick for it)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dim_fused
-from dim_fused import _ops
+from dim_fused.ops.common import library as _ops
 
 
 def test_cpu_kernels_are_built():

@@ -17,7 +17,7 @@ import torch
 import triton
 
 import dim_fused
-from dim_fused import _ops
+from dim_fused.ops.common import library as _ops
 
 ROOT = Path(__file__).resolve().parents[2]
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
@@ -91,11 +91,11 @@ def test_cuda_kernels_use_no_stack_but_float64_ones():
 
 def test_every_triton_launch_is_guarded_by_its_tensors_device():
     """A launch with cuda:1 tensors while cuda:0 is current is an illegal access: every
-    `kernel[grid](...)` in dim_fused/triton runs inside `with device_of(...)`."""
+    `kernel[grid](...)` in dim_fused/ops/*/triton_kernels.py runs inside `with device_of(...)`."""
     import ast
 
     total = 0
-    for path in (ROOT / "dim_fused" / "triton").glob("*.py"):
+    for path in (ROOT / "dim_fused" / "ops").glob("*/triton_kernels.py"):
         tree = ast.parse(path.read_text())
         guarded = set()
         for node in ast.walk(tree):
@@ -117,16 +117,16 @@ def test_tf32_is_read_through_the_new_api(monkeypatch):
     """Once a user sets TF32 through fp32_precision, reading the legacy allow_tf32 raises:
     the launchers and the benchmarks must not."""
     from benchmarks import cases
-    from dim_fused.triton import _launch
+    from dim_fused.ops.common.precision import tf32_allowed
 
     previous = torch.backends.cuda.matmul.fp32_precision
     try:
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         assert cases.tf32_enabled()
-        assert not _launch.allow_tf32(torch.ones(2))  # CPU tensors never take TF32
+        assert not tf32_allowed(torch.ones(2))  # CPU tensors never take TF32
         monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-        assert _launch.allow_tf32(torch.ones(2))
+        assert tf32_allowed(torch.ones(2))
         torch.backends.cuda.matmul.fp32_precision = "ieee"
-        assert not cases.tf32_enabled() and not _launch.allow_tf32(torch.ones(2))
+        assert not cases.tf32_enabled() and not tf32_allowed(torch.ones(2))
     finally:
         torch.backends.cuda.matmul.fp32_precision = previous

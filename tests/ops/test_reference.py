@@ -8,7 +8,7 @@ import torch
 
 import dim_fused
 from dim_fused import ESTIMATORS, F_MEASURES, official, reference
-from dim_fused.estimators import negative_term, positive_term
+from dim_fused.ops.common.estimators import negative_term, positive_term
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)

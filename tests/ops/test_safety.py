@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import require
+from helpers import CHUNK, require
 
 import dim_fused
 from dim_fused import reference
@@ -24,6 +24,7 @@ os.environ.setdefault("DIM_FUSED_QUIET", "1")
 import dim_fused
 ops = torch.ops.dim_fused
 results = {}
+TILE, CHUNK = 1 << 20, 1 << 18  # the tunables the Python layer passes down
 
 def case(name, call):
     try:
@@ -58,21 +59,21 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
         f, y = torch.randn(4, 3, 5), torch.randn(4, 2)
         w, b = [torch.randn(6, 5), torch.randn(1, 6)], [torch.randn(6), torch.randn(1)]
         good = dim_fused.location_permutation(4, 5)
-        case("perm too large", lambda: ops.concat_conv_mi(f, y, w, b, good + 4, "jsd", False, False))
-        case("perm negative", lambda: ops.concat_conv_mi(f, y, w, b, good - 1, "jsd", False, False))
-        case("perm int32", lambda: ops.concat_conv_mi(f, y, w, b, good.int(), "jsd", False, False))
-        case("no locations", lambda: ops.concat_conv_mi(torch.randn(4, 3, 0), y, w, b,
-                                                        torch.zeros(1, 0, 4, dtype=torch.long), "jsd", False, False))
+        case("perm too large", lambda: ops.concat_conv_mi(f, y, w, b, good + 4, "jsd", False, False, CHUNK))
+        case("perm negative", lambda: ops.concat_conv_mi(f, y, w, b, good - 1, "jsd", False, False, CHUNK))
+        case("perm int32", lambda: ops.concat_conv_mi(f, y, w, b, good.int(), "jsd", False, False, CHUNK))
+        no_l, empty = torch.randn(4, 3, 0), torch.zeros(1, 0, 4, dtype=torch.long)
+        case("no locations", lambda: ops.concat_conv_mi(no_l, y, w, b, empty, "jsd", False, False, CHUNK))
         compiled = torch.compile(lambda perm: dim_fused.concat_conv_mi(f, y, w, b, perm=perm), fullgraph=True)
         case("compiled, perm too large", lambda: compiled(good + 4))
-        _, scores, _ = ops.concat_conv_mi(f, y, w, b, good, "jsd", False, False)
+        _, scores, _ = ops.concat_conv_mi(f, y, w, b, good, "jsd", False, False, CHUNK)
         case("backward, scores broadcast", lambda: ops.concat_conv_mi_backward(
-            torch.tensor(1.0), f, y, w, b, good, scores[:, :1], [], "jsd", False))
+            torch.tensor(1.0), f, y, w, b, good, scores[:, :1], [], "jsd", False, CHUNK))
         case("backward, two-element grad", lambda: ops.concat_conv_mi_backward(
-            torch.ones(2), f, y, w, b, good, scores, [], "jsd", False))
+            torch.ones(2), f, y, w, b, good, scores, [], "jsd", False, CHUNK))
         case("backward, wrong activations", lambda: ops.concat_conv_mi_backward(
-            torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(3, 6)], "jsd", False))
-        case("meta feature map", lambda: ops.concat_conv_mi(f.to("meta"), y, w, b, good, "jsd", False, False))
+            torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(3, 6)], "jsd", False, CHUNK))
+        case("meta feature map", lambda: ops.concat_conv_mi(f.to("meta"), y, w, b, good, "jsd", False, False, CHUNK))
         """
     )
     for name in ("perm too large", "perm negative", "compiled, perm too large"):
@@ -90,13 +91,13 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
     results = run_cases(
         """
         l, g = torch.randn(4, 3, 5), torch.randn(4, 3)
-        case("offset overflow", lambda: ops.dot_product_mi(l, torch.randn(6, 3), "jsd", False, 2**63 - 1))
-        case("G < B", lambda: ops.dot_product_mi(l, torch.randn(3, 3), "jsd", False, 0))
-        _, stats = ops.dot_product_mi(l, g, "infonce", False, 0)
+        case("offset overflow", lambda: ops.dot_product_mi(l, torch.randn(6, 3), "jsd", False, 2**63 - 1, TILE))
+        case("G < B", lambda: ops.dot_product_mi(l, torch.randn(3, 3), "jsd", False, 0, TILE))
+        _, stats = ops.dot_product_mi(l, g, "infonce", False, 0, TILE)
         one = torch.tensor(1.0)
-        case("stats broadcast", lambda: ops.dot_product_mi_backward(one, l, g, stats[:1], "infonce", False, 0))
-        case("stats float64", lambda: ops.dot_product_mi_backward(one, l, g, stats.double(), "infonce", False, 0))
-        case("meta globals", lambda: ops.dot_product_mi(l, g.to("meta"), "jsd", False, 0))
+        case("stats broadcast", lambda: ops.dot_product_mi_backward(one, l, g, stats[:1], "infonce", False, 0, TILE))
+        case("stats float64", lambda: ops.dot_product_mi_backward(one, l, g, stats.double(), "infonce", False, 0, TILE))
+        case("meta globals", lambda: ops.dot_product_mi(l, g.to("meta"), "jsd", False, 0, TILE))
         case("mi_bound infonce shapes", lambda: ops.mi_bound(torch.randn(1 << 20), torch.randn(200, 1), "infonce"))
         case("mi_bound meta", lambda: ops.mi_bound(torch.randn(3), torch.randn(3, device="meta"), "jsd"))
         ints = torch.ones(3, dtype=torch.long)
@@ -119,19 +120,18 @@ def test_triton_ops_check_what_the_cpp_ops_check():
     needs_cpu_backend()
     results = run_cases(
         """
-        t = dim_fused._ops  # registers the Triton ops
         l, g = torch.randn(4, 3, 5), torch.randn(4, 3)
         case("mi_bound shapes", lambda: ops.mi_bound_triton(torch.randn(1 << 20), torch.randn(200, 1), "infonce"))
         case("mi_bound backward shapes", lambda: ops.mi_bound_triton_backward(
             torch.tensor(1.0), torch.randn(1000), torch.randn(4, 1), "infonce"))
-        case("G < B", lambda: ops.dot_product_mi_triton(l, torch.randn(3, 3), "jsd", False, 0))
-        case("offset", lambda: ops.dot_product_mi_triton(l, torch.randn(6, 3), "jsd", False, 3))
-        case("B = 1", lambda: ops.dot_product_mi_triton(l[:1], g[:1], "jsd", False, 0))
-        case("L = 0", lambda: ops.dot_product_mi_triton(torch.randn(4, 3, 0), g, "jsd", False, 0))
-        case("E differs", lambda: ops.dot_product_mi_triton(l, torch.randn(4, 2), "jsd", False, 0))
-        _, stats = ops.dot_product_mi_triton(l, g, "infonce", False, 0)
+        case("G < B", lambda: ops.dot_product_mi_triton(l, torch.randn(3, 3), "jsd", False, 0, TILE))
+        case("offset", lambda: ops.dot_product_mi_triton(l, torch.randn(6, 3), "jsd", False, 3, TILE))
+        case("B = 1", lambda: ops.dot_product_mi_triton(l[:1], g[:1], "jsd", False, 0, TILE))
+        case("L = 0", lambda: ops.dot_product_mi_triton(torch.randn(4, 3, 0), g, "jsd", False, 0, TILE))
+        case("E differs", lambda: ops.dot_product_mi_triton(l, torch.randn(4, 2), "jsd", False, 0, TILE))
+        _, stats = ops.dot_product_mi_triton(l, g, "infonce", False, 0, TILE)
         case("stats broadcast", lambda: ops.dot_product_mi_triton_backward(
-            torch.tensor(1.0), l, g, stats[:1], "infonce", False, 0))
+            torch.tensor(1.0), l, g, stats[:1], "infonce", False, 0, TILE))
         """,
         triton=True,
     )
@@ -148,15 +148,16 @@ def test_a_perm_that_repeats_indices_is_computed_as_given(fused):
     backend, device = fused
     torch.manual_seed(0)
     f, y = torch.randn(4, 3, 5, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
-    w = [torch.randn(6, 5, dtype=torch.float64), torch.randn(1, 6, dtype=torch.float64)]
-    b = [torch.randn(6, dtype=torch.float64), torch.randn(1, dtype=torch.float64)]
+    sizes = (5, 6, 4, 1)  # two hidden layers: what the fused Triton kernels take
+    w = [torch.randn(o, i, dtype=torch.float64) for i, o in zip(sizes, sizes[1:], strict=False)]
+    b = [torch.randn(o, dtype=torch.float64) for o in sizes[1:]]
     repeated = torch.zeros(2, 5, 4, dtype=torch.long)  # every negative reads image 0
     inputs = [x.to(device).requires_grad_() for x in (f, y, *w, *b)]
     op = torch.ops.dim_fused.concat_conv_mi_triton if backend == "triton" else torch.ops.dim_fused.concat_conv_mi
-    out = op(inputs[0], inputs[1], inputs[2:4], inputs[4:6], repeated.to(device), "jsd", False, False)[0]
+    out = op(inputs[0], inputs[1], inputs[2:5], inputs[5:8], repeated.to(device), "jsd", False, False, CHUNK)[0]
     grads = torch.autograd.grad(out, inputs)
     leaves = [x.detach().requires_grad_() for x in (f, y, *w, *b)]
-    want = reference.concat_conv_mi(leaves[0], leaves[1], leaves[2:4], leaves[4:6], repeated, "jsd")
+    want = reference.concat_conv_mi(leaves[0], leaves[1], leaves[2:5], leaves[5:8], repeated, "jsd")
     want_grads = torch.autograd.grad(want, leaves)
     torch.testing.assert_close(out.cpu(), want)
     for got, expected in zip(grads, want_grads, strict=True):

@@ -156,9 +156,9 @@ def test_direct_dot_product_op_calls_are_checked(backend, device):
     if backend == "triton":
         pytest.skip("the Triton op is reached through the validated functional API only")
     with pytest.raises(ValueError, match="dv and infonce need G == B"):
-        torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), torch.randn(4, 4, device=device), "dv", False, 0)
+        torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), torch.randn(4, 4, device=device), "dv", False, 0, 1 << 20)
     with pytest.raises(ValueError, match="positive_offset"):
-        torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), GLOBAL.to(device), "jsd", False, 1)
+        torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), GLOBAL.to(device), "jsd", False, 1, 1 << 20)
 
 
 def _critic(channels=3, dim=2, hidden=(5,), last=1):

@@ -1,0 +1,41 @@
+// What every op's host code shares: estimator names, the accumulation dtype, GEMMs
+// with a wider output, and the guard that keeps autocast out of a plan's ATen calls.
+// Each op's own schema, checks, plan and device pieces live in csrc/<op>/.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DispatchKeySet.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/string_view.h>
+
+#include "estimators.h"
+
+namespace dim_fused {
+
+Estimator parse_estimator(c10::string_view name);
+
+// The dtype reductions and scores accumulate in: float64 for float64 inputs, float32
+// for every other floating dtype (dim_fused/ops/common/precision.py says the same).
+inline at::ScalarType acc_dtype(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Held by every plan: the ATen calls inside a kernel are not autocast again (the plans
+// choose their GEMMs' dtypes themselves; under torch.autocast the op's inputs already
+// are in autocast's dtype).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
+
+// a @ b in `out` dtype with fp32 accumulation: cuBLAS writes float32 from half
+// inputs directly where ATen has aten::mm.dtype; elsewhere the operands are
+// converted first.
+at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
+// bmm with the result in `out` dtype (see mm_to).
+at::Tensor bmm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
+
+// A tunable the Python layer passes down (dim_fused/ops/common/tunables.py reads
+// them): at least 1.
+void check_tunable(const char* op, const char* name, int64_t value);
+
+}  // namespace dim_fused

@@ -1,0 +1,126 @@
+// SIMD for the CPU kernels: Math<V> (see estimators.h) for at::vec vectors,
+// and the loops that run a step on full vectors and then on the scalar tail.
+// float and double run vectorised; half and bfloat16 run scalar steps in float.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <limits>
+#include <type_traits>
+
+#include "estimators.h"
+
+namespace dim_fused {
+
+template <typename T>
+struct Math<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  using Scalar = T;
+  static constexpr int kWidth = V::size();
+  static V load(const T* p) { return V::loadu(p); }
+  static void store(T* p, V v) { v.store(p); }
+  static V exp(V x) { return x.exp(); }
+  static V log(V x) { return x.log(); }
+  static V log1p(V x) { return x.log1p(); }
+  static V abs(V x) { return x.abs(); }
+  static V max(V a, V b) { return at::vec::maximum(a, b); }
+  static V sign(V x) { return x.gt(V(0)) - x.lt(V(0)); }
+  static V if_nonneg(V x, V a, V b) { return V::blendv(b, a, x >= V(0)); }
+  static V if_zero(V x, V a, V b) { return V::blendv(b, a, x == V(0)); }
+  static V if_finite(V x, V a, V b) { return V::blendv(b, a, x.abs() < V(kInfinity)); }
+  static V relu(V x) { return at::vec::maximum(x, V(0)); }  // keeps NaN
+  static constexpr T kInfinity = std::numeric_limits<T>::infinity();
+};
+
+namespace cpu {
+
+template <typename scalar_t>
+using acc_type = at::opmath_type<scalar_t>;
+
+// SIMD vectors where the scores are already in the accumulation type.
+template <typename scalar_t>
+using vector_type = std::conditional_t<std::is_same_v<scalar_t, acc_type<scalar_t>>,
+                                       at::vec::Vectorized<scalar_t>, acc_type<scalar_t>>;
+
+template <typename V, typename T = typename Math<V>::Scalar>
+Totals<T> lanes_merged(const Totals<V>& t) {
+  if constexpr (Math<V>::kWidth == 1) {
+    return t;
+  } else {
+    T pos[Math<V>::kWidth], neg[Math<V>::kWidth], max[Math<V>::kWidth], sum[Math<V>::kWidth];
+    t.pos_sum.store(pos);
+    t.neg_sum.store(neg);
+    t.neg_lse.max.store(max);
+    t.neg_lse.sum.store(sum);
+    Totals<T> out;
+    for (int lane = 0; lane < Math<V>::kWidth; ++lane) {
+      out.pos_sum += pos[lane];
+      out.neg_sum += neg[lane];
+      out.neg_lse.merge(max[lane], sum[lane]);
+    }
+    return out;
+  }
+}
+
+// Calls step(V, i) on the full vectors of [begin, end), then step(scalar, i) on the tail.
+template <typename V, typename Step>
+void for_each_vector(int64_t begin, int64_t end, const Step& step) {
+  constexpr int64_t width = Math<V>::kWidth;
+  int64_t i = begin;
+  for (; i + width <= end; i += width) step(V{}, i);
+  for (; i < end; ++i) step(typename Math<V>::Scalar{}, i);
+}
+
+// Totals kept per SIMD lane plus a scalar tail; merged() folds the lanes in a
+// fixed order.
+template <typename V>
+struct LaneTotals {
+  using T = typename Math<V>::Scalar;
+  static constexpr int64_t kWidth = Math<V>::kWidth;
+  Totals<V> vectors;
+  Totals<T> tail;
+
+  // step(totals, i) for i in [begin, end): one call per full vector, then per scalar.
+  template <typename Step>
+  void add_indices(int64_t begin, int64_t end, const Step& step) {
+    int64_t i = begin;
+    if constexpr (kWidth > 1) {
+      for (; i + kWidth <= end; i += kWidth) step(vectors, i);
+    }
+    for (; i < end; ++i) step(tail, i);
+  }
+  // step(totals, value) for the values data[begin, end).
+  template <typename Step>
+  void add(const T* data, int64_t begin, int64_t end, const Step& step) {
+    int64_t i = begin;
+    if constexpr (kWidth > 1) {
+      for (; i + kWidth <= end; i += kWidth) step(vectors, Math<V>::load(data + i));
+    }
+    for (; i < end; ++i) step(tail, data[i]);
+  }
+  Totals<T> merged() const {
+    Totals<T> out = lanes_merged(vectors);
+    out.merge(tail);
+    return out;
+  }
+};
+
+// data[i] = f(data[i]) for i in [begin, end), on SIMD vectors and then the tail.
+template <typename T, typename F>
+void transform(T* data, int64_t begin, int64_t end, const F& f) {
+  using V = at::vec::Vectorized<T>;
+  int64_t i = begin;
+  for (; i + V::size() <= end; i += V::size()) f(V::loadu(data + i)).store(data + i);
+  for (; i < end; ++i) data[i] = f(data[i]);
+}
+
+template <typename V, typename Step>
+Totals<typename Math<V>::Scalar> reduce_range(int64_t begin, int64_t end, const Step& step) {
+  LaneTotals<V> totals;
+  totals.add_indices(begin, end, step);
+  return totals.merged();
+}
+
+}  // namespace cpu
+}  // namespace dim_fused

@@ -1,0 +1,451 @@
+// concat_conv_mi's schemas, argument checks and row-chunk plan, shared by the CPU and
+// CUDA backends; the Triton backend shares the plan's two ends (the first layer's
+// split and the first layer's gradients, registered as ops) around its fused kernels.
+// The first layer is split: W1 [f; y] + b1 = P[row] + Q[image] with P = f W1f^T
+// per location (one GEMM over B * L rows) and Q = y W1y^T + b1 per image, so the
+// (B, C + D, L) concat and its shuffled copies never exist; a negative row just
+// reads another row of P. Chunks of whole images run the hidden layers as ATen
+// GEMMs (cuBLAS / BLAS) and keep the scores, in the accumulation dtype, and
+// (when the caller's memory budget allows) the activations of hidden layers 2..;
+// the estimate is dim_fused::mi_bound of the scores. The backward recomputes each
+// chunk's first layer (a gather) and the later ones unless kept, back-propagates
+// through them, and adds the first-layer gradient into dP (through each
+// permutation) and dQ; four GEMMs then give the first layer's and the inputs'
+// gradients. docs/design.md ("Concat-and-conv") has the algebra.
+#include "concat_conv_mi.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+namespace dim_fused {
+namespace {
+
+const char* const kOp = "dim_fused.concat_conv_mi: ";
+
+// The argument checks: shapes, dtypes and devices (metadata only).
+void check_concat_conv_inputs(const at::Tensor& feature_map, const at::Tensor& global_code,
+                              at::TensorList weights, at::TensorList biases, const at::Tensor& perm,
+                              int64_t chunk_values) {
+  TORCH_CHECK_VALUE(feature_map.dim() >= 3 && global_code.dim() == 2 &&
+                        global_code.size(0) == feature_map.size(0) && feature_map.size(0) >= 2,
+                    kOp, "need feature_map (B >= 2, C, ...) and global_code (B, D), got ",
+                    feature_map.sizes(), " and ", global_code.sizes());
+  TORCH_CHECK_VALUE(feature_map.numel() > 0 && global_code.numel() > 0, kOp,
+                    "need at least one channel, location and global unit, got feature_map ",
+                    feature_map.sizes(), " and global_code ", global_code.sizes());
+  TORCH_CHECK_VALUE(global_code.scalar_type() == feature_map.scalar_type() &&
+                        global_code.device() == feature_map.device(),
+                    kOp, "global_code must match feature_map's dtype and device");
+  const int64_t batch = feature_map.size(0), channels = feature_map.size(1);
+  TORCH_CHECK_VALUE(weights.size() >= 2 && biases.size() == weights.size(), kOp,
+                    "need at least two layers and one bias entry per layer");
+  int64_t width = channels + global_code.size(1);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == width && w.size(0) >= 1, kOp, "weights[", i,
+                      "] must be (out, ", width, "), got ", w.sizes());
+    const at::Tensor& b = biases[i];  // empty: no bias
+    TORCH_CHECK_VALUE(b.numel() == 0 || (b.dim() == 1 && b.size(0) == w.size(0)), kOp, "biases[", i,
+                      "] must be (", w.size(0), ") or empty");
+    for (const at::Tensor* t : {&w, &b}) {
+      TORCH_CHECK_VALUE(
+          t->scalar_type() == feature_map.scalar_type() && t->device() == feature_map.device(), kOp,
+          "weights and biases must match feature_map's dtype and device");
+    }
+    width = w.size(0);
+  }
+  TORCH_CHECK_VALUE(width == 1, kOp, "the last layer must have one output");
+  const int64_t locations = feature_map.numel() / (batch * channels);
+  TORCH_CHECK_VALUE(perm.dim() == 3 && perm.size(0) >= 1 && perm.size(1) == locations &&
+                        perm.size(2) == batch && perm.scalar_type() == at::kLong &&
+                        perm.device() == feature_map.device(),
+                    kOp, "perm must be an int64 (K >= 1, L = ", locations, ", B = ", batch,
+                    ") tensor on the feature map's device, got ", perm.scalar_type(), " ",
+                    perm.sizes(), " on ", perm.device());
+  check_tunable("concat_conv_mi", "chunk_values", chunk_values);
+}
+
+// Every index of perm must be in [0, B): checked here on the CPU (free: the data
+// is on the host). On a GPU the check would cost a sync, so an index outside
+// [0, B) becomes source -1 there instead (NaN scores, no stray memory access).
+// Repeated indices are harmless on both: the scatters are correct for any map.
+void check_perm_range_on_host(const at::Tensor& perm, int64_t batch) {
+  const auto [low, high] = at::aminmax(perm);
+  const int64_t lowest = low.item<int64_t>(), highest = high.item<int64_t>();
+  TORCH_CHECK_VALUE(lowest >= 0 && highest < batch, kOp, "perm's indices must be in [0, ", batch,
+                    "), got ", lowest < 0 ? lowest : highest);
+}
+
+// (1 + K, B * L): row b * L + l of negative k reads local row perm[k, l, b] * L + l.
+at::Tensor row_sources(const at::Tensor& perm, int64_t batch, int64_t locations) {
+  if (perm.is_cpu()) check_perm_range_on_host(perm, batch);
+  const at::Tensor rows = at::arange(batch * locations, perm.options());
+  const at::Tensor in_range = perm.ge(0).logical_and(perm.lt(batch)).transpose(1, 2);
+  const at::Tensor negatives =
+      at::where(in_range, perm.transpose(1, 2) * locations + at::arange(locations, perm.options()),
+                at::full({}, -1, perm.options()))
+          .reshape({perm.size(0), -1});
+  return at::cat({rows.unsqueeze(0), negatives}, 0);
+}
+
+}  // namespace
+
+ConcatConvProblem concat_conv_problem(const at::Tensor& feature_map, const at::Tensor& global_code,
+                                      at::TensorList weights, at::TensorList biases,
+                                      const at::Tensor& perm, c10::string_view estimator,
+                                      bool detach_negatives, bool keep_activations,
+                                      int64_t chunk_values) {
+  const Estimator e = parse_estimator(estimator);
+  check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, chunk_values);
+  const int64_t batch = feature_map.size(0), channels = feature_map.size(1);
+  const at::Tensor flat = feature_map.reshape({batch, channels, -1});
+  const int64_t locations = flat.size(2);
+  std::vector<std::optional<at::Tensor>> bias_list;
+  for (const auto& b : biases) bias_list.push_back(b.numel() > 0 ? std::optional(b) : std::nullopt);
+  return {flat.transpose(1, 2).reshape({batch * locations, channels}).contiguous(),
+          global_code.contiguous(),
+          std::vector<at::Tensor>(weights.begin(), weights.end()),
+          std::move(bias_list),
+          row_sources(perm, batch, locations),
+          batch,
+          locations,
+          channels,
+          perm.size(0),
+          e,
+          estimator,
+          detach_negatives,
+          keep_activations,
+          chunk_values};
+}
+
+void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
+                              const ConcatConvProblem& p, at::TensorList activations) {
+  const int64_t rows = (p.num_negatives + 1) * p.rows();
+  TORCH_CHECK_VALUE(
+      activations.empty() || activations.size() + 2 == p.weights.size(),
+      "dim_fused.concat_conv_mi_backward: activations must be the forward's (one per hidden "
+      "layer after the first) or none");
+  for (size_t i = 0; i < activations.size(); ++i) {
+    const at::Tensor& a = activations[i];
+    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == rows && a.size(1) == p.weights[i + 1].size(0) &&
+                          a.scalar_type() == p.local_rows.scalar_type() &&
+                          a.device() == p.local_rows.device() && a.is_contiguous(),
+                      "dim_fused.concat_conv_mi_backward: activations[", i,
+                      "] must be the forward's (", rows, ", ", p.weights[i + 1].size(0),
+                      ") tensor, got ", a.sizes());
+  }
+  const auto acc = acc_dtype(p.local_rows.scalar_type());
+  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.local_rows.device(),
+                    "dim_fused.concat_conv_mi_backward: grad must be one element on ",
+                    p.local_rows.device());
+  TORCH_CHECK_VALUE(
+      scores.dim() == 3 && scores.size(0) == p.num_negatives + 1 && scores.size(1) == p.batch &&
+          scores.size(2) == p.locations && scores.scalar_type() == acc &&
+          scores.device() == p.local_rows.device(),
+      "dim_fused.concat_conv_mi_backward: scores must be the forward's (1 + K, B, L) = (",
+      p.num_negatives + 1, ", ", p.batch, ", ", p.locations, ") ", acc, " tensor, got ",
+      scores.sizes(), " ", scores.scalar_type());
+}
+
+int64_t ConcatConvProblem::chunk_images() const {
+  int64_t widest = 1;
+  for (const auto& w : weights) widest = std::max(widest, w.size(0));
+  return std::clamp<int64_t>(chunk_values / (widest * locations), 1, batch);
+}
+
+namespace {
+
+at::Tensor mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string_view estimator) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dim_fused::mi_bound", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
+  return op.call(pos, neg, estimator);
+}
+
+std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad,
+                                                        const at::Tensor& pos,
+                                                        const at::Tensor& neg,
+                                                        c10::string_view estimator) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("dim_fused::mi_bound_backward", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                    const at::Tensor&, c10::string_view)>();
+  return op.call(grad, pos, neg, estimator);
+}
+
+// First-layer halves: P (B * L, H1) per location, Q (B, H1) per image.
+std::pair<at::Tensor, at::Tensor> split_first_layer(const ConcatConvProblem& p) {
+  const at::Tensor& w = p.weights[0];
+  const at::Tensor P = at::mm(p.local_rows, w.narrow(1, 0, p.channels).t());
+  const at::Tensor wy = w.narrow(1, p.channels, w.size(1) - p.channels);
+  const at::Tensor Q =
+      p.biases[0] ? at::addmm(*p.biases[0], p.global_code, wy.t()) : at::mm(p.global_code, wy.t());
+  return {P, Q};
+}
+
+// The first layer's gradients from dP (every pair set: W1f's gradient), dP_features (the
+// pairs whose gradient reaches the features: dP itself unless negatives are detached) and
+// dQ, all in the accumulation dtype and times `scale`: (d local rows (B * L, C),
+// d global_code, d W1, d b1 (empty without a bias)), unscaled, in the inputs' dtype.
+// Weight gradients sum over every row: their GEMMs write the accumulation dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients(
+    const at::Tensor& local_rows, const at::Tensor& global_code, const at::Tensor& w1,
+    bool has_bias, const at::Tensor& dP, const at::Tensor& dP_features, const at::Tensor& dQ,
+    double scale) {
+  const auto dtype = local_rows.scalar_type();
+  const auto acc = acc_dtype(dtype);
+  const int64_t channels = local_rows.size(1);
+  const double unscale = 1.0 / scale;
+  const at::Tensor dQ_in = dQ.to(dtype);
+  const at::Tensor d_w1 =
+      at::cat({mm_to(dP.to(dtype).t(), local_rows, acc), mm_to(dQ_in.t(), global_code, acc)}, 1);
+  const at::Tensor d_b1 = has_bias ? dQ.sum(0) : at::empty({0}, dQ.options());
+  const at::Tensor d_local = at::mm(dP_features.to(dtype), w1.narrow(1, 0, channels));
+  const at::Tensor d_code = at::mm(dQ_in, w1.narrow(1, channels, w1.size(1) - channels));
+  return {d_local.mul_(unscale), d_code.mul_(unscale), d_w1.mul_(unscale).to(dtype),
+          d_b1.mul(unscale).to(dtype)};
+}
+
+// The first hidden layer of a chunk of rows (from the kernel: the concat never exists).
+at::Tensor first_hidden(const ConcatConvProblem& p, const ConcatConvKernels& kernels,
+                        const at::Tensor& P, const at::Tensor& Q, int64_t pairs, int64_t first_row,
+                        int64_t rows) {
+  at::Tensor h1 = at::empty({rows, p.weights[0].size(0)}, P.options());
+  kernels.first_layer(P, Q, p.sources[pairs].narrow(0, first_row, rows), first_row, p.locations,
+                      h1);
+  return h1;
+}
+
+// The chunk's activations of hidden layers 2.. from the first one's, written into
+// `into` (the kept activations' rows of the chunk) when given.
+std::vector<at::Tensor> later_hidden(const ConcatConvProblem& p, const at::Tensor& h1,
+                                     const std::vector<at::Tensor>& into = {}) {
+  std::vector<at::Tensor> hidden{h1};
+  for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
+    const at::Tensor wt = p.weights[i].t();
+    at::Tensor z = into.empty() ? at::empty({h1.size(0), wt.size(1)}, h1.options()) : into[i - 1];
+    if (p.biases[i]) {
+      at::addmm_out(z, *p.biases[i], hidden.back(), wt);
+    } else {
+      at::mm_out(z, hidden.back(), wt);
+    }
+    hidden.push_back(z.relu_());  // not cuBLASLt's fused ReLU epilogue: it would turn a NaN into 0
+  }
+  return hidden;
+}
+
+// The chunk's scores (in the accumulation dtype) from its last hidden layer.
+at::Tensor chunk_scores(const ConcatConvProblem& p, const at::Tensor& last_hidden) {
+  const size_t last = p.weights.size() - 1;
+  const auto acc = acc_dtype(last_hidden.scalar_type());
+  at::Tensor scores = mm_to(last_hidden, p.weights[last].t(), acc);
+  if (p.biases[last]) scores.add_(p.biases[last]->to(acc));
+  return scores.view({-1});
+}
+
+// body(pairs, image, images, first_row, rows, kept_row): the chunks of whole images of
+// each pair set; kept_row is the chunk's first row in the kept activations.
+template <typename Body>
+void for_each_chunk(const ConcatConvProblem& p, const Body& body) {
+  const int64_t step = p.chunk_images();
+  for (int64_t pairs = 0; pairs <= p.num_negatives; ++pairs) {
+    for (int64_t image = 0; image < p.batch; image += step) {
+      const int64_t images = std::min(step, p.batch - image);
+      const int64_t first_row = image * p.locations;
+      body(pairs, image, images, first_row, images * p.locations, pairs * p.rows() + first_row);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forward(
+    const ConcatConvProblem& p, const ConcatConvKernels& kernels) {
+  const NoAutocast no_autocast;
+  const auto [P, Q] = split_first_layer(p);
+  const auto acc = P.options().dtype(acc_dtype(P.scalar_type()));
+  at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, acc);
+  const at::Tensor flat_scores = scores.view({-1});
+  std::vector<at::Tensor> kept;
+  if (p.keep_activations) {
+    for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
+      kept.push_back(
+          at::empty({(p.num_negatives + 1) * p.rows(), p.weights[i].size(0)}, P.options()));
+    }
+  }
+  for_each_chunk(
+      p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows, int64_t kept_row) {
+        std::vector<at::Tensor> into;  // the chunk's rows of the kept activations: no copy
+        for (const auto& k : kept) into.push_back(k.narrow(0, kept_row, rows));
+        const auto hidden =
+            later_hidden(p, first_hidden(p, kernels, P, Q, pairs, first_row, rows), into);
+        flat_scores.narrow(0, kept_row, rows).copy_(chunk_scores(p, hidden.back()));
+      });
+  const at::Tensor estimate =
+      mi_bound_op(scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+  return {estimate.to(P.scalar_type()), scores, kept};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
+                        const at::Tensor& scores, at::TensorList activations,
+                        const ConcatConvKernels& kernels) {
+  const NoAutocast no_autocast;
+  const auto dtype = p.local_rows.scalar_type();
+  const auto [d_pos, d_neg] =
+      mi_bound_backward_op(grad.to(scores.scalar_type()), scores[0],
+                           scores.narrow(0, 1, p.num_negatives), p.estimator_name);
+  // d(estimate)/d(score) times the gradient scale B * L, so that half-precision
+  // gradients hold values near 1 instead of underflowing (1 / (B L) is below
+  // fp16's normal range); every accumulated gradient is unscaled at the end.
+  const double scale = double(p.rows());
+  const at::Tensor d_scores = (at::cat({d_pos.unsqueeze(0), d_neg}, 0) * scale).view({-1});
+
+  const auto [P, Q] = split_first_layer(p);
+  const auto acc = acc_dtype(dtype);
+  const auto acc_options = P.options().dtype(acc);
+  // dP feeds W1f's gradient (every pair) and the features' gradient (without the
+  // negative pairs when they are detached, as the seed's stop_gradient does).
+  at::Tensor dP = at::zeros(P.sizes(), acc_options);
+  at::Tensor dP_positives = p.detach_negatives ? at::zeros(P.sizes(), acc_options) : at::Tensor();
+  at::Tensor dQ = at::zeros(Q.sizes(), acc_options);
+  std::vector<at::Tensor> d_weights(p.weights.size()), d_biases(p.weights.size());
+  for (size_t i = 1; i < p.weights.size(); ++i) {
+    d_weights[i] = at::zeros(p.weights[i].sizes(), acc_options);
+    d_biases[i] =
+        p.biases[i] ? at::zeros(p.biases[i]->sizes(), acc_options) : at::empty({0}, acc_options);
+  }
+  const size_t last = p.weights.size() - 1;
+  for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t, int64_t first_row, int64_t rows,
+                        int64_t kept_row) {
+    // The first layer is recomputed (a gather, no GEMM); the later ones too, unless kept.
+    const at::Tensor h1 = first_hidden(p, kernels, P, Q, pairs, first_row, rows);
+    std::vector<at::Tensor> hidden{h1};
+    if (activations.empty()) {
+      hidden = later_hidden(p, h1);
+    } else {
+      for (const auto& a : activations) hidden.push_back(a.narrow(0, kept_row, rows));
+    }
+    // d_z: the gradient at layer i's output before its activation, from the score down.
+    at::Tensor d_z = d_scores.narrow(0, kept_row, rows).unsqueeze(1).to(dtype);
+    for (size_t i = last; i >= 2; --i) {  // layer i reads hidden[i - 1]
+      d_weights[i].add_(mm_to(d_z.t(), hidden[i - 1], acc));
+      if (p.biases[i]) d_biases[i].add_(d_z.sum(0));
+      d_z = at::threshold_backward(at::mm(d_z, p.weights[i]), hidden[i - 1], 0);
+    }
+    // Layer 1 reads h1 = relu(P[source] + Q[image]): its gradient splits back to dP and dQ.
+    d_weights[1].add_(mm_to(d_z.t(), h1, acc));
+    if (p.biases[1]) d_biases[1].add_(d_z.sum(0));
+    const at::Tensor src = p.sources[pairs].narrow(0, first_row, rows);
+    kernels.first_layer_backward(at::mm(d_z, p.weights[1]), h1, src, image, p.locations, dP,
+                                 pairs == 0 && p.detach_negatives ? &dP_positives : nullptr, dQ);
+  });
+  const double unscale = 1.0 / scale;
+  for (size_t i = 1; i < p.weights.size(); ++i) {
+    d_weights[i] = d_weights[i].mul_(unscale).to(dtype);
+    d_biases[i] = d_biases[i].mul_(unscale).to(dtype);
+  }
+  const auto [d_rows, d_code, d_w1, d_b1] =
+      first_layer_gradients(p.local_rows, p.global_code, p.weights[0], p.biases[0].has_value(), dP,
+                            p.detach_negatives ? dP_positives : dP, dQ, scale);
+  d_weights[0] = d_w1;
+  d_biases[0] = d_b1;
+  return {d_rows.view({p.batch, p.locations, p.channels}).transpose(1, 2).contiguous(), d_code,
+          d_weights, d_biases};
+}
+
+namespace {
+
+// The plan's two ends as ops, for the Triton backend's fused kernels in between. The
+// checks (with the backward's grad and scores when given) and the first layer's split:
+// (local rows (B * L, C), row sources (1 + K, B * L), P, Q).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_op(
+    const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
+    at::TensorList biases, const at::Tensor& perm, c10::string_view estimator,
+    const std::optional<at::Tensor>& grad, const std::optional<at::Tensor>& scores) {
+  const NoAutocast no_autocast;
+  const c10::DeviceGuard guard(feature_map.device());
+  const ConcatConvProblem p = concat_conv_problem(feature_map, global_code, weights, biases, perm,
+                                                  estimator, false, false, 1);
+  if (grad || scores) {
+    TORCH_CHECK_VALUE(grad && scores, kOp, "give the backward's grad and scores together");
+    check_concat_conv_scores(*grad, *scores, p, {});
+  }
+  const auto [P, Q] = split_first_layer(p);
+  return {p.local_rows, p.sources, P, Q};
+}
+
+// The first layer's gradients (see first_layer_gradients), with d feature_map in its shape.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_backward_op(
+    const at::Tensor& feature_map, const at::Tensor& local_rows, const at::Tensor& global_code,
+    const at::Tensor& w1, bool has_bias, const at::Tensor& dP, const at::Tensor& dP_features,
+    const at::Tensor& dQ, double scale) {
+  const char* op = "dim_fused.concat_conv_mi_first_layer_backward: ";
+  const int64_t batch = global_code.dim() == 2 ? global_code.size(0) : -1;
+  TORCH_CHECK_VALUE(feature_map.dim() >= 3 && feature_map.size(0) == batch && batch >= 1 &&
+                        local_rows.dim() == 2 && local_rows.size(1) == feature_map.size(1) &&
+                        local_rows.size(0) * local_rows.size(1) == feature_map.numel() &&
+                        local_rows.is_contiguous(),
+                    op,
+                    "need the feature map, its contiguous rows (B * L, C) and global_code (B, D)");
+  const int64_t rows = local_rows.size(0), hidden = w1.size(0);
+  const auto acc = acc_dtype(local_rows.scalar_type());
+  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == local_rows.size(1) + global_code.size(1), op,
+                    "w1 must be (H1, C + D), got ", w1.sizes());
+  for (const at::Tensor* t : {&dP, &dP_features, &dQ}) {
+    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(1) == hidden && t->scalar_type() == acc &&
+                          t->device() == local_rows.device(),
+                      op, "dP, dP_features and dQ must be (rows, H1) ", acc, " tensors");
+  }
+  TORCH_CHECK_VALUE(dP.size(0) == rows && dP_features.size(0) == rows && dQ.size(0) == batch, op,
+                    "dP and dP_features must have B * L = ", rows, " rows and dQ B = ", batch);
+  for (const at::Tensor* t : {&feature_map, &global_code, &w1}) {
+    TORCH_CHECK_VALUE(
+        t->scalar_type() == local_rows.scalar_type() && t->device() == local_rows.device(), op,
+        "the inputs must share the local rows' dtype and device");
+  }
+  TORCH_CHECK_VALUE(scale > 0, op, "scale must be positive, got ", scale);
+  const NoAutocast no_autocast;
+  const c10::DeviceGuard guard(local_rows.device());
+  auto [d_rows, d_code, d_w1, d_b1] =
+      first_layer_gradients(local_rows, global_code, w1, has_bias, dP, dP_features, dQ, scale);
+  const int64_t channels = local_rows.size(1);
+  at::Tensor d_map = d_rows.view({batch, rows / batch, channels})
+                         .transpose(1, 2)
+                         .contiguous()
+                         .view(feature_map.sizes());
+  return {d_map, d_code, d_w1, d_b1};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
+  m.def(
+      "concat_conv_mi(Tensor feature_map, Tensor global_code, Tensor[] weights, Tensor[] biases,"
+      " Tensor perm, str estimator, bool detach_negatives, bool keep_activations,"
+      " int chunk_values) -> (Tensor, Tensor, Tensor[])");
+  m.def(
+      "concat_conv_mi_backward(Tensor grad, Tensor feature_map, Tensor global_code,"
+      " Tensor[] weights, Tensor[] biases, Tensor perm, Tensor scores, Tensor[] activations,"
+      " str estimator, bool detach_negatives, int chunk_values)"
+      " -> (Tensor, Tensor, Tensor[], Tensor[])");
+  m.def(
+      "concat_conv_mi_first_layer(Tensor feature_map, Tensor global_code, Tensor[] weights,"
+      " Tensor[] biases, Tensor perm, str estimator, Tensor? grad, Tensor? scores)"
+      " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "concat_conv_mi_first_layer_backward(Tensor feature_map, Tensor local_rows,"
+      " Tensor global_code, Tensor w1, bool has_bias, Tensor dP, Tensor dP_features, Tensor dQ,"
+      " float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
+  m.impl("concat_conv_mi_first_layer", &first_layer_op);
+  m.impl("concat_conv_mi_first_layer_backward", &first_layer_backward_op);
+}
+
+}  // namespace dim_fused

@@ -1,0 +1,83 @@
+"""The public dot_product_mi: check the arguments, then run the chosen backend."""
+
+import torch
+
+from ..common import checks, dispatch, library, precision, tunables
+from ..common.estimators import check_estimator
+from . import reference
+
+
+def dot_product_mi(
+    local_codes: torch.Tensor,
+    global_codes: torch.Tensor,
+    *,
+    estimator: str = "jsd",
+    official: bool = False,
+    positive_offset: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Local MI of the encode-and-dot critic (the paper's Figure 4), streamed: never a
+    G x B x L score tensor.
+
+    Scores ``u[i, j, p] = <global_codes[i], local_codes[j, :, p]>``; local image j's
+    positive global is row ``positive_offset + j`` and every other pair is a negative.
+    f-measures average Ep over the B*L positives and Eq over the (G-1)*B*L negatives;
+    ``dv`` is ``mean(pos) - log mean exp(neg)``; ``infonce`` contrasts each positive
+    (i, p) with the (B-1)*L local vectors of the other images:
+    ``mean(u_pos - logsumexp(candidates)) + log(1 + (B-1)*L)``. Under autocast the codes
+    are cast to autocast's dtype (the scores are GEMMs; the reductions stay float32).
+
+    Args:
+        local_codes: the local codes, any layout (channels-last codes are read in place).
+        global_codes: the global codes; rows beyond the batch (gathered from other ranks)
+            are negatives of every local image.
+        estimator: one of ``dim_fused.ESTIMATORS``; ``dv`` and ``infonce`` need G == B.
+        official: return exactly the negative of the official DIM code's loss: its
+            InfoNCE keeps the L self pairs in the denominator at score -10 and has no log
+            term; its Jan-2019 DV normalises by log(B(B-1)) (log L below the default).
+        positive_offset: the global row of local image 0's positive (rank * B when the
+            globals of every rank are gathered).
+        backend: one of ``dim_fused.BACKENDS`` (see ``dim_fused.resolve_backend``).
+
+    Shape:
+        local_codes: (B, E, H, W) or (B, E, L), B >= 2. global_codes: (G, E), G >= B.
+
+    Returns:
+        A 0-dim tensor of the codes' dtype (accumulated in float32, float64 for float64).
+    """
+    device = checks.tensor(local_codes, "local_codes", min_dim=3, max_dim=4).device
+    local_codes, global_codes = precision.autocast([local_codes, global_codes], device)
+    check_codes(local_codes, global_codes, estimator, positive_offset)
+    name = dispatch.resolve_backend(backend, local_codes.device, "dot_product_mi")
+    if name == "reference":
+        return reference.dot_product_mi(local_codes, global_codes, estimator, official, positive_offset)
+    op = library.registered("dot_product_mi", name)
+    return op(
+        local_codes, global_codes, estimator, official, positive_offset, tunables.tile_scores(local_codes.device)
+    )[0]
+
+
+def check_codes(local_codes: torch.Tensor, global_codes: torch.Tensor, estimator: str, positive_offset: int) -> None:
+    check_estimator(estimator)
+    checks.tensor(local_codes, "local_codes", min_dim=3, max_dim=4)
+    checks.tensor(global_codes, "global_codes", min_dim=2, max_dim=2)
+    checks.same_dtype_and_device([("local_codes", local_codes), ("global_codes", global_codes)])
+    batch, units = local_codes.shape[:2]
+    num_globals = global_codes.shape[0]
+    checks.batch_size(batch, "local_codes.shape[0] (the batch)")
+    if global_codes.shape[1] != units:
+        raise ValueError(
+            f"global_codes must have E = {units} columns like local_codes (B, E, ...), got {tuple(global_codes.shape)}"
+        )
+    if num_globals < batch:
+        raise ValueError(f"global_codes must have at least B = {batch} rows, got G = {num_globals}")
+    if not 0 <= positive_offset <= num_globals - batch:
+        raise ValueError(
+            f"positive_offset must be in [0, G - B] = [0, {num_globals - batch}] so that every local image has "
+            f"its positive global row, got {positive_offset}"
+        )
+    if estimator in ("dv", "infonce") and num_globals != batch:
+        raise ValueError(
+            f"estimator {estimator!r} couples all pairs through its normaliser and needs G == B; got G = "
+            f"{num_globals}, B = {batch} (use an f-measure such as 'jsd' with globals gathered from other ranks)"
+        )

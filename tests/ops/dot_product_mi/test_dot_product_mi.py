@@ -1,0 +1,258 @@
+"""dim_fused.dot_product_mi on every fused backend against the float64 reference."""
+
+import pytest
+import torch
+from helpers import TILE, assert_matches_oracle, value_and_grads
+
+import dim_fused
+from dim_fused import ESTIMATORS, F_MEASURES, reference
+from dim_fused.nn import EncodeAndDotCritic
+
+# (B, E, spatial, G, offset): odd sizes, G > B with offsets, several tiles.
+SHAPES = [
+    (2, 3, (1,), 2, 0),  # smallest: B = 2, L = 1
+    (3, 5, (2, 3), 3, 0),  # (B, E, H, W) maps
+    (4, 7, (5,), 9, 3),  # more globals than images (other ranks'), offset
+    (5, 33, (17,), 5, 0),  # E and L not multiples of any tile
+]
+
+
+def cases(estimators):
+    for shape in SHAPES:
+        for estimator in estimators:
+            if shape[3] != shape[0] and estimator in ("dv", "infonce"):
+                continue
+            yield pytest.param(shape, estimator, id=f"{estimator}-B{shape[0]}E{shape[1]}L{shape[2]}G{shape[3]}")
+
+
+def make_codes(shape, scale=0.5):
+    batch, units, spatial, num_globals, _ = shape
+    local = torch.randn(batch, units, *spatial, dtype=torch.float64) * scale
+    global_codes = torch.randn(num_globals, units, dtype=torch.float64) * scale
+    return local, global_codes
+
+
+def dtypes_for(backend, device):
+    if backend == "triton" and device == "cpu":
+        return [torch.float64, torch.float32]  # the interpreter's dot: no 16-bit checks here
+    return [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+
+def check(backend, device, dtype, estimator, local, global_codes, offset=0, official=False):
+    def fused(loc, glo):
+        return dim_fused.dot_product_mi(
+            loc, glo, estimator=estimator, official=official, positive_offset=offset, backend=backend
+        )
+
+    def ref(loc, glo):
+        return reference.dot_product_mi(loc, glo, estimator, official, offset)
+
+    assert_matches_oracle(
+        fused, ref, (local, global_codes), dtype=dtype, device=device, names=("local", "global"), what=estimator
+    )
+
+
+@pytest.mark.parametrize(("shape", "estimator"), list(cases(ESTIMATORS)))
+def test_matches_oracle(fused, shape, estimator):
+    backend, device = fused
+    if backend == "triton" and device == "cpu" and shape[0] * shape[2][0] > 1000:
+        pytest.skip("too large for the Triton interpreter")
+    local, global_codes = make_codes(shape)
+    for dtype in dtypes_for(backend, device):
+        check(backend, device, dtype, estimator, local, global_codes, offset=shape[4])
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_many_tiles(fused, estimator, monkeypatch):
+    """Tiles of one image: statistics merged across tiles, gradients written per tile;
+    Triton's forward runs one program per row block, looping over the column blocks."""
+    monkeypatch.setenv("DIM_FUSED_TILE_SCORES", "1")
+    monkeypatch.setenv("DIM_FUSED_TRITON_PROGRAMS", "1")
+    backend, device = fused
+    local, global_codes = make_codes((5, 4, (7,), 5, 0))
+    check(backend, device, torch.float32, estimator, local, global_codes)
+
+
+@pytest.mark.parametrize("estimator", ["dv", "infonce", *F_MEASURES[:2]])
+def test_official_mode(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((4, 6, (3, 3), 4, 0))
+    check(backend, device, torch.float32, estimator, local, global_codes, official=True)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "gan", "w1", "dv", "infonce"])
+def test_large_magnitude_codes_stay_finite(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((3, 4, (5,), 3, 0), scale=30.0)  # scores in the thousands
+    out, grads = value_and_grads(
+        lambda loc, glo: dim_fused.dot_product_mi(loc, glo, estimator=estimator, backend=backend),
+        local,
+        global_codes,
+        dtype=torch.float32,
+        device=device,
+    )
+    assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+    check(backend, device, torch.float32, estimator, local, global_codes)
+
+
+def test_non_contiguous_inputs(fused):
+    backend, device = fused
+    local = torch.randn(4, 6, 5, dtype=torch.float64).transpose(1, 2)  # (4, 5, 6): E = 5, L = 6
+    global_codes = torch.randn(5, 4, dtype=torch.float64).t()  # (4, 5)
+    assert not local.is_contiguous() and not global_codes.is_contiguous()
+    for estimator in ("jsd", "infonce"):
+        check(backend, device, torch.float32, estimator, local, global_codes)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "x2", "dv", "infonce"])
+def test_gradcheck_float64(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((3, 4, (2,), 3, 0))
+    inputs = (local.to(device).requires_grad_(), global_codes.to(device).requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda loc, glo: dim_fused.dot_product_mi(loc, glo, estimator=estimator, backend=backend), inputs
+    )
+
+
+def _ops_for(backend):
+    if backend == "triton":
+        return torch.ops.dim_fused.dot_product_mi_triton, torch.ops.dim_fused.dot_product_mi_triton_backward
+    return torch.ops.dim_fused.dot_product_mi, torch.ops.dim_fused.dot_product_mi_backward
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "dv", "infonce"])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(fused, estimator, requires_grad):
+    backend, device = fused
+    local, global_codes = make_codes((3, 5, (4,), 3, 0))
+    local = local.float().to(device).requires_grad_(requires_grad)
+    global_codes = global_codes.float().to(device).requires_grad_(requires_grad)
+    op, backward_op = _ops_for(backend)
+    torch.library.opcheck(op, (local, global_codes, estimator, False, 0, TILE))
+    _, stats = op(local.detach(), global_codes.detach(), estimator, False, 0, TILE)
+    grad = torch.tensor(-1.5, device=device)
+    torch.library.opcheck(backward_op, (grad, local.detach(), global_codes.detach(), stats, estimator, False, 0, TILE))
+
+
+def test_torch_compile(fused):
+    backend, device = fused
+    torch._dynamo.reset()
+    local, global_codes = make_codes((3, 5, (2, 2), 3, 0))
+
+    def loss(loc, glo):
+        return -dim_fused.dot_product_mi(torch.relu(loc), glo * 2.0, estimator="infonce", backend=backend)
+
+    eager, eager_grads = value_and_grads(loss, local, global_codes, dtype=torch.float32, device=device)
+    out, grads = value_and_grads(
+        torch.compile(loss, fullgraph=True), local, global_codes, dtype=torch.float32, device=device
+    )
+    torch.testing.assert_close(out, eager)
+    for g, eg in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, eg)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+def test_half_precision_scores_reach_the_epilogue_in_float32(fused, layout):
+    """bf16 codes, fp32 GEMM output: the forward's per-row logsumexps match those of the
+    float64 scores of the same (rounded) codes to fp32 accuracy, far better than scores
+    rounded to bf16 would give (relative 4e-3)."""
+    backend, device = fused
+    if backend == "triton" and device == "cpu":
+        pytest.skip("the interpreter has no bf16")
+    torch.manual_seed(0)
+    local = (torch.randn(6, 64, 4, 4) * 0.3).bfloat16()
+    if layout == "channels-last":
+        local = local.contiguous(memory_format=torch.channels_last)
+    global_codes = (torch.randn(6, 64) * 0.3).bfloat16()
+    op = torch.ops.dim_fused.dot_product_mi_triton if backend == "triton" else torch.ops.dim_fused.dot_product_mi
+    _, stats = op(local.to(device), global_codes.to(device), "infonce", False, 0, TILE)
+    scores = reference.dot_product_scores(local.double(), global_codes.double())  # (G, B, L)
+    off_diagonal = ~torch.eye(6, dtype=torch.bool)[:, :, None].expand_as(scores)
+    want = torch.logsumexp(scores.masked_fill(~off_diagonal, -float("inf")).flatten(1), dim=1)
+    assert stats.dtype == torch.float32
+    torch.testing.assert_close(stats[:, 0].double().cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_channels_last_codes_are_read_in_place(fused):
+    """The critic's codes are channels-last: the gradient comes back in that layout (written
+    in place, no transposing copy) and equals the contiguous codes' gradient."""
+    backend, device = fused
+    local, global_codes = make_codes((3, 8, (2, 3), 3, 0))
+    channels_last = local.float().contiguous(memory_format=torch.channels_last).to(device).requires_grad_()
+    contiguous = local.float().to(device).requires_grad_()
+    grads = []
+    for codes in (channels_last, contiguous):
+        out = dim_fused.dot_product_mi(codes, global_codes.float().to(device), estimator="infonce", backend=backend)
+        grads.append(torch.autograd.grad(out, codes)[0])
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) and grads[1].is_contiguous()
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_torch_compile_with_channels_last_codes(fused):
+    backend, device = fused
+    torch._dynamo.reset()
+    local, global_codes = make_codes((3, 5, (2, 2), 3, 0))
+    local = local.float().contiguous(memory_format=torch.channels_last).to(device).requires_grad_()
+    global_codes = global_codes.float().to(device)
+
+    def loss(loc, glo):
+        return -dim_fused.dot_product_mi(loc, glo, estimator="jsd", backend=backend)
+
+    eager = torch.autograd.grad(loss(local, global_codes), local)[0]
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(local, global_codes), local)[0]
+    torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the autotuner's GPU tiles run on a GPU")
+@pytest.mark.parametrize("estimator", ["jsd", "infonce"])
+def test_every_autotuner_tile_is_correct(estimator):
+    """The tests run one tile per dtype (DIM_FUSED_AUTOTUNE=0); here each tile the
+    autotuner may pick runs against the oracle, for the dtypes it serves."""
+    from dim_fused.ops.common import triton_launch as tiles
+    from dim_fused.ops.dot_product_mi import triton_kernels as kernels
+
+    local, global_codes = make_codes((5, 40, (3, 7), 5, 0))
+    saved = kernels._reduce_kernel.configs
+    try:
+        for tile in [*tiles.TENSOR_CORE_TILES, *tiles.FMA_TILES]:
+            for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
+                kernel.configs, kernel.cache = [tile], {}
+            fma = any(tile is t for t in tiles.FMA_TILES)
+            dtypes = [torch.float32] if fma else [torch.bfloat16, torch.float16]
+            for dtype in dtypes:
+                check("triton", "cuda", dtype, estimator, local, global_codes)
+    finally:
+        for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
+            kernel.configs, kernel.cache = saved, {}
+
+
+@pytest.mark.parametrize("critic", [False, True], ids=["op", "module"])
+def test_autocast_runs_the_op_in_its_dtype(fused, critic):
+    """The policy is on the op (like the matmuls autocast lowers): called directly or
+    through its module under autocast, it gives what it gives on the codes cast to
+    autocast's dtype, and gradients flow back to the float32 leaves."""
+    backend, device = fused
+    if backend == "triton" and device == "cpu":
+        pytest.skip("the Triton interpreter has no bf16")
+    local, global_codes = make_codes((3, 6, (5,), 3, 0))
+    leaves = [local.float().to(device).requires_grad_(), global_codes.float().to(device).requires_grad_()]
+    module = EncodeAndDotCritic(6, 6, units=6).to(device)
+    if critic:
+
+        def run(loc, glo):
+            return module(loc, glo, estimator="infonce", backend=backend)
+
+        with torch.autocast(device, dtype=torch.bfloat16):
+            cast_codes = [c.bfloat16() for c in module.encode(*leaves)]
+    else:
+
+        def run(loc, glo):
+            return dim_fused.dot_product_mi(loc, glo, estimator="infonce", backend=backend)
+
+        cast_codes = [c.bfloat16() for c in leaves]
+    with torch.autocast(device, dtype=torch.bfloat16):
+        out = run(*leaves)
+    want = dim_fused.dot_product_mi(*cast_codes, estimator="infonce", backend=backend)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, want)
+    grads = torch.autograd.grad(out, leaves)
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
