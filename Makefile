@@ -4,6 +4,9 @@ PYTHON_SYSTEM ?= python3
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 export MAX_JOBS ?= 2
+# The GPU machine's Triton (beside its torch 2.11): the tests compile every kernel with it
+# too, into $(VENV)/gpu-triton, never imported by the package.
+GPU_TRITON_VERSION ?= 3.6.0
 
 CXX_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 EXT_SOURCES := setup.py $(CXX_SOURCES)
@@ -15,6 +18,7 @@ $(VENV)/.installed: requirements.txt
 	$(PYTHON_SYSTEM) -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install --no-deps --target $(VENV)/gpu-triton triton==$(GPU_TRITON_VERSION)
 	touch $@
 
 # Then the package with every extra (pyproject.toml), which builds the extension: once on

@@ -3,6 +3,7 @@ the FLOP and byte counts its throughput is quoted against, why a peer cannot run
 here, and the correctness check a fused peer must pass before it is timed.
 Shared by the pytest-benchmark suite and the report."""
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -209,11 +210,35 @@ def bytes_moved(config: Config, itemsize: int, mode: str) -> int:
     return elements * itemsize * (1 if mode == "forward" else 3)
 
 
+FP32_PRECISIONS = ("ieee", "tf32")
+
+
+def _resolved(precision: str) -> str:
+    """A backend's fp32_precision, where "none" inherits torch.backends.fp32_precision (as
+    cuBLAS and cuDNN read it)."""
+    return torch.backends.fp32_precision if precision == "none" else precision
+
+
 def tf32_enabled() -> bool:
-    """torch's float32 matmul setting, read through the fp32_precision API (the legacy
-    allow_tf32 raises once a user set the new one)."""
-    precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
-    return precision == "tf32" if precision is not None else bool(torch.backends.cuda.matmul.allow_tf32)
+    """Whether float32 matmuls may use TF32: torch's setting through the fp32_precision API
+    only (the legacy allow_tf32 raises once a user set the new one)."""
+    return _resolved(torch.backends.cuda.matmul.fp32_precision) == "tf32"
+
+
+@contextlib.contextmanager
+def fp32_precision(precision: str):
+    """Every peer at one float32 precision: cuBLAS matmuls (the fused paths' GEMMs and
+    Triton's dots follow it) and cuDNN convolutions (the reference critic's conv1d, whose
+    default is TF32) both set to "ieee" or "tf32" for the block, then restored."""
+    if precision not in FP32_PRECISIONS:
+        raise ValueError(f"fp32 precision must be one of {FP32_PRECISIONS}, got {precision!r}")
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = precision
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def check(config: Config, peer: str, device: torch.device, dtype: torch.dtype, estimator: str) -> None:

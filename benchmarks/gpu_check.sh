@@ -1,45 +1,99 @@
 #!/usr/bin/env bash
-# The prepared GPU run: on a GPU machine with torch, triton, nvcc and the test tools
-# installed and no network, in under 9 minutes: build the extension for sm_90 with every
-# core, run the GPU tests of the cuda and triton backends (all of them: no -x, four files
-# in parallel so that Triton's compiles overlap), compute-sanitizer memcheck and racecheck
-# on small cases, quick reports in float32 and bfloat16, training steps/s, and the full
-# report in the time left (stopped, it keeps its finished cases). summary.md is rewritten
-# after every step, so a run cut short still says how far it got.
+# The prepared GPU run, in two calls that fit the device budget (15 minutes in all, machine
+# starts included), on a GPU machine with torch, Triton, nvcc and the test tools (pytest-xdist,
+# pytest-timeout) and no network. From the repository root:
 #
-#   bash benchmarks/gpu_check.sh OUT             from the repository root
-#   bash benchmarks/gpu_check.sh --dry-run OUT   the same plumbing on a CPU, small (CI runs it)
+#   bash benchmarks/gpu_check.sh --call 1 OUT   at most ~5.5 minutes: what matters most, first
+#   bash benchmarks/gpu_check.sh --call 2 OUT   at most ~3.5 minutes, on a fresh machine after a fix
+#   bash benchmarks/gpu_check.sh --dry-run --call 1|2 OUT   the same plumbing on a CPU (the tests run both)
 #
-# Commit OUT as benchmarks/results/<gpu>-<date>/ (versions.txt, command.txt, summary.md,
-# every step's log, the reports' tables, raw numbers and plots).
+# Call 1: the build for sm_90 with every core; the GPU tests of the cuda and triton backends
+# (pytest -n 8, a per-test timeout, autotuning off); the smoke run and compute-sanitizer
+# memcheck on it (autotuning off); the headline timings of the three CIFAR settings in
+# bfloat16 and float32 (IEEE), without the torch.compile peer; whole DIM training steps/s.
+# Call 2: the build; the tests named in GPU_CHECK_RERUN (what failed in call 1 and was fixed);
+# racecheck on one case per kernel; the torch.compile peer (bfloat16) and TF32 at the CIFAR
+# settings; the large and STL-10 concat settings.
+#
+# OUT receives four files, rewritten after every step so that a run cut short still says how
+# far it got: summary.md (environment, every step's status, the headline tables), log.txt
+# (the end of every step's log), rows.json (every timed row of every report) and tests.xml
+# (JUnit). Commit them as benchmarks/results/<gpu>-<date>/call-<N>/.
 set -uo pipefail
 DRY=0
-if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
-OUT=${1:?usage: bash benchmarks/gpu_check.sh [--dry-run] OUT}
+CALL=
+while [ $# -gt 1 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --call) CALL=$2; shift ;;
+    *) break ;;
+  esac
+  shift
+done
+OUT=${1:?usage: bash benchmarks/gpu_check.sh [--dry-run] --call 1|2 OUT}
+case "$CALL" in 1 | 2) ;; *) echo "usage: bash benchmarks/gpu_check.sh [--dry-run] --call 1|2 OUT" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+rm -f "$OUT/summary.md" "$OUT/log.txt" "$OUT/rows.json" "$OUT/tests.xml"
 export PYTHONUNBUFFERED=1 DIM_FUSED_CUDA=1 DIM_FUSED_QUIET=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_SECONDS:-540}
+if [ "$CALL" = 1 ]; then BUDGET=${GPU_CHECK_SECONDS:-315}; else BUDGET=${GPU_CHECK_SECONDS:-200}; fi
 START=$SECONDS
-echo "bash benchmarks/gpu_check.sh $([ $DRY = 1 ] && echo '--dry-run ')$OUT  ($(date -u +%FT%TZ))" >"$OUT/command.txt"
+COMMAND="bash benchmarks/gpu_check.sh $([ $DRY = 1 ] && echo '--dry-run ')--call $CALL OUT  ($(date -u +%FT%TZ), budget ${BUDGET} s)"
+
+if [ $DRY = 1 ]; then
+  DEVICE=cpu BACKENDS=cpu WORKERS=2
+  echo "dry run on $(uname -m), no GPU" >"$WORK/nvidia-smi.txt"
+else
+  DEVICE=cuda BACKENDS="cuda triton" WORKERS=8
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$WORK/nvidia-smi.txt" 2>&1
+fi
+"$PY" - >"$WORK/versions.txt" 2>&1 <<'EOF'
+import platform, torch, triton
+print("python", platform.python_version(), "/ torch", torch.__version__, "/ cuda", torch.version.cuda, "/ triton", triton.__version__)
+print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+EOF
+# The tools that may not be on PATH: look in the CUDA toolkit's folders too.
+find_tool() {
+  command -v "$1" 2>/dev/null && return
+  ls -d /usr/local/cuda*/bin/"$1" /usr/local/cuda*/"$1"/"$1" /opt/nvidia/*/"$1" /opt/nvidia/*/*/"$1" 2>/dev/null | head -n 1
+}
+SANITIZER=$([ $DRY = 1 ] || find_tool compute-sanitizer)
+echo "compute-sanitizer: ${SANITIZER:-not found}" >>"$WORK/versions.txt"
 
 rows=()
+FAILED=0
 summary() {
   {
-    echo "# GPU check $([ $DRY = 1 ] && echo '(dry run, CPU)')"
+    echo "# GPU check, call $CALL$([ $DRY = 1 ] && echo ' (dry run, CPU)')"
     echo
-    echo "\`$(head -n 1 "$OUT/command.txt")\`"
+    echo "\`$COMMAND\`"
+    echo
+    sed 's/^/    /' "$WORK/versions.txt" "$WORK/nvidia-smi.txt"
     echo
     echo "| step | rc | seconds | last line of its log |"
     echo "|---|---:|---:|---|"
     printf '%s\n' "${rows[@]}"
+    for table in "$WORK"/*/summary.md "$WORK"/train-speed/table.md; do
+      [ -f "$table" ] && { echo; echo "## ${table#"$WORK"/}"; echo; grep -v '^Command:' "$table"; }
+    done
   } >"$OUT/summary.md"
+  # Every report's rows, one JSON object keyed by step.
+  "$PY" - "$WORK" "$OUT/rows.json" <<'EOF'
+import json, pathlib, sys
+work, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+runs = {path.parent.name: json.loads(path.read_text()) for path in sorted(work.glob("*/results.json"))}
+out.write_text(json.dumps(runs, indent=1))
+EOF
+  [ -f "$WORK/tests.xml" ] && cp "$WORK/tests.xml" "$OUT/tests.xml"
+  return 0
 }
 left() { echo $((BUDGET - (SECONDS - START))); }
 # step NAME SECONDS COMMAND...: run it with a time limit (cut to what the budget has left),
-# log to OUT/NAME.log, add its row to the summary.
+# log into WORK/NAME.log (its end goes to OUT/log.txt), add its row to the summary.
 step() {
   local name=$1 limit=$2
   shift 2
@@ -48,101 +102,76 @@ step() {
   [ "$limit" -gt "$remaining" ] && limit=$remaining
   if [ "$limit" -lt 10 ]; then
     rows+=("| $name | skipped | 0 | no time left in the ${BUDGET} s budget |")
+    FAILED=1
     summary
     return 124
   fi
   local begin=$SECONDS
-  timeout --signal=TERM --kill-after=15 "$limit" "$@" >"$OUT/$name.log" 2>&1
+  # Through bash, so that a step may be one of the functions below (exported).
+  timeout --signal=TERM --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$WORK/$name.log" 2>&1
   local rc=$?
   local last
-  last=$(grep -v '^\s*$' "$OUT/$name.log" | tail -n 1 | cut -c1-110 | tr '|' '/')
+  last=$(grep -v '^\s*$' "$WORK/$name.log" | tail -n 1 | cut -c1-110 | tr '|' '/')
   rows+=("| $name | $rc | $((SECONDS - begin)) | $last |")
+  [ $rc = 0 ] || FAILED=1
+  { echo "==== $name: rc $rc, $((SECONDS - begin)) s (limit $limit s); the last 300 lines ===="; tail -n 300 "$WORK/$name.log"; echo; } >>"$OUT/log.txt"
   summary
   return $rc
 }
-# The tools that may not be on PATH: look in the CUDA toolkit's folders too.
-find_tool() {
-  command -v "$1" 2>/dev/null && return
-  ls -d /usr/local/cuda*/bin/"$1" /usr/local/cuda*/"$1"/"$1" /opt/nvidia/*/"$1" /opt/nvidia/*/*/"$1" 2>/dev/null | head -n 1
-}
+note() { rows+=("| $1 | - | 0 | $2 |"); summary; }
 
-if [ $DRY = 1 ]; then
-  DEVICE=cpu
-  BACKENDS="cpu"
-  echo "dry run on $(uname -m), no GPU" >"$OUT/nvidia-smi.txt"
-else
-  DEVICE=cuda
-  BACKENDS="cuda triton"
-  nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-fi
-"$PY" - >"$OUT/versions.txt" 2>&1 <<'EOF'
-import platform, torch, triton
-print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda, "| triton", triton.__version__)
-print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-EOF
-SANITIZER=$(find_tool compute-sanitizer)
-echo "compute-sanitizer: ${SANITIZER:-not found}; ncu: $(find_tool ncu || echo not found)" >>"$OUT/versions.txt"
-rows+=("| environment | 0 | 0 | $(head -n 1 "$OUT/versions.txt" | tr '|' '/') |")
 summary
-
 if [ $DRY = 1 ]; then
   step build 60 "$PY" -c "import dim_fused; print('already built:', dim_fused.available_backends())"
 else
-  step build 240 "$PY" -m pip install --no-build-isolation --no-deps -e . || {
-    echo "the build failed: see $OUT/build.log" >&2
+  step build 110 "$PY" -m pip install --no-build-isolation --no-deps -e . || {
+    echo "the build failed: see $OUT/log.txt" >&2
     exit 1
   }
 fi
-step backends 60 "$PY" -c "import dim_fused; print('$DEVICE backends:', dim_fused.available_backends('$DEVICE'))"
+step backends 30 "$PY" -c "import dim_fused; print('$DEVICE backends:', dim_fused.available_backends('$DEVICE'))"
 
-# The tests of the fused backends on the device, four groups of files at a time.
-tests() {
-  local k="cuda or triton" files=(tests/ops/mi_bound tests/ops/dot_product_mi
-    tests/ops/concat_conv_mi "tests/ops/test_safety.py tests/ops/test_validation.py tests/ops/test_nn.py")
-  if [ "$DRY" = 1 ]; then
-    k="(double_backward or opcheck) and cpu-cpu"
-    files=(tests/ops/test_safety.py tests/ops/mi_bound)
-  fi
-  local pids=() i=0
-  for group in "${files[@]}"; do
-    # shellcheck disable=SC2086  # a group may name several files
-    "$PY" -m pytest $group -q -rfE -p no:cacheprovider -k "$k" --junitxml="$OUT/tests-$i.xml" \
-      >"$OUT/tests-$i.log" 2>&1 &
-    pids+=($!)
-    i=$((i + 1))
-  done
-  local rc=0
-  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
-  tail -n 2 "$OUT"/tests-*.log
-  return $rc
+# pytest over the fused backends' tests on the device, WORKERS in parallel, a timeout per test.
+gpu_tests() {
+  "$PY" -m pytest "$@" -n "$WORKERS" --timeout 90 -q -rfE -p no:cacheprovider --junitxml="$WORK/tests.xml"
 }
-export -f tests
-export PY OUT DRY
-step tests 240 bash -c tests
-
 smoke=("$PY" -m benchmarks.gpu_smoke --device "$DEVICE" --backends $BACKENDS)
-if [ -n "$SANITIZER" ] && [ $DRY = 0 ]; then
-  step memcheck 60 "$SANITIZER" --tool memcheck --error-exitcode 1 "${smoke[@]}"
-  step racecheck 60 "$SANITIZER" --tool racecheck --error-exitcode 1 "${smoke[@]}" --dtypes float32
-else
-  step smoke 60 "${smoke[@]}"
-fi
-
+# The sanitizer where there is one (a dry run has none: the same command runs without it).
+sanitized() { if [ -n "$SANITIZER" ]; then "$SANITIZER" --tool "$1" --error-exitcode 1 "${@:2}"; else "${@:2}"; fi; }
+report() { "$PY" -m benchmarks.report --device "$DEVICE" --modes forward+backward "$@"; }
 if [ $DRY = 1 ]; then
-  step quick 120 "$PY" -m benchmarks.report --tiny --device cpu --out "$OUT/report-quick"
-  step train-speed 120 "$PY" -m benchmarks.train_speed --device cpu --critics concat --backends reference cpu \
-    --batch-size 8 --warmup 1 --min-time 0.2 --out "$OUT/train-speed"
+  SIZE=(--tiny) LARGE=(--configs tiny) SPEED=(--critics concat --backends reference cpu --batch-size 8 --warmup 1 --min-time 0.2)
+  TESTS=(tests/ops/test_safety.py tests/ops/mi_bound -k "(double_backward or opcheck) and cpu-cpu")
 else
-  step quick 90 "$PY" -m benchmarks.report --quick --out "$OUT/report-quick"
-  step quick-bf16 75 "$PY" -m benchmarks.report --quick --dtype bfloat16 --out "$OUT/report-quick-bf16"
-  # Whole DIM training steps/s on CIFAR-sized synthetic data: reference vs cuda vs triton, both critics.
-  step train-speed 90 "$PY" -m benchmarks.train_speed --min-time 1 --out "$OUT/train-speed"
-  # The full report in the time left; stopped early, it keeps the finished cases.
-  step report "$(left)" "$PY" -m benchmarks.report --out "$OUT/report"
+  SIZE=(--quick) LARGE=(--configs large stl10) SPEED=(--min-time 1)
+  TESTS=(tests/ops -k "cuda or triton")
 fi
+NO_COMPILE=(--peers reference official seed matmuls $BACKENDS)
+export -f gpu_tests sanitized report
+export PY WORK WORKERS DEVICE SANITIZER
 
-for table in "$OUT/report-quick/summary.md" "$OUT/report-quick-bf16/summary.md" "$OUT/report/summary.md" \
-  "$OUT/train-speed/table.md"; do
-  [ -f "$table" ] && { echo; echo "## ${table#"$OUT"/}"; echo; grep '^|' "$table"; } >>"$OUT/summary.md"
-done
+if [ "$CALL" = 1 ]; then
+  DIM_FUSED_AUTOTUNE=0 step tests 130 gpu_tests "${TESTS[@]}"
+  DIM_FUSED_AUTOTUNE=0 step smoke 30 "${smoke[@]}"
+  DIM_FUSED_AUTOTUNE=0 step memcheck 45 sanitized memcheck "${smoke[@]}"
+  step headline-bf16 40 report "${SIZE[@]}" --dtype bfloat16 "${NO_COMPILE[@]}" --out "$WORK/headline-bf16"
+  step headline-fp32 40 report "${SIZE[@]}" --dtype float32 --fp32-precision ieee "${NO_COMPILE[@]}" \
+    --out "$WORK/headline-fp32"
+  step train-speed 40 "$PY" -m benchmarks.train_speed --device "$DEVICE" "${SPEED[@]}" --out "$WORK/train-speed"
+else
+  if [ -n "${GPU_CHECK_RERUN:-}" ]; then
+    # shellcheck disable=SC2086  # the node ids are separate words
+    DIM_FUSED_AUTOTUNE=0 step rerun 60 gpu_tests $GPU_CHECK_RERUN
+  else
+    note rerun "nothing to rerun (GPU_CHECK_RERUN is empty)"
+  fi
+  DIM_FUSED_AUTOTUNE=0 step racecheck 40 sanitized racecheck "${smoke[@]}" --one-per-kernel --dtypes float32
+  step compiled-bf16 60 report "${SIZE[@]}" --dtype bfloat16 --peers reference compiled $BACKENDS \
+    --out "$WORK/compiled-bf16"
+  step tf32 30 report "${SIZE[@]}" --dtype float32 --fp32-precision tf32 "${NO_COMPILE[@]}" --out "$WORK/tf32"
+  step large-bf16 45 report "${LARGE[@]}" --ops concat_conv_mi --dtype bfloat16 "${NO_COMPILE[@]}" \
+    --out "$WORK/large-bf16"
+fi
+summary
 cat "$OUT/summary.md"
+exit $FAILED  # 1 when a step failed or ran out of time (every file is written either way)

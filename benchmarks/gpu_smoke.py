@@ -2,7 +2,10 @@
 in float32 and bfloat16, checked against the reference: what compute-sanitizer's memcheck
 and racecheck run in benchmarks/gpu_check.sh (small, so that they finish in seconds).
 
-    python -m benchmarks.gpu_smoke [--device cuda] [--backends cuda triton]
+    python -m benchmarks.gpu_smoke [--device cuda] [--backends cuda triton] [--one-per-kernel]
+
+--one-per-kernel keeps one case per op (each of whose kernels it runs): what racecheck, the
+slowest sanitizer, runs.
 
 Exits 1 when a result disagrees with the reference; prints one line per case."""
 
@@ -15,6 +18,8 @@ import dim_fused
 from dim_fused import reference
 
 TOLERANCE = {torch.float32: 2e-2, torch.bfloat16: 2e-1}  # loose: this checks plumbing, the tests check accuracy
+# A case per op that runs every kernel of the op's fused backends.
+ONE_PER_KERNEL = ("mi_bound jsd", "dot_product_mi infonce", "concat_conv_mi jsd")
 
 
 def cases(device: torch.device, dtype: torch.dtype):
@@ -62,12 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backends", nargs="+", help="default: the fused backends available on the device")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--one-per-kernel", action="store_true", help="one case per op (for racecheck)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     backends = args.backends or [b for b in dim_fused.available_backends(device) if b != "reference"]
     failures = 0
     for dtype in (getattr(torch, d) for d in args.dtypes):
         for name, fused, oracle, inputs in cases(device, dtype):
+            if args.one_per_kernel and name not in ONE_PER_KERNEL:
+                continue
             want = oracle()
             want_grads = torch.autograd.grad(want, inputs)
             for backend in backends:

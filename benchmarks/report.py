@@ -6,7 +6,10 @@ once to warm up (and compile) and repeatedly to time it; peak memory is measured
 after every timing is done, so its accounting never slows a timed run. A peer that
 runs out of memory is recorded as such.
 
-    python -m benchmarks.report [--quick] [--out DIR] [--dtype float32] [--device cuda]
+    python -m benchmarks.report [--quick] [--out DIR] [--dtype float32] [--fp32-precision ieee] [--device cuda]
+
+Every peer runs at one precision: in float32, cuBLAS matmuls and cuDNN convolutions are both
+set to --fp32-precision (ieee by default, or tf32), and the tables say which.
 
 Prints a summary (per op and setting, the best fused backend against each peer) and
 writes to --out (default runs/report-quick, -full or -tiny): summary.md, table.md
@@ -110,13 +113,16 @@ def run(
     ceilings: dict,
     progress: bool = True,
     rows: list[dict] | None = None,
+    peers: list[str] | None = None,
+    modes: list[str] | None = None,
 ) -> list[dict]:
     """Every case of the configs. Timings come first, in a process whose allocator is
     left as users run it; peak memory is measured afterwards (on the CPU that needs
     glibc to map every large block on its own, which slows materialising peers down
     and must not touch their timings). Rows are appended to `rows` as each case's
-    timings complete, so an interrupted run still leaves the finished cases there."""
-    jobs = [(c, e, m) for c in config_list for e in c.estimators for m in cases.MODES]
+    timings complete, so an interrupted run still leaves the finished cases there. `peers`
+    and `modes` narrow what is timed (default: every peer, both passes)."""
+    jobs = [(c, e, m) for c in config_list for e in c.estimators for m in (modes or cases.MODES)]
     rows = [] if rows is None else rows
     checked = {}
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -124,7 +130,7 @@ def run(
     for config, estimator, mode in tqdm(jobs, desc="timings", unit="case", file=sys.stderr, disable=not progress):
         inputs = input_sets(config, device, dtype)
         group = []
-        for peer in cases.PEERS[config.op]:
+        for peer in [p for p in cases.PEERS[config.op] if peers is None or p in peers]:
             row = {
                 "op": config.op,
                 "config": config.name,
@@ -343,7 +349,9 @@ def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: d
 def write(rows: list[dict], meta: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     ceilings = ", ".join(f"{k} = {v:.1f}" for k, v in meta["ceilings"].items())
-    header = f"{meta['date']}, {meta['device']}, torch {meta['torch']}, {meta['dtype']}; measured ceilings: {ceilings}"
+    precision = meta.get("fp32_precision")
+    dtype = meta["dtype"] + (f" ({precision} matmuls and convolutions)" if precision else "")
+    header = f"{meta['date']}, {meta['device']}, torch {meta['torch']}, {dtype}; measured ceilings: {ceilings}"
     (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{markdown(rows)}\n")
     (out / "summary.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{summary(rows)}\n")
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -373,6 +381,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument(
+        "--fp32-precision",
+        default="ieee",
+        choices=cases.FP32_PRECISIONS,
+        help="float32 matmuls and convolutions of every peer in IEEE fp32 or TF32 (default ieee)",
+    )
+    parser.add_argument("--peers", nargs="+", help="only these peers (e.g. leave out 'compiled')")
+    parser.add_argument("--configs", nargs="+", metavar="CONFIG", help="only the configs of these names")
+    parser.add_argument("--modes", nargs="+", choices=cases.MODES, default=list(cases.MODES), help="passes to time")
+    parser.add_argument(
         "--cpu-memory-gb", type=float, default=12.0, help="on the CPU, allocations beyond this count as out of memory"
     )
     args = parser.parse_args(argv)
@@ -380,6 +397,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if device.type == "cpu":
         memory.limit_cpu_memory(args.cpu_memory_gb)
     config_list = configs.TINY if args.tiny else configs.QUICK if args.quick else configs.FULL
+    if args.configs:  # by name, from every setting (a name may stand for several ops: --ops narrows)
+        config_list = [c for c in configs.FULL + configs.TINY if c.name in args.configs]
     if args.ops:
         config_list = [c for c in config_list if c.op in args.ops]
     config_list = [c for c in config_list if c.name not in args.skip]
@@ -389,17 +408,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # A time limit (timeout's SIGTERM) or Ctrl-C ends the run but keeps the finished cases.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run(config_list, device, dtype, ceilings, rows=rows)
+        with cases.fp32_precision(args.fp32_precision):
+            run(config_list, device, dtype, ceilings, rows=rows, peers=args.peers, modes=args.modes)
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
     meta = {**metadata(device, dtype, command, ceilings), "interrupted": interrupted}
+    if dtype == torch.float32:
+        meta["fp32_precision"] = args.fp32_precision
     if interrupted:
         print(f"interrupted: reporting the {len(rows)} rows finished so far", file=sys.stderr)
     out = args.out or Path("runs") / f"report-{'tiny' if args.tiny else 'quick' if args.quick else 'full'}"
-    print(f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {meta['dtype']}, {meta['date']}")
+    print(
+        f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {meta['dtype']} "
+        f"{meta.get('fp32_precision', '')}, {meta['date']}"
+    )
     print("measured ceilings: " + ", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
     print(summary(rows))
     write(rows, meta, out)

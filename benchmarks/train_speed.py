@@ -20,6 +20,7 @@ import torch
 import dim_fused
 from dim_fused.training import DIMConfig, TrainConfig, Trainer
 
+from .cases import FP32_PRECISIONS, fp32_precision
 from .timing import Timing, measure
 
 
@@ -45,9 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--units", type=int, default=2048, help="the encode-and-dot critic's width")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds of timed steps per case, at least")
+    parser.add_argument(
+        "--fp32-precision",
+        default="ieee",
+        choices=FP32_PRECISIONS,
+        help="float32 matmuls and convolutions of every backend in IEEE fp32 or TF32 (default ieee)",
+    )
     parser.add_argument("--out", help="write table.md and results.json here")
     args = parser.parse_args(argv)
+    with fp32_precision(args.fp32_precision):
+        return _run(args, argv)
 
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     device = torch.device(args.device)
     backends = args.backends or ["reference", *(b for b in dim_fused.available_backends(device) if b != "reference")]
     if device.type == "cpu":
@@ -85,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.train_speed " + shlex.join(argv if argv is not None else sys.argv[1:])
     header = (
         f"DIM training steps/s, {args.preset} {args.estimator}, batch {args.batch_size}, data {args.data}, "
-        f"amp {amp}, on {name}, torch {torch.__version__}, {datetime.date.today()}\n\n`{command}`\n"
+        f"amp {amp}, float32 {args.fp32_precision}, on {name}, torch {torch.__version__}, {datetime.date.today()}"
+        f"\n\n`{command}`\n"
     )
     lines = [
         header,
@@ -106,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text(table)
         meta = {"command": command, "device": name, "torch": torch.__version__, "date": str(datetime.date.today())}
+        meta["fp32_precision"] = args.fp32_precision
         (out / "results.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     return 0
 

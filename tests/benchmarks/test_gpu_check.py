@@ -1,34 +1,60 @@
-"""benchmarks/gpu_check.sh, the prepared GPU run, in its dry-run mode: the same steps and
-plumbing on a CPU (small cases), so a GPU session is not spent finding a broken script."""
+"""benchmarks/gpu_check.sh, the prepared GPU run, in its dry-run mode: both calls' steps and
+plumbing on a CPU (small cases), so that a GPU session is not spent finding a broken script,
+and their outputs within what comes back from the GPU machine (at most 8 files, 2 folders
+deep)."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+STEPS = {
+    "1": ("build", "backends", "tests", "smoke", "memcheck", "headline-bf16", "headline-fp32", "train-speed"),
+    "2": ("build", "backends", "rerun", "racecheck", "compiled-bf16", "tf32", "large-bf16"),
+}
 
 
-def test_the_gpu_check_runs_end_to_end_in_dry_run_mode(tmp_path):
-    out = tmp_path / "check"
-    env = {**os.environ, "PYTHON": sys.executable}
+def dry_run(call: str, out: Path, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, **extra}
     env.pop("TRITON_INTERPRET", None)  # as on a machine whose only Triton is the GPU one
-    result = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--dry-run", str(out)],
+    return subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run", "--call", call, str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
+
+
+@pytest.mark.parametrize("call", ["1", "2"])
+def test_each_call_runs_end_to_end_in_dry_run_mode(tmp_path, call):
+    out = tmp_path / "check"
+    rerun = {"GPU_CHECK_RERUN": "tests/ops/mi_bound/test_mi_bound.py::test_opcheck"} if call == "2" else {}
+    result = dry_run(call, out, **rerun)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (out / "summary.md").read_text()
-    rows = {
-        line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines()[6:] if line[:2] == "| "
-    }
-    for step in ("environment", "build", "backends", "tests", "smoke", "quick", "train-speed"):
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines() if line[:2] == "| "}
+    for step in STEPS[call]:
         assert rows.get(step) == "0", f"step {step}: {rows.get(step)}\n{summary}"
-    for written in ("versions.txt", "command.txt", "report-quick/summary.md", "train-speed/table.md", "tests-0.xml"):
-        assert (out / written).exists(), written
-    assert "--dry-run" in (out / "command.txt").read_text()
-    assert "## report-quick/summary.md" in summary
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == ["log.txt", "rows.json", "summary.md", "tests.xml"]
+    assert all(p.stat().st_size < 16 << 20 for p in files)
+    assert f"--dry-run --call {call}" in summary
+    reports = json.loads((out / "rows.json").read_text())
+    expected = {"1": {"headline-bf16", "headline-fp32", "train-speed"}, "2": {"compiled-bf16", "tf32", "large-bf16"}}
+    assert set(reports) == expected[call]
+    assert all(run["rows"] for run in reports.values())
+    log = (out / "log.txt").read_text()
+    assert all(f"==== {step}: rc 0" in log for step in STEPS[call] if step != "rerun" or call == "2")
+
+
+def test_the_calls_refuse_a_wrong_call_number(tmp_path):
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--call", "3", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "usage" in result.stderr

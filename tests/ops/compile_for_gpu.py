@@ -121,7 +121,7 @@ def launch_everything(full: bool) -> None:
     def dot(estimator, dtype, tf32, configs, rows_layout=True, shape=(6, 40, 7, 6, 0)):
         batch, units, locations, num_globals, offset = shape
         for kernel in (dot_product_mi._reduce_kernel, dot_product_mi._gradient_kernel):
-            kernel.configs = configs  # then pruned for the dtype and architecture as in a real run
+            kernel.only = configs  # then pruned for the dtype and architecture as in a real run
         dot_product_mi.tf32_allowed = lambda tensor: tf32 and dtype == torch.float32
         local = torch.randn(batch, units, locations, dtype=dtype)
         if rows_layout:  # channels-last: units innermost
@@ -132,9 +132,13 @@ def launch_everything(full: bool) -> None:
 
     def concat(dtype, tf32, configs, shape=(5, 6, 9, 4, (40, 24), 2), b2=True):
         batch, channels, locations, dim, hidden, k = shape
-        for kernel in (concat_conv_mi._score_kernel, concat_conv_mi._dz2_kernel, concat_conv_mi._dw2_kernel):
-            kernel.configs = configs
-        concat_conv_mi._dz1_kernel.configs = configs
+        for kernel in (
+            concat_conv_mi._score_kernel,
+            concat_conv_mi._dz2_kernel,
+            concat_conv_mi._dw2_kernel,
+            concat_conv_mi._dz1_kernel,
+        ):
+            kernel.only = configs
         concat_conv_mi.tf32_allowed = lambda tensor: tf32 and dtype == torch.float32
         sizes = [channels + dim, *hidden, 1]
         weights = [torch.randn(o, i, dtype=dtype) for i, o in zip(sizes, sizes[1:], strict=False)]
@@ -148,9 +152,9 @@ def launch_everything(full: bool) -> None:
 
     small = [tiles.SMALL_TILE]
     classes = [  # (dtype, TF32, the tiles the autotuner may pick for it)
-        (torch.bfloat16, False, tiles.TENSOR_CORE_TILES),
-        (torch.float16, False, tiles.TENSOR_CORE_TILES),
-        (torch.float32, True, tiles.TENSOR_CORE_TILES),
+        (torch.bfloat16, False, tiles.HALF_TILES),
+        (torch.float16, False, tiles.HALF_TILES),
+        (torch.float32, True, tiles.TF32_TILES),
         (torch.float32, False, tiles.FMA_TILES),
         (torch.float64, False, small),
     ]
@@ -161,14 +165,24 @@ def launch_everything(full: bool) -> None:
     if not full:
         return
     for i, estimator in enumerate(ESTIMATORS):  # every epilogue, both layouts in turn
-        dot(estimator, torch.bfloat16, False, tiles.TENSOR_CORE_TILES[:1], rows_layout=i % 2 == 0)
+        dot(estimator, torch.bfloat16, False, tiles.HALF_TILES[:1], rows_layout=i % 2 == 0)
         scores(estimator, torch.float32)
-    dot("jsd", torch.bfloat16, False, tiles.TENSOR_CORE_TILES, rows_layout=False)  # gathered columns
+    dot("jsd", torch.bfloat16, False, tiles.HALF_TILES, rows_layout=False)  # gathered columns
     # Edge shapes the launchers produce: one location, B = G = 2, sizes multiples of 16, an offset, K = 1.
     for shape in ((2, 3, 1, 2, 0), (4, 32, 16, 4, 0), (3, 5, 9, 7, 2)):
         dot("jsd", torch.float32, False, tiles.FMA_TILES[-1:], rows_layout=False, shape=shape)
     scores("infonce", torch.float32, shape=(5,), k=1)
-    concat(torch.bfloat16, False, tiles.TENSOR_CORE_TILES[-1:], shape=(2, 3, 1, 2, (17, 9), 1))
+    concat(torch.bfloat16, False, tiles.HALF_TILES[:1], shape=(2, 3, 1, 2, (17, 9), 1))
+    # The project's real shapes, whose sizes divisible by 16 Triton specialises on (aligned,
+    # vectorised accesses; Hopper's wgmma): the CIFAR settings, STL-10's and the large one.
+    real = [(torch.bfloat16, False, tiles.HALF_TILES), (torch.float32, True, tiles.TF32_TILES)]
+    real.append((torch.float32, False, tiles.FMA_TILES))
+    for dtype, tf32, family in real:
+        dot("infonce", dtype, tf32, family, shape=(64, 2048, 64, 64, 0))  # CIFAR: B 64, E 2048, 8 x 8
+        dot("jsd", dtype, tf32, family, rows_layout=False, shape=(256, 1024, 256, 256, 0))  # large
+        concat(dtype, tf32, family, shape=(64, 128, 64, 64, (512, 512), 1))  # CIFAR
+        concat(dtype, tf32, family, shape=(64, 384, 225, 64, (512, 512), 1))  # STL-10: 15 x 15
+        concat(dtype, tf32, family, shape=(256, 256, 256, 128, (512, 512), 1))  # large
 
 
 def main() -> None:

@@ -120,6 +120,8 @@ def test_triton_ops_check_what_the_cpp_ops_check():
     needs_cpu_backend()
     results = run_cases(
         """
+        # The GPU's tensors where there is one (Triton launches only there, without the interpreter).
+        torch.set_default_device("cuda" if torch.cuda.is_available() else "cpu")
         l, g = torch.randn(4, 3, 5), torch.randn(4, 3)
         case("mi_bound shapes", lambda: ops.mi_bound_triton(torch.randn(1 << 20), torch.randn(200, 1), "infonce"))
         case("mi_bound backward shapes", lambda: ops.mi_bound_triton_backward(

@@ -22,58 +22,114 @@ def tl_dtype(dtype: torch.dtype) -> tl.dtype:
     return {torch.float64: tl.float64, torch.float32: tl.float32, torch.float16: tl.float16}.get(dtype, tl.bfloat16)
 
 
-# --- tiles the autotuner tries ---------------------------------------------------------
+# --- tiles --------------------------------------------------------------------------------
 # (BLOCK_M rows x BLOCK_N columns, BLOCK_K per dot step), each checked to compile for sm_80
-# and sm_90 without register spills (tests/ops/test_gpu_compile.py): tensor-core tiles for
-# 16-bit inputs and TF32, smaller ones where float32 dots run on FMA units, the smallest
-# for float64 and the interpreter (autotuning there would time numpy).
+# and sm_90 without register spills, under this machine's Triton and the GPU machine's
+# (tests/ops/test_gpu_compile.py). The first tile of each class is the one used without
+# the autotuner.
 def tile(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=warps, num_stages=stages)
 
 
+# float64 and the interpreter (autotuning there would time numpy).
 SMALL_TILE = tile(32, 32, 32, 4, 2)
-TENSOR_CORE_TILES = [tile(64, 128, 32, 8, 3), tile(128, 64, 32, 8, 3), tile(64, 64, 32, 8, 3)]
-FMA_TILES = [tile(64, 64, 16, 8, 2), tile(32, 32, 32, 8, 2)]
-
-
-def tuning_configs() -> list[triton.Config]:
-    """Every tile under autotuning; one per dtype class with DIM_FUSED_AUTOTUNE=0 (what the
-    GPU tests run); the small one under the interpreter."""
-    if tunables.triton_interpreted():
-        return [SMALL_TILE]
-    if not tunables.autotune():
-        return [TENSOR_CORE_TILES[-1], FMA_TILES[0], SMALL_TILE]
-    return [*TENSOR_CORE_TILES, *FMA_TILES]
+# 16-bit inputs, on tensor cores.
+HALF_TILES = [tile(64, 64, 32, 8, 3), tile(64, 128, 32, 8, 3), tile(128, 64, 32, 8, 3)]
+# float32 with TF32: its operands take twice a 16-bit one's registers, and 128 x 64 spills
+# (Triton 3.6, sm_90).
+TF32_TILES = HALF_TILES[:2]
+# float32 without TF32, on FMA units: the one tile found spill-free under Triton 3.6 (of
+# 32-64 x 64 x 16, 4 or 8 warps, 1 to 3 stages; 32 x 32 x 32 of 8 warps spills there).
+FMA_TILES = [tile(64, 64, 16, 4, 1)]
+ALL_TILES = [*HALF_TILES, *FMA_TILES, SMALL_TILE]
 
 
 def tiles_for(dtype: torch.dtype, tf32: bool) -> list[triton.Config]:
-    """The tiles for a dtype: tensor-core tiles for 16-bit inputs and TF32 (before sm_90,
-    whose MMA layouts take more registers, only the 64 x 64 one), FMA tiles for float32
-    without TF32, the small tile for float64."""
+    """The tiles a dtype may take (before sm_90, whose MMA layouts take more registers,
+    only the first of the tensor-core tiles)."""
     if dtype == torch.float64:
         return [SMALL_TILE]
     if dtype == torch.float32 and not tf32:
         return FMA_TILES
+    tiles = TF32_TILES if dtype == torch.float32 else HALF_TILES
     if triton.runtime.driver.active.get_current_target().arch < 90:
-        return TENSOR_CORE_TILES[-1:]
-    return TENSOR_CORE_TILES
+        return tiles[:1]
+    return tiles
 
 
-def autotuned(key: list[str], dtype_arg: str, spills=None):
-    """@triton.autotune over tuning_configs(), pruned to tiles_for() the dtype of the
-    positional argument `dtype_arg` and the ALLOW_TF32 keyword; `spills(config, dtype)`
-    names the tiles a kernel cannot hold in registers."""
+class Tuned:
+    """A Triton kernel launched with one of its tiles (``kernel[grid](...)`` as usual).
 
-    def prune(configs, named_args, **kwargs):
-        dtype = named_args[dtype_arg].dtype
-        wanted = tiles_for(dtype, bool(kwargs.get("ALLOW_TF32")))
-        kept = [c for c in configs if any(c is w for w in wanted) and not (spills and spills(c, dtype))]
-        return kept or [c for c in configs if any(c is w for w in wanted)] or configs
+    With DIM_FUSED_AUTOTUNE=1 (the default) on a GPU, through Triton's autotuner, which
+    times every candidate tile by launching the kernel many times on the real buffers and
+    then launches the winner: each kernel names the buffers a launch accumulates into
+    (``restore_value``: saved before every timing run and restored after it) and those it
+    writes only in part (``reset_to_zero``: zeroed before each timing run and before the
+    real one), so the timing runs leave exactly one launch's result. With
+    DIM_FUSED_AUTOTUNE=0 and under the interpreter there is no autotuner at all: the first
+    candidate tile. ``key`` names the arguments whose values decide the best tile (with the
+    dtypes); ``spills(tile, dtype)`` names the tiles this kernel cannot hold in registers.
+    """
 
-    def wrap(kernel):
-        return triton.autotune(tuning_configs(), key=key, prune_configs_by={"early_config_prune": prune})(kernel)
+    def __init__(self, kernel, *, key, dtype_arg, spills=None, restore_value=(), reset_to_zero=()):
+        self.kernel = kernel
+        self.key, self.dtype_arg, self.spills = list(key), dtype_arg, spills
+        self.restore_value, self.reset_to_zero = list(restore_value), list(reset_to_zero)
+        unknown = {*self.key, self.dtype_arg, *self.restore_value, *self.reset_to_zero} - set(kernel.arg_names)
+        if unknown:
+            raise ValueError(f"{kernel.__name__}: {sorted(unknown)} name no argument of the kernel")
+        self.only: list[triton.Config] | None = None  # the tests' restriction to some tiles
+        self._autotuner = None
 
-    return wrap
+    def candidates(self, named_args: dict, tf32: bool) -> list[triton.Config]:
+        """The tiles for the launch's dtype that fit in registers (restricted to ``only``)."""
+        dtype = named_args[self.dtype_arg].dtype
+        tiles = tiles_for(dtype, tf32)
+        tiles = [t for t in tiles if not (self.spills and self.spills(t, dtype))] or tiles
+        if self.only is not None:
+            tiles = [t for t in tiles if any(t is o for o in self.only)] or tiles
+        return tiles
+
+    def autotuner(self, configs=None, *, do_bench=None, prune: bool = True):
+        """Triton's autotuner over ``configs`` (default: every tile), pruned to the launch's
+        candidates unless ``prune`` is False, with this kernel's buffer declarations."""
+
+        def early_prune(configs, named_args, **kwargs):
+            wanted = self.candidates(named_args, bool(kwargs.get("ALLOW_TF32")))
+            return [c for c in configs if any(c is w for w in wanted)] or configs
+
+        return triton.autotune(
+            list(configs or ALL_TILES),
+            key=self.key,
+            prune_configs_by={"early_config_prune": early_prune} if prune else None,
+            restore_value=self.restore_value,
+            reset_to_zero=self.reset_to_zero,
+            do_bench=do_bench,
+        )(self.kernel)
+
+    def use_autotuner(self) -> bool:
+        return tunables.autotune() and not tunables.triton_interpreted()
+
+    def __getitem__(self, grid):
+        if self.use_autotuner():
+            if self._autotuner is None:
+                self._autotuner = self.autotuner()
+            return self._autotuner[grid]
+
+        def launch(*args, **kwargs):
+            if tunables.triton_interpreted():
+                config = SMALL_TILE
+            else:
+                named = dict(zip(self.kernel.arg_names, args, strict=False))
+                config = self.candidates(named, bool(kwargs.get("ALLOW_TF32")))[0]
+            return self.kernel[grid](*args, **kwargs, **config.all_kwargs())
+
+        return launch
+
+
+def tuned(**declarations):
+    """Decorator: ``Tuned(kernel, **declarations)``."""
+    return lambda kernel: Tuned(kernel, **declarations)
 
 
 @triton.jit

@@ -28,10 +28,9 @@ import triton.language as tl
 
 from ..common import dispatch, library
 from ..common.precision import accumulation_dtype, tf32_allowed
-from ..common.triton_launch import autotuned, device_of, no_autocast, relu, tl_dtype
+from ..common.triton_launch import device_of, no_autocast, relu, tl_dtype, tuned
 
 TUNING_KEY = ["rows", "hidden1", "hidden2", "ALLOW_TF32", "WIDE"]  # + the dtypes
-_tuned = autotuned(TUNING_KEY, "P_ptr")
 
 
 @triton.jit
@@ -101,7 +100,7 @@ def _program_z2(
     return rows_block, units, in_rows, in_units, z2
 
 
-@_tuned
+@tuned(key=TUNING_KEY, dtype_arg="P_ptr", reset_to_zero=["partial_ptr"])  # written per unit block of the tile
 @triton.jit
 def _score_kernel(
     P_ptr,
@@ -135,7 +134,7 @@ def _score_kernel(
     tl.store(partial_ptr + tl.program_id(1).to(tl.int64) * rows + rows_block, partial, mask=in_rows)
 
 
-@_tuned
+@tuned(key=TUNING_KEY, dtype_arg="P_ptr", reset_to_zero=["dw3_ptr", "db2_ptr"])  # partials per row block
 @triton.jit
 def _dz2_kernel(
     P_ptr,
@@ -178,7 +177,7 @@ def _dz2_kernel(
     tl.store(db2_ptr + partials, tl.sum(tl.where(keep, dz2, 0.0), axis=0), mask=in_units)
 
 
-@_tuned
+@tuned(key=TUNING_KEY, dtype_arg="P_ptr")  # writes every element of its partials
 @triton.jit
 def _dw2_kernel(
     P_ptr,
@@ -225,7 +224,12 @@ def _dw2_kernel(
     tl.store(out, acc, mask=keep)
 
 
-@autotuned(TUNING_KEY, "P_ptr", spills=lambda tile, dtype: dtype == torch.float32 and tile.kwargs["BLOCK_N"] > 64)
+@tuned(
+    key=["images", "locations", "hidden1", "hidden2", "ALLOW_TF32", "WIDE"],
+    dtype_arg="P_ptr",
+    spills=lambda tile, dtype: dtype == torch.float32 and tile.kwargs["BLOCK_N"] > 64,
+    restore_value=["dP_ptr", "dQ_ptr"],  # added into
+)
 @triton.jit
 def _dz1_kernel(
     P_ptr,
@@ -236,6 +240,7 @@ def _dz1_kernel(
     dP_ptr,
     dQ_ptr,
     pair_first_row,
+    images,
     locations,
     hidden1,
     hidden2,
@@ -246,9 +251,9 @@ def _dz1_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """For one image of one pair set and a block of first-layer units: dZ1 = (dZ2 W2)
-    relu'(h1) over the image's L rows, added into dP at each row's source and, summed over
-    the rows, into dQ at the image."""
+    """For one image of one pair set (of `images`: the grid's first axis) and a block of
+    first-layer units: dZ1 = (dZ2 W2) relu'(h1) over the image's L rows, added into dP at
+    each row's source and, summed over the rows, into dQ at the image."""
     image = tl.program_id(0)
     units1 = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     in_units1 = units1 < hidden1
@@ -380,7 +385,7 @@ def backward(
             target = dP_features if pair == 0 else dP
             _dz1_kernel[lambda meta: (p.batch, triton.cdiv(p.hidden1, meta["BLOCK_N"]))](
                 p.P, p.Q, p.sources, dz2, p.w2, target, dQ, pair * p.rows_per_pair,
-                p.locations, p.hidden1, p.hidden2, **p.meta,
+                p.batch, p.locations, p.hidden1, p.hidden2, **p.meta,
             )  # fmt: skip
     if detach_negatives:
         dP += dP_features

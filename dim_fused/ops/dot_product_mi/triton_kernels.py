@@ -16,7 +16,7 @@ import triton.language as tl
 from ..common import tunables
 from ..common.estimators import ESTIMATORS
 from ..common.precision import accumulation_dtype, tf32_allowed
-from ..common.triton_launch import autotuned, device_of, no_autocast, tl_dtype
+from ..common.triton_launch import ALL_TILES, device_of, no_autocast, tl_dtype, tuned
 from ..common.triton_math import (
     DV,
     INFONCE,
@@ -36,7 +36,6 @@ from ..common.triton_math import (
 from .layout import gradient_like
 
 TUNING_KEY = ["num_globals", "num_columns", "units", "EST", "ALLOW_TF32", "AFFINE", "WIDE"]  # + the dtypes
-_tuned = autotuned(TUNING_KEY, "global_ptr")
 
 
 # Columns of the coefficients the backward reads per row, as csrc/common/estimators.h's DotCoef.
@@ -94,13 +93,16 @@ def _score_tile(
     return scores
 
 
-@_tuned
-@triton.jit
+# The partials hold as many splits as the tile with the most (identity where a tile has fewer):
+# restored after every timing run, so that only the winner's splits remain.
+@tuned(key=TUNING_KEY, dtype_arg="global_ptr", restore_value=["partial_ptr"])
+@triton.jit(do_not_specialize=["partial_splits"])  # a stride: 1 would compile another kernel
 def _reduce_kernel(
     global_ptr,
     local_ptr,
     partial_ptr,
     positives_ptr,
+    partial_splits,
     num_globals,
     num_columns,
     units,
@@ -120,8 +122,9 @@ def _reduce_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Per-row statistics over the column blocks split, split + splits, ...: a row's
-    positives are the L columns of image row - offset, the rest are its negatives."""
+    """Per-row statistics over the column blocks split, split + splits, ... (into row ``row``'s
+    ``partial_splits`` partials): a row's positives are the L columns of image
+    row - offset, the rest are its negatives."""
     split, splits = tl.program_id(1), tl.num_programs(1)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     in_rows = rows < num_globals
@@ -167,14 +170,14 @@ def _reduce_kernel(
             neg_max = new_max
         else:
             neg_sum += tl.sum(tl.where(negative, negative_term(scores, EST), 0.0), axis=1)
-    out = partial_ptr + (rows.to(tl.int64) * splits + split) * ROW_STATS
+    out = partial_ptr + (rows.to(tl.int64) * partial_splits + split) * ROW_STATS
     tl.store(out + POS_SUM, pos_sum, mask=in_rows)
     tl.store(out + NEG_SUM, neg_sum, mask=in_rows)
     tl.store(out + NEG_MAX, neg_max, mask=in_rows)
     tl.store(out + NEG_SUM_EXP, neg_sum_exp, mask=in_rows)
 
 
-@_tuned
+@tuned(key=TUNING_KEY, dtype_arg="global_ptr")  # writes every element of its tile
 @triton.jit
 def _gradient_kernel(
     global_ptr,
@@ -203,9 +206,10 @@ def _gradient_kernel(
     BLOCK_K: tl.constexpr,
 ):
     """The (G, tile_columns) tile of d(estimate)/d(score), times the coefficients'
-    gradient scale, for the columns [first, first + tile_columns)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    tile_cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    gradient scale, for the columns [first, first + tile_columns). The column blocks are on
+    the grid's first axis, whose extent is not limited to 65535: B * L can be millions."""
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    tile_cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = first + tile_cols
     scores = _score_tile(
         global_ptr,
@@ -247,6 +251,33 @@ def _gradient_kernel(
     valid = in_rows[:, None] & (tile_cols < tile_columns)[None, :]
     out = out_ptr + rows.to(tl.int64)[:, None] * tile_columns + tile_cols[None, :]
     tl.store(out, tl.where(positive, d_pos, d_neg).to(out_ptr.dtype.element_ty), mask=valid)
+
+
+def _multiprocessors(device: torch.device) -> int:
+    """The GPU's streaming multiprocessors (the interpreter runs as a 4-SM device)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def reduce_grid(num_globals: int, num_columns: int, multiprocessors: int, programs: int):
+    """The forward's grid for a tile (meta): (row blocks, splits of each row block's column
+    blocks), enough programs for two per multiprocessor where there are that many tiles,
+    each split one column block at least (none idle), at most `programs` programs in all
+    (DIM_FUSED_TRITON_PROGRAMS)."""
+
+    def grid(meta):
+        row_blocks = triton.cdiv(num_globals, meta["BLOCK_M"])
+        column_blocks = triton.cdiv(num_columns, meta["BLOCK_N"])
+        splits = min(column_blocks, triton.cdiv(2 * multiprocessors, row_blocks), programs // row_blocks)
+        return row_blocks, max(1, splits)
+
+    return grid
+
+
+def gradient_grid(num_globals: int, columns: int):
+    """The backward's grid for a tile (meta) of a (G, columns) score tile: column blocks on
+    the first axis (up to 2^31 - 1 programs; B * L can be millions), row blocks on the
+    second (at most 65535: G is a batch or a gathered one)."""
+    return lambda meta: (triton.cdiv(columns, meta["BLOCK_N"]), triton.cdiv(num_globals, meta["BLOCK_M"]))
 
 
 def _last_offset(tensor: torch.Tensor) -> int:
@@ -291,17 +322,15 @@ class _Problem:
 def forward(local, global_codes, estimator: str, official: bool, offset: int, tile_scores: int):
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, None, None)
     p = _Problem(local, global_codes, estimator, offset)
-    # Splits of the column blocks, whatever tile the autotuner picks (a split without a
-    # block writes the identity); the programs bound the partials at (G, about 2048 / (G /
-    # 64), ROW_STATS) whatever B * L is.
-    programs = tunables.triton_programs()
-    splits = min(triton.cdiv(p.num_columns, 32), max(1, programs // triton.cdiv(p.num_globals, 64)))
-    partial = torch.empty(p.num_globals, splits, ROW_STATS.value, dtype=p.acc, device=local.device)
+    # Each tile splits its row blocks' column blocks its own way (_splits); the partials hold
+    # the most any tile takes, the rest at the identity, which the finish merges harmlessly.
+    grid = reduce_grid(p.num_globals, p.num_columns, _multiprocessors(local.device), tunables.triton_programs())
+    most = max(grid(t.kwargs)[1] for t in ALL_TILES)
+    partial = torch.zeros(p.num_globals, most, ROW_STATS.value, dtype=p.acc, device=local.device)
+    partial[:, :, NEG_MAX.value] = -float("inf")
     positives = torch.empty(p.num_columns, dtype=p.acc, device=local.device)
     with device_of(local):
-        _reduce_kernel[lambda meta: (triton.cdiv(p.num_globals, meta["BLOCK_M"]), splits)](
-            global_codes, p.local, partial, positives, **p.shape, **p.meta
-        )
+        _reduce_kernel[grid](global_codes, p.local, partial, positives, most, **p.shape, **p.meta)
     estimate, stats = torch.ops.dim_fused.dot_product_mi_finish(
         partial, positives, estimator, official, p.batch, p.locations
     )
@@ -321,8 +350,7 @@ def backward(grad, local, global_codes, stats, estimator: str, official: bool, o
         for first in range(0, p.batch, step):
             n = min(step, p.batch - first) * p.locations
             tile = torch.empty(p.num_globals, n, dtype=p.acc, device=local.device)
-            grid = lambda meta, n=n: (triton.cdiv(p.num_globals, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
-            _gradient_kernel[grid](
+            _gradient_kernel[gradient_grid(p.num_globals, n)](
                 global_codes, p.local, coef, tile, first * p.locations, tile_columns=n, **p.shape, **p.meta
             )
             ops.dot_product_mi_tile_backward(tile, local, global_codes, first, d_local, d_global)

@@ -212,18 +212,17 @@ def test_every_autotuner_tile_is_correct(estimator):
     from dim_fused.ops.dot_product_mi import triton_kernels as kernels
 
     local, global_codes = make_codes((5, 40, (3, 7), 5, 0))
-    saved = kernels._reduce_kernel.configs
+    classes = [(tiles.HALF_TILES, [torch.bfloat16, torch.float16]), (tiles.FMA_TILES, [torch.float32])]
     try:
-        for tile in [*tiles.TENSOR_CORE_TILES, *tiles.FMA_TILES]:
-            for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
-                kernel.configs, kernel.cache = [tile], {}
-            fma = any(tile is t for t in tiles.FMA_TILES)
-            dtypes = [torch.float32] if fma else [torch.bfloat16, torch.float16]
-            for dtype in dtypes:
-                check("triton", "cuda", dtype, estimator, local, global_codes)
+        for family, dtypes in classes:
+            for tile in family:
+                for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
+                    kernel.only = [tile]
+                for dtype in dtypes:
+                    check("triton", "cuda", dtype, estimator, local, global_codes)
     finally:
         for kernel in (kernels._reduce_kernel, kernels._gradient_kernel):
-            kernel.configs, kernel.cache = saved, {}
+            kernel.only = None
 
 
 @pytest.mark.parametrize("critic", [False, True], ids=["op", "module"])
@@ -256,3 +255,31 @@ def test_autocast_runs_the_op_in_its_dtype(fused, critic):
     assert out.dtype == torch.bfloat16 and torch.equal(out, want)
     grads = torch.autograd.grad(out, leaves)
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_launch_grids_fit_the_gpu_limits():
+    """Axis 0 of a CUDA grid takes up to 2^31 - 1 programs, axes 1 and 2 at most 65535: with
+    G <= 3 and B * L in the millions, the backward's column blocks exceed 65535."""
+    from dim_fused.ops.common import triton_launch as tiles
+    from dim_fused.ops.dot_product_mi import triton_kernels as kernels
+
+    for tile in tiles.ALL_TILES:
+        for globals_, columns in ((2, 10_000_000), (3, 1 << 23), (4096, 64)):
+            grid = kernels.gradient_grid(globals_, columns)(tile.kwargs)
+            assert grid[0] < 2**31 and all(axis <= 65535 for axis in grid[1:]), (tile, globals_, columns, grid)
+            grid = kernels.reduce_grid(globals_, columns, 132, 2048)(tile.kwargs)
+            assert grid[0] < 2**31 and all(axis <= 65535 for axis in grid[1:]), (tile, globals_, columns, grid)
+
+
+def test_the_forward_fills_the_gpu_without_idle_programs():
+    """At the CIFAR size (G = 64, B * L = 4096) on a 132-SM H200, every tile's forward
+    launches min(its tiles, two per SM) programs, and no split is without a column block."""
+    from dim_fused.ops.common import triton_launch as tiles
+    from dim_fused.ops.dot_product_mi import triton_kernels as kernels
+
+    for tile in tiles.ALL_TILES:
+        block_m, block_n = tile.kwargs["BLOCK_M"], tile.kwargs["BLOCK_N"]
+        row_blocks, splits = kernels.reduce_grid(64, 4096, 132, 2048)(tile.kwargs)
+        column_blocks = -(-4096 // block_n)
+        assert row_blocks == -(-64 // block_m) and splits <= column_blocks
+        assert row_blocks * splits >= min(row_blocks * column_blocks, 2 * 132), tile
