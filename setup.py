@@ -80,9 +80,10 @@ if with_cuda:
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         define_macros=[("DIM_FUSED_WITH_CUDA", "1")],
+        libraries=["dl"],  # dlopen/dlsym of oneDNN's matmul (csrc/common/gemm.cpp)
     )
 else:
-    extension = CppExtension("dim_fused._C", sources, extra_compile_args=cxx_flags)
+    extension = CppExtension("dim_fused._C", sources, extra_compile_args=cxx_flags, libraries=["dl"])
 
 # The package's metadata (name, version, dependencies, extras) is in pyproject.toml.
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

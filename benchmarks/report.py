@@ -39,7 +39,7 @@ import dim_fused
 from . import cases, configs, memory
 from .ceilings import measure_ceilings
 from .configs import Config
-from .timing import measure
+from .timing import measure, measure_interleaved
 
 NUMERIC = ("median_ms", "q1_ms", "q3_ms", "peak_bytes")
 
@@ -62,9 +62,10 @@ def input_sets(config: Config, device: torch.device, dtype: torch.dtype) -> list
     return [first, *[cases.make_inputs(config, device, dtype, seed=i) for i in range(1, copies)]]
 
 
-def time_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict) -> dict:
-    """One row's timing: status "ok" with numbers, or "skipped" / "wrong result" / "out of
-    memory" with the reason. `inputs` is a list of input sets, used in turn."""
+def prepare_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict):
+    """A peer ready to time (its step, run once to warm up and compile), or the row's status:
+    "skipped" / "wrong result" / "out of memory" with the reason. `inputs` is a list of
+    input sets, used in turn."""
     reason = cases.unavailable(peer, device)
     if reason is not None:
         return {"status": "skipped", "reason": reason}
@@ -80,11 +81,28 @@ def time_peer(config: Config, peer: str, estimator: str, mode: str, inputs, devi
             if checked[key] is not None:
                 return {"status": "wrong result", "reason": checked[key]}
         fn = _rotating([cases.step(config.op, peer, x, estimator, mode) for x in inputs])
-        fn()  # warm-up; compiles the torch.compile peer
-        timing = measure(fn, device)
+        for _ in range(2):  # warm-up; compiles the torch.compile peers
+            fn()
     except Exception as error:  # noqa: BLE001 - only out-of-memory is an outcome; the rest propagates
         return _out_of_memory(error, device)
-    return {"status": "ok", **vars(timing), "peak_bytes": None}
+    return fn
+
+
+def time_peers(ready: dict, device, min_time_s: float) -> dict[str, dict]:
+    """The ready peers' rows, timed interleaved (timing.measure_interleaved)."""
+    try:
+        timings = measure_interleaved(ready, device, min_time_s=min_time_s)
+    except Exception as error:  # noqa: BLE001
+        return {peer: _out_of_memory(error, device) for peer in ready}
+    return {peer: {"status": "ok", **vars(t), "peak_bytes": None} for peer, t in timings.items()}
+
+
+def time_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict) -> dict:
+    """One peer's row on its own (prepare_peer, then its timing)."""
+    ready = prepare_peer(config, peer, estimator, mode, inputs, device, dtype, checked)
+    if isinstance(ready, dict):
+        return ready
+    return {"status": "ok", **vars(measure(ready, device)), "peak_bytes": None}
 
 
 def peak_of_peer(row: dict, config: Config, inputs, device) -> None:
@@ -115,6 +133,7 @@ def run(
     rows: list[dict] | None = None,
     peers: list[str] | None = None,
     modes: list[str] | None = None,
+    min_time_s: float = 0.2,
 ) -> list[dict]:
     """Every case of the configs. Timings come first, in a process whose allocator is
     left as users run it; peak memory is measured afterwards (on the CPU that needs
@@ -129,8 +148,14 @@ def run(
     groups = []
     for config, estimator, mode in tqdm(jobs, desc="timings", unit="case", file=sys.stderr, disable=not progress):
         inputs = input_sets(config, device, dtype)
+        chosen = [p for p in cases.PEERS[config.op] if peers is None or p in peers]
+        prepared = {p: prepare_peer(config, p, estimator, mode, inputs, device, dtype, checked) for p in chosen}
+        ready = {p: fn for p, fn in prepared.items() if not isinstance(fn, dict)}
+        outcome = {p: v for p, v in prepared.items() if isinstance(v, dict)}
+        outcome.update(time_peers(ready, device, min_time_s))
+        del ready, prepared
         group = []
-        for peer in [p for p in cases.PEERS[config.op] if peers is None or p in peers]:
+        for peer in chosen:
             row = {
                 "op": config.op,
                 "config": config.name,
@@ -144,7 +169,7 @@ def run(
                 "peer": peer,
                 "flop": cases.flops(config, mode),
                 "bytes": cases.bytes_moved(config, itemsize, mode),
-                **time_peer(config, peer, estimator, mode, inputs, device, dtype, checked),
+                **outcome[peer],
             }
             group.append(row)
         del inputs
@@ -164,16 +189,25 @@ def run(
 
 
 def _derive(group: list[dict], ceilings: dict) -> None:
-    """Ratios against the reference and the compiled reference of the same case, and throughputs."""
+    """Ratios against the reference and the compiled reference of the same case (the faster of
+    the two compile modes as "best_compiled"), throughputs, and the time against the op's
+    FLOPs at the best GEMM rate measured for the run's dtype ("floor_ratio")."""
     by_peer = {r["peer"]: r for r in group if r["status"] == "ok"}
-    gemm_ceiling = ceilings.get("gemm_bf16_tflop_per_s") or ceilings.get("gemm_fp32_tflop_per_s")
+    gemm_ceiling = ceilings.get("gemm_tflop_per_s")
+    compiled = [by_peer[p] for p in cases.COMPILED if p in by_peer]
+    if compiled:
+        by_peer_best = min(compiled, key=lambda r: r["median_ms"])
     for row in by_peer.values():
         seconds = row["median_ms"] / 1e3
         row["tflop_per_s"] = row["flop"] / seconds / 1e12 if row["flop"] else None
         row["gb_per_s"] = row["bytes"] / seconds / 1e9
         row["gemm_fraction"] = row["tflop_per_s"] / gemm_ceiling if row["tflop_per_s"] and gemm_ceiling else None
+        row["floor_ratio"] = 1 / row["gemm_fraction"] if row["gemm_fraction"] else None
         row["copy_fraction"] = row["gb_per_s"] / ceilings["copy_gb_per_s"]
-        for peer in ("reference", "compiled", "official", "seed", "matmuls"):
+        if compiled:
+            row["speedup_vs_best_compiled"] = by_peer_best["median_ms"] / row["median_ms"]
+            row["best_compiled"] = by_peer_best["peer"]
+        for peer in ("reference", *cases.COMPILED, "official", "seed", "matmuls"):
             if peer in by_peer:
                 row[f"speedup_vs_{peer}"] = by_peer[peer]["median_ms"] / row["median_ms"]
                 peer_peak, own_peak = by_peer[peer]["peak_bytes"], row["peak_bytes"]
@@ -269,20 +303,33 @@ def best_fused(rows: list[dict]) -> list[dict]:
 
 def summary(rows: list[dict]) -> str:
     """What a reader takes in at a glance: per op and setting, the best fused backend
-    against each peer (forward+backward). The full table is in table.md."""
+    against each peer (forward+backward), the faster torch.compile mode, its time against
+    the op's FLOPs at the best GEMM rate measured here, and a warning row wherever a fused
+    backend loses to the reference on this machine. The full table is in table.md."""
     lines = [
-        "| op | config | estimator | best fused | ms | x reference | x torch.compile | x official/seed "
-        "| memory / reference | time / its GEMMs |",
+        "| op | config | estimator | best fused | ms | x reference | x torch.compile (mode) | x official/seed "
+        "| memory / reference | time / FLOPs at peak |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in best_fused(rows):
         materialising = r.get("speedup_vs_official", r.get("speedup_vs_seed"))
-        floor = r.get("speedup_vs_matmuls")
+        compiled = r.get("speedup_vs_best_compiled")
+        mode = {"compiled": "default", "compiled-max": "max-autotune"}.get(r.get("best_compiled"), "")
         lines.append(
             f"| {r['op']} | {r['config']} | {r['estimator']} | {r['peer']} | {r['median_ms']:.2f}"
-            f" | {_fmt(r.get('speedup_vs_reference'), '.2f')} | {_fmt(r.get('speedup_vs_compiled'), '.2f')}"
+            f" | {_fmt(r.get('speedup_vs_reference'), '.2f')} | {_fmt(compiled, '.2f')}{f' ({mode})' if mode else ''}"
             f" | {_fmt(materialising, '.2f')} | {_fmt(r.get('memory_vs_reference'), '.2f')}"
-            f" | {_fmt(None if not floor else 1 / floor, '.2f')} |"
+            f" | {_fmt(r.get('floor_ratio'), '.2f')} |"
+        )
+    slower = [
+        r
+        for r in rows
+        if r["peer"] in cases.FUSED and r["status"] == "ok" and (r.get("speedup_vs_reference") or 1.0) < 1.0
+    ]
+    for r in slower:
+        lines.append(
+            f"| WARNING: {r['op']} | {r['config']} | {r['estimator']} | {r['peer']}, {r['mode']} | {r['median_ms']:.2f}"
+            f" | {r['speedup_vs_reference']:.2f}: slower than the reference on this machine | | | | |"
         )
     return "\n".join(lines)
 
@@ -329,14 +376,27 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def cpu_model() -> str:
+    """The processor's model name (what lscpu prints), with the instruction sets that decide
+    the GEMM providers' speed."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    sets = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model} ({', '.join(sets)})" if model else platform.machine()
+
+
 def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: dict) -> dict:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": command,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "cpu_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_gemm": torch.ops.dim_fused.cpu_gemm() if hasattr(torch.ops.dim_fused, "cpu_gemm") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -390,6 +450,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--configs", nargs="+", metavar="CONFIG", help="only the configs of these names")
     parser.add_argument("--modes", nargs="+", choices=cases.MODES, default=list(cases.MODES), help="passes to time")
     parser.add_argument(
+        "--min-time", type=float, default=0.2, help="seconds of interleaved rounds per peer and case, at least"
+    )
+    parser.add_argument(
         "--cpu-memory-gb", type=float, default=12.0, help="on the CPU, allocations beyond this count as out of memory"
     )
     args = parser.parse_args(argv)
@@ -403,13 +466,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         config_list = [c for c in config_list if c.op in args.ops]
     config_list = [c for c in config_list if c.name not in args.skip]
     command = "python -m benchmarks.report " + shlex.join(argv if argv is not None else sys.argv[1:])
-    ceilings = measure_ceilings(device)
+    ceilings = measure_ceilings(device, dtype)
     rows: list[dict] = []
     # A time limit (timeout's SIGTERM) or Ctrl-C ends the run but keeps the finished cases.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with cases.fp32_precision(args.fp32_precision):
-            run(config_list, device, dtype, ceilings, rows=rows, peers=args.peers, modes=args.modes)
+            run(
+                config_list,
+                device,
+                dtype,
+                ceilings,
+                rows=rows,
+                peers=args.peers,
+                modes=args.modes,
+                min_time_s=args.min_time,
+            )
         interrupted = False
     except KeyboardInterrupt:
         interrupted = True

@@ -1,11 +1,12 @@
-// What the ops share on the host, and the Python module the extension loads as.
+// What the ops share on the host (the GEMMs are in gemm.cpp), and the Python module the
+// extension loads as.
 // Each op defines its schema with TORCH_LIBRARY_FRAGMENT in csrc/<op>/<op>.cpp;
 // fake kernels and autograd formulas are registered from dim_fused/ops/<op>/.
 #include "common.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <Python.h>
+#include <torch/library.h>
 
 #include <array>
 #include <string>
@@ -36,36 +37,10 @@ void check_tunable(const char* op, const char* name, int64_t value) {
   TORCH_CHECK_VALUE(value >= 1, "dim_fused.", op, ": ", name, " must be at least 1, got ", value);
 }
 
-namespace {
-
-// a (op) b with fp32 accumulation and the result in `out`: the ATen overload with
-// an out_dtype (aten::mm.dtype, aten::bmm.dtype: cuBLAS writes float32 from half
-// inputs) where this torch has one for CUDA; elsewhere the operands are converted.
-template <typename Plain>
-at::Tensor gemm_to(const char* op, const Plain& plain, const at::Tensor& a, const at::Tensor& b,
-                   at::ScalarType out) {
-  if (a.scalar_type() == out) return plain(a, b);
-  if (a.is_cuda()) {
-    static const auto with_dtype = c10::Dispatcher::singleton().findSchema({op, "dtype"});
-    if (with_dtype && with_dtype->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
-      return with_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>()
-          .call(a, b, out);
-    }
-  }
-  return plain(a.to(out), b.to(out));
-}
-
-}  // namespace
-
-at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
-  return gemm_to(
-      "aten::mm", [](const at::Tensor& x, const at::Tensor& y) { return at::mm(x, y); }, a, b, out);
-}
-
-at::Tensor bmm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
-  return gemm_to(
-      "aten::bmm", [](const at::Tensor& x, const at::Tensor& y) { return at::bmm(x, y); }, a, b,
-      out);
+TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
+  // The CPU GEMM provider (gemm.h): set from DIM_FUSED_CPU_GEMM by the Python layer.
+  m.def("set_cpu_gemm(str provider) -> str", &set_cpu_gemm);
+  m.def("cpu_gemm() -> str", &cpu_gemm);
 }
 
 }  // namespace dim_fused

@@ -1,5 +1,5 @@
-// What every op's host code shares: estimator names, the accumulation dtype, GEMMs
-// with a wider output, and the guard that keeps autocast out of a plan's ATen calls.
+// What every op's host code shares: estimator names, the accumulation dtype, the GEMMs
+// (gemm.h), and the guard that keeps autocast out of a plan's ATen calls.
 // Each op's own schema, checks, plan and device pieces live in csrc/<op>/.
 #pragma once
 
@@ -9,6 +9,7 @@
 #include <c10/util/string_view.h>
 
 #include "estimators.h"
+#include "gemm.h"
 
 namespace dim_fused {
 
@@ -26,13 +27,6 @@ inline at::ScalarType acc_dtype(at::ScalarType t) {
 struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
 };
-
-// a @ b in `out` dtype with fp32 accumulation: cuBLAS writes float32 from half
-// inputs directly where ATen has aten::mm.dtype; elsewhere the operands are
-// converted first.
-at::Tensor mm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
-// bmm with the result in `out` dtype (see mm_to).
-at::Tensor bmm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
 
 // A tunable the Python layer passes down (dim_fused/ops/common/tunables.py reads
 // them): at least 1.

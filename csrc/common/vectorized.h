@@ -1,6 +1,7 @@
 // SIMD for the CPU kernels: Math<V> (see estimators.h) for at::vec vectors,
 // and the loops that run a step on full vectors and then on the scalar tail.
-// float and double run vectorised; half and bfloat16 run scalar steps in float.
+// float and double run vectorised; half and bfloat16 run scalar steps in float, but in
+// binary_map, which converts them in registers.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -113,6 +114,26 @@ void transform(T* data, int64_t begin, int64_t end, const F& f) {
   int64_t i = begin;
   for (; i + V::size() <= end; i += V::size()) f(V::loadu(data + i)).store(data + i);
   for (; i < end; ++i) data[i] = f(data[i]);
+}
+
+// out[i] = f(a[i], b[i]) for i in [0, n), with f over float or double SIMD vectors (and
+// scalars for the tail): 16-bit values are converted to float in registers, a 16-bit vector
+// making two float vectors.
+template <typename scalar_t, typename F>
+void binary_map(const scalar_t* a, const scalar_t* b, scalar_t* out, int64_t n, const F& f) {
+  using T = acc_type<scalar_t>;
+  using V = at::vec::Vectorized<scalar_t>;
+  int64_t i = 0;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    for (; i + V::size() <= n; i += V::size()) f(V::loadu(a + i), V::loadu(b + i)).store(out + i);
+  } else {
+    for (; i + V::size() <= n; i += V::size()) {
+      const auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(a + i));
+      const auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(b + i));
+      at::vec::convert_from_float<scalar_t>(f(a_lo, b_lo), f(a_hi, b_hi)).store(out + i);
+    }
+  }
+  for (; i < n; ++i) out[i] = scalar_t(f(T(a[i]), T(b[i])));
 }
 
 template <typename V, typename Step>

@@ -180,10 +180,10 @@ std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad,
 // First-layer halves: P (B * L, H1) per location, Q (B, H1) per image.
 std::pair<at::Tensor, at::Tensor> split_first_layer(const ConcatConvProblem& p) {
   const at::Tensor& w = p.weights[0];
-  const at::Tensor P = at::mm(p.local_rows, w.narrow(1, 0, p.channels).t());
+  const at::Tensor P = gemm(p.local_rows, w.narrow(1, 0, p.channels).t());
   const at::Tensor wy = w.narrow(1, p.channels, w.size(1) - p.channels);
-  const at::Tensor Q =
-      p.biases[0] ? at::addmm(*p.biases[0], p.global_code, wy.t()) : at::mm(p.global_code, wy.t());
+  const at::Tensor Q = at::empty({p.batch, w.size(0)}, P.options());
+  gemm_out(Q, p.global_code, wy.t(), p.biases[0]);
   return {P, Q};
 }
 
@@ -201,11 +201,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
   const int64_t channels = local_rows.size(1);
   const double unscale = 1.0 / scale;
   const at::Tensor dQ_in = dQ.to(dtype);
+  // The fp32 dP and dQ meet the inputs in their dtype on CUDA, in fp32 on a CPU (gemm_to).
   const at::Tensor d_w1 =
-      at::cat({mm_to(dP.to(dtype).t(), local_rows, acc), mm_to(dQ_in.t(), global_code, acc)}, 1);
+      at::cat({gemm_to(dP.t(), local_rows, acc), gemm_to(dQ.t(), global_code, acc)}, 1);
   const at::Tensor d_b1 = has_bias ? dQ.sum(0) : at::empty({0}, dQ.options());
-  const at::Tensor d_local = at::mm(dP_features.to(dtype), w1.narrow(1, 0, channels));
-  const at::Tensor d_code = at::mm(dQ_in, w1.narrow(1, channels, w1.size(1) - channels));
+  const at::Tensor d_local = gemm(dP_features.to(dtype), w1.narrow(1, 0, channels));
+  const at::Tensor d_code = gemm(dQ_in, w1.narrow(1, channels, w1.size(1) - channels));
   return {d_local.mul_(unscale), d_code.mul_(unscale), d_w1.mul_(unscale).to(dtype),
           d_b1.mul(unscale).to(dtype)};
 }
@@ -228,11 +229,7 @@ std::vector<at::Tensor> later_hidden(const ConcatConvProblem& p, const at::Tenso
   for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
     const at::Tensor wt = p.weights[i].t();
     at::Tensor z = into.empty() ? at::empty({h1.size(0), wt.size(1)}, h1.options()) : into[i - 1];
-    if (p.biases[i]) {
-      at::addmm_out(z, *p.biases[i], hidden.back(), wt);
-    } else {
-      at::mm_out(z, hidden.back(), wt);
-    }
+    gemm_out(z, hidden.back(), wt, p.biases[i]);
     hidden.push_back(z.relu_());  // not cuBLASLt's fused ReLU epilogue: it would turn a NaN into 0
   }
   return hidden;
@@ -242,7 +239,7 @@ std::vector<at::Tensor> later_hidden(const ConcatConvProblem& p, const at::Tenso
 at::Tensor chunk_scores(const ConcatConvProblem& p, const at::Tensor& last_hidden) {
   const size_t last = p.weights.size() - 1;
   const auto acc = acc_dtype(last_hidden.scalar_type());
-  at::Tensor scores = mm_to(last_hidden, p.weights[last].t(), acc);
+  at::Tensor scores = gemm_to(last_hidden, p.weights[last].t(), acc);
   if (p.biases[last]) scores.add_(p.biases[last]->to(acc));
   return scores.view({-1});
 }
@@ -333,15 +330,15 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     // d_z: the gradient at layer i's output before its activation, from the score down.
     at::Tensor d_z = d_scores.narrow(0, kept_row, rows).unsqueeze(1).to(dtype);
     for (size_t i = last; i >= 2; --i) {  // layer i reads hidden[i - 1]
-      d_weights[i].add_(mm_to(d_z.t(), hidden[i - 1], acc));
+      gemm_accumulate(d_weights[i], d_z.t(), hidden[i - 1]);
       if (p.biases[i]) d_biases[i].add_(d_z.sum(0));
-      d_z = at::threshold_backward(at::mm(d_z, p.weights[i]), hidden[i - 1], 0);
+      d_z = at::threshold_backward(gemm(d_z, p.weights[i]), hidden[i - 1], 0);
     }
     // Layer 1 reads h1 = relu(P[source] + Q[image]): its gradient splits back to dP and dQ.
-    d_weights[1].add_(mm_to(d_z.t(), h1, acc));
+    gemm_accumulate(d_weights[1], d_z.t(), h1);
     if (p.biases[1]) d_biases[1].add_(d_z.sum(0));
     const at::Tensor src = p.sources[pairs].narrow(0, first_row, rows);
-    kernels.first_layer_backward(at::mm(d_z, p.weights[1]), h1, src, image, p.locations, dP,
+    kernels.first_layer_backward(gemm(d_z, p.weights[1]), h1, src, image, p.locations, dP,
                                  pairs == 0 && p.detach_negatives ? &dP_positives : nullptr, dQ);
   });
   const double unscale = 1.0 / scale;

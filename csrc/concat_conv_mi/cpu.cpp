@@ -4,7 +4,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/library.h>
+
+#include <type_traits>
+#include <vector>
 
 #include "../common/vectorized.h"
 #include "concat_conv_mi.h"
@@ -12,29 +16,21 @@
 namespace dim_fused {
 namespace {
 
-using cpu::for_each_vector;
-using cpu::vector_type;
-
 void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
                      int64_t first_row, int64_t locations, at::Tensor& out) {
+  RECORD_FUNCTION("dim_fused::first_layer", std::vector<c10::IValue>());
   const int64_t width = P.size(1);
   const int64_t* source = src.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, P.scalar_type(), "first_layer_cpu", [&] {
-        using V = vector_type<scalar_t>;
         const scalar_t* p = P.const_data_ptr<scalar_t>();
         const scalar_t* q = Q.const_data_ptr<scalar_t>();
         scalar_t* o = out.data_ptr<scalar_t>();
+        const auto relu_of_sum = [](auto x, auto y) { return Math<decltype(x)>::relu(x + y); };
         at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
-            const scalar_t* p_row = p + source[r] * width;
-            const scalar_t* q_row = q + ((first_row + r) / locations) * width;
-            scalar_t* o_row = o + r * width;
-            for_each_vector<V>(0, width, [&](auto lane, int64_t h) {
-              using L = decltype(lane);
-              const L sum = Math<L>::load(p_row + h) + Math<L>::load(q_row + h);
-              Math<L>::store(o_row + h, Math<L>::relu(sum));
-            });
+            cpu::binary_map(p + source[r] * width, q + ((first_row + r) / locations) * width,
+                            o + r * width, width, relu_of_sum);
           }
         });
       });
@@ -46,23 +42,39 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
 void first_layer_backward_cpu(const at::Tensor& dH1, const at::Tensor& H1, const at::Tensor& src,
                               int64_t image, int64_t locations, at::Tensor& dP,
                               at::Tensor* dP_features, at::Tensor& dQ) {
+  RECORD_FUNCTION("dim_fused::first_layer_backward", std::vector<c10::IValue>());
   const int64_t width = dP.size(1), rows = dH1.size(0);
   const int64_t* source = src.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dH1.scalar_type(), "first_layer_backward_cpu", [&] {
         using T = cpu::acc_type<scalar_t>;
         using V = at::vec::Vectorized<T>;
-        const at::Tensor d_h = dH1.to(dP.scalar_type()),
-                         h = H1.to(dP.scalar_type());  // no-ops but for half
-        const T* dh = d_h.const_data_ptr<T>();
-        const T* h1 = h.const_data_ptr<T>();
+        const scalar_t* dh = dH1.const_data_ptr<scalar_t>();
+        const scalar_t* h1 = H1.const_data_ptr<scalar_t>();
         T* dp = dP.data_ptr<T>();
         T* dp_features = dP_features != nullptr ? dP_features->data_ptr<T>() : nullptr;
         T* dq = dQ.data_ptr<T>();
         at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
+          // A 16-bit row's columns [begin, end) in T: converted in cache, not as a whole copy.
+          std::vector<T> dh_columns, h_columns;
+          if constexpr (!std::is_same_v<scalar_t, T>) {
+            dh_columns.resize(end - begin);
+            h_columns.resize(end - begin);
+          }
           for (int64_t r = 0; r < rows; ++r) {
-            const T* dh_row = dh + r * width;
-            const T* h_row = h1 + r * width;
+            const T* dh_row;
+            const T* h_row;
+            if constexpr (std::is_same_v<scalar_t, T>) {
+              // the same type (a cast only because this lambda is no template: both branches
+              // compile)
+              dh_row = reinterpret_cast<const T*>(dh + r * width);
+              h_row = reinterpret_cast<const T*>(h1 + r * width);
+            } else {
+              at::vec::convert(dh + r * width + begin, dh_columns.data(), end - begin);
+              at::vec::convert(h1 + r * width + begin, h_columns.data(), end - begin);
+              dh_row = dh_columns.data() - begin;  // indexed by column below
+              h_row = h_columns.data() - begin;
+            }
             T* targets[3] = {dp + source[r] * width, dq + (image + r / locations) * width,
                              dp_features != nullptr ? dp_features + source[r] * width : nullptr};
             int64_t c = begin;

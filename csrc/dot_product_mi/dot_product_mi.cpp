@@ -146,11 +146,12 @@ std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_stats, const at:
 at::Tensor dot_product_score_tile(const DotProductProblem& p, int64_t first, int64_t images) {
   const auto acc = acc_dtype(p.local.scalar_type());
   if (p.rows_layout) {
-    return mm_to(p.global, p.rows().narrow(0, first * p.locations, images * p.locations).t(), acc);
+    return gemm_to(p.global, p.rows().narrow(0, first * p.locations, images * p.locations).t(),
+                   acc);
   }
   // (images, G, L) from one batched GEMM, then (G, images * L): a copy of the tile only.
-  const at::Tensor per_image =
-      bmm_to(p.global.expand({images, p.globals, p.units}), p.local.narrow(0, first, images), acc);
+  const at::Tensor per_image = batched_gemm_to(p.global.expand({images, p.globals, p.units}),
+                                               p.local.narrow(0, first, images), acc);
   return per_image.transpose(0, 1).reshape({p.globals, images * p.locations});
 }
 
@@ -166,16 +167,15 @@ void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_s
   at::Tensor d_local_tile = d_local.view({p.batch, p.units, -1}).narrow(0, first, images);
   if (p.rows_layout) {  // d_global += dS rows, d_rows = dS^T global: two GEMMs, in place
     const at::Tensor rows = local.transpose(1, 2).reshape({-1, p.units});
-    d_global.add_(mm_to(ds, rows, d_global.scalar_type()));
-    at::Tensor d_rows = d_local_tile.transpose(1, 2).view({-1, p.units});
-    at::mm_out(d_rows, ds.t(), p.global);
+    gemm_accumulate(d_global, ds, rows);
+    gemm_out(d_local_tile.transpose(1, 2).view({-1, p.units}), ds.t(), p.global);
     return;
   }
   const at::Tensor ds_images =
       ds.view({p.globals, images, p.locations}).transpose(0, 1).contiguous();
   const at::Tensor global_t =
       p.global.t().contiguous();  // (E, G): small; the faster operand layout
-  at::bmm_out(d_local_tile, global_t.expand({images, p.units, p.globals}), ds_images);
+  batched_gemm_out(d_local_tile, global_t.expand({images, p.units, p.globals}), ds_images);
   // d_global += sum_j dS_j local_j^T: batched GEMMs over groups of images (at most 2^22
   // products held at once on a CPU, 2^24 on a GPU), each group summed in the
   // accumulation dtype (addbmm would loop slower GEMMs, and on a GPU round its running
@@ -184,8 +184,8 @@ void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_s
   const int64_t group = std::clamp<int64_t>(budget / (p.globals * p.units), 1, images);
   for (int64_t g = 0; g < images; g += group) {
     const int64_t n = std::min(group, images - g);
-    d_global.add_(bmm_to(ds_images.narrow(0, g, n), local.narrow(0, g, n).transpose(1, 2),
-                         d_global.scalar_type())
+    d_global.add_(batched_gemm_to(ds_images.narrow(0, g, n), local.narrow(0, g, n).transpose(1, 2),
+                                  d_global.scalar_type())
                       .sum(0));
   }
 }

@@ -44,8 +44,31 @@ def has_cpp_kernel(op: str, dispatch_key: str) -> bool:
 
 def registered(op: str, backend: str) -> Callable:
     """The registered op a fused backend runs: dim_fused::<op> for 'cpu' and 'cuda',
-    dim_fused::<op>_triton for 'triton'."""
+    dim_fused::<op>_triton for 'triton' (the CPU plans' GEMM provider set first)."""
+    if backend == "cpu":
+        _apply_cpu_gemm()
     return getattr(torch.ops.dim_fused, f"{op}_triton" if backend == "triton" else op)
+
+
+_cpu_gemm_setting: list[str] = []  # the DIM_FUSED_CPU_GEMM value last handed to the C++ plans
+
+
+def _apply_cpu_gemm() -> None:
+    """Hands DIM_FUSED_CPU_GEMM to the C++ plans when it changed. Not while torch.compile
+    traces (the setting is the process's, not a graph's: the last eager call's holds)."""
+    if C_IMPORT_ERROR is not None or torch.compiler.is_compiling():
+        return
+    wanted = tunables.cpu_gemm()
+    if _cpu_gemm_setting != [wanted]:
+        torch.ops.dim_fused.set_cpu_gemm(wanted)
+        _cpu_gemm_setting[:] = [wanted]
+
+
+def cpu_gemm() -> str:
+    """The GEMM provider the CPU plans run ('onednn' or 'blas'), after handing them
+    DIM_FUSED_CPU_GEMM (auto: oneDNN where this torch carries it). docs/design.md, "GEMMs"."""
+    _apply_cpu_gemm()
+    return torch.ops.dim_fused.cpu_gemm()
 
 
 def no_bias(like: torch.Tensor) -> torch.Tensor:
@@ -110,11 +133,24 @@ def register(
         )
         backward_op.register_fake(backward_fake)
         variants.append((f"{op}_triton", backward_op))
+
+    def setup(ctx, inputs, output):
+        # Only the estimate is differentiable: what the forward returns beside it (statistics,
+        # scores, kept activations) is what the backward reads, and no zero gradient is made
+        # for it (for kept activations that would be a tensor of their size per backward).
+        if isinstance(output, tuple):
+            ctx.mark_non_differentiable(*[t for x in output[1:] for t in (x if isinstance(x, list) else [x])])
+        ctx.set_materialize_grads(False)
+        ctx.no_gradients = tuple([None] * len(x) if isinstance(x, list) else None for x in inputs)
+        setup_context(ctx, inputs, output)
+
     for name, backward_op in variants:
 
         def backward(ctx, *grads, backward_op=backward_op):
             _no_double_backward(op)
+            if grads[0] is None:  # no gradient reached the estimate: none leaves
+                return ctx.no_gradients
             return gradients(backward_op, ctx, *grads)
 
         torch.library.register_fake(f"dim_fused::{name}")(fake)
-        torch.library.register_autograd(f"dim_fused::{name}", backward, setup_context=setup_context)
+        torch.library.register_autograd(f"dim_fused::{name}", backward, setup_context=setup)

@@ -39,6 +39,15 @@ def triton_programs() -> int:
     return _positive("DIM_FUSED_TRITON_PROGRAMS", 2048)
 
 
+def cpu_gemm() -> str:
+    """The CPU plans' GEMM provider: auto (oneDNN where torch carries it, else BLAS), onednn
+    or blas."""
+    value = os.environ.get("DIM_FUSED_CPU_GEMM", "auto")
+    if value not in ("auto", "onednn", "blas"):
+        raise ValueError(f"DIM_FUSED_CPU_GEMM must be auto, onednn or blas, got {value!r}")
+    return value
+
+
 def autotune() -> bool:
     return os.environ.get("DIM_FUSED_AUTOTUNE", "1") != "0"
 

@@ -1,0 +1,216 @@
+// The host plans' matrix products (see gemm.h). oneDNN is reached through ATen's own entry,
+// at::native::mkldnn_matmul (exported by libtorch_cpu, not in its public headers): looked up
+// at run time and tried once per dtype, so that a torch without it, or one that refuses fp32
+// there, falls back to BLAS instead of failing to load.
+#include "gemm.h"
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
+#include <dlfcn.h>
+
+#include <atomic>
+#include <mutex>
+
+namespace dim_fused {
+namespace {
+
+// result = beta * result + alpha * mat1 @ mat2, mat1, mat2 and result of one dtype.
+using OneDnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Tensor&, float,
+                              float);
+constexpr const char* kOneDnnMatmul = "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff";
+
+OneDnnMatmul find_onednn() {
+  void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  void* symbol = dlsym(torch_cpu != nullptr ? torch_cpu : RTLD_DEFAULT, kOneDnnMatmul);
+  return reinterpret_cast<OneDnnMatmul>(symbol);
+}
+
+enum class Provider { Auto, OneDnn, Blas };
+std::atomic<Provider> g_provider{Provider::Auto};
+
+// Whether oneDNN computes a product of this dtype here: found, and right on a 3 x 3 case.
+bool onednn_runs(at::ScalarType dtype) {
+  static std::once_flag once;
+  static bool runs[3] = {false, false, false};  // float, bfloat16, half
+  std::call_once(once, [] {
+    const OneDnnMatmul matmul = find_onednn();
+    if (matmul == nullptr) return;
+    const at::ScalarType types[3] = {at::kFloat, at::kBFloat16, at::kHalf};
+    for (int i = 0; i < 3; ++i) {
+      try {
+        const at::Tensor a = at::arange(9, at::dtype(types[i])).view({3, 3});
+        at::Tensor out = at::empty({3, 3}, a.options());
+        matmul(a, a.t(), out, 0.0f, 1.0f);
+        runs[i] = at::equal(out.to(at::kFloat), at::mm(a.to(at::kFloat), a.to(at::kFloat).t()));
+      } catch (const std::exception&) {
+        runs[i] = false;
+      }
+    }
+  });
+  switch (dtype) {
+    case at::kFloat: return runs[0];
+    case at::kBFloat16: return runs[1];
+    case at::kHalf: return runs[2];
+    default: return false;
+  }
+}
+
+// Whether oneDNN's entry would materialise a broadcast operand: it reads contiguous and
+// transposed ones in place and copies the rest, which for a zero stride (a batch of one
+// matrix) means a copy the size of the whole batch, where BLAS's batched GEMM reads the one.
+bool broadcast(const at::Tensor& t) {
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) == 0 && t.size(d) > 1) return true;
+  }
+  return false;
+}
+
+// Whether a product of these operands goes to oneDNN.
+bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
+  return g_provider.load() != Provider::Blas && a.is_cpu() && a.scalar_type() == b.scalar_type() &&
+         a.numel() > 0 && b.numel() > 0 && !broadcast(a) && !broadcast(b) &&
+         onednn_runs(a.scalar_type());
+}
+
+// out = beta * out + a @ b on oneDNN (a range of its own in torch.profiler: the product is
+// not an ATen op).
+void onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
+  static const OneDnnMatmul matmul = find_onednn();
+  RECORD_FUNCTION("dim_fused::onednn_matmul", std::vector<c10::IValue>({a, b}));
+  matmul(a, b, out, beta, 1.0f);
+}
+
+// a (op) b in `out` dtype with fp32 accumulation. On CUDA, the ATen overload with an out_dtype
+// (aten::mm.dtype, aten::bmm.dtype: cuBLAS writes float32 from half inputs) where this torch
+// has one; elsewhere (a CPU: neither oneDNN's entry nor ATen writes float32 from bf16 there)
+// the operands are converted and multiplied in float32, so that scores and weight gradients
+// reach their epilogues unrounded.
+// Operands of two dtypes (an fp32 gradient against half activations) meet in the half one on
+// CUDA (its tensor cores) and in `out` on a CPU (no rounding of the fp32 one).
+at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, const at::Tensor&),
+                     const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  if (a.is_cuda()) {
+    const auto half = a.scalar_type() == out ? b.scalar_type() : a.scalar_type();
+    static const auto with_dtype = c10::Dispatcher::singleton().findSchema({op, "dtype"});
+    if (half != out && with_dtype && with_dtype->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
+      return with_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>()
+          .call(a.to(half), b.to(half), out);
+    }
+  }
+  return plain(a.to(out), b.to(out));
+}
+
+at::Tensor batched_gemm(const at::Tensor& a, const at::Tensor& b) {
+  if (!use_onednn(a, b)) return at::bmm(a, b);
+  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options());
+  onednn(out, a, b, 0.0f);
+  return out;
+}
+
+// oneDNN runs a product of few rows and many columns (G global codes against B * L
+// locations) at about half the rate of its transpose on the project's CPU: such a product is
+// computed as (b^T a^T)^T, the transposes being views it reads in place.
+bool few_rows(const at::Tensor& a, const at::Tensor& b) {
+  return a.dim() == 2 && a.size(0) <= 128 && b.size(1) >= 8 * a.size(0);
+}
+
+// (b^T a^T) on oneDNN: the transpose of a @ b, (N, M) contiguous.
+at::Tensor onednn_transposed(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({b.size(1), a.size(0)}, a.options());
+  onednn(out, b.t(), a.t(), 0.0f);
+  return out;
+}
+
+}  // namespace
+
+at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
+  if (!use_onednn(a, b)) return at::mm(a, b);
+  if (few_rows(a, b)) return onednn_transposed(a, b).t().contiguous();
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  onednn(out, a, b, 0.0f);
+  return out;
+}
+
+at::Tensor gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  if (a.scalar_type() == out && b.scalar_type() == out) return gemm(a, b);
+  return converted("aten::mm", &gemm, a, b, out);
+}
+
+void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+              const std::optional<at::Tensor>& bias) {
+  if (!use_onednn(a, b) || out.scalar_type() != a.scalar_type()) {
+    at::Tensor result = out;
+    if (bias) {
+      at::addmm_out(result, *bias, a, b);
+    } else {
+      at::mm_out(result, a, b);
+    }
+    return;
+  }
+  if (few_rows(a, b)) {
+    out.copy_(onednn_transposed(a, b).t());
+    if (bias) out.add_(*bias);
+    return;
+  }
+  if (bias) out.copy_(bias->expand(out.sizes()));
+  onednn(out, a, b, bias ? 1.0f : 0.0f);
+}
+
+void gemm_accumulate(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (out.scalar_type() == a.scalar_type() && use_onednn(a, b)) {
+    if (few_rows(a, b)) {
+      out.add_(onednn_transposed(a, b).t());
+    } else {
+      onednn(out, a, b, 1.0f);
+    }
+  } else if (out.scalar_type() == a.scalar_type()) {
+    at::Tensor result = out;
+    result.addmm_(a, b);
+  } else if (use_onednn(a, b)) {
+    // bf16 operands, an fp32 sum of products over chunks (weight gradients): each chunk's
+    // product in bf16 on oneDNN (fp32 inside the GEMM, rounded once on the way out), summed
+    // in fp32; converting the operands would run the product at the fp32 rate.
+    out.add_(gemm(a, b));
+  } else {
+    out.add_(gemm_to(a, b, out.scalar_type()));
+  }
+}
+
+at::Tensor batched_gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  if (a.scalar_type() == out && b.scalar_type() == out) return batched_gemm(a, b);
+  return converted("aten::bmm", &batched_gemm, a, b, out);
+}
+
+void batched_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (!use_onednn(a, b) || out.scalar_type() != a.scalar_type()) {
+    at::Tensor result = out;
+    at::bmm_out(result, a, b);
+    return;
+  }
+  onednn(out, a, b, 0.0f);
+}
+
+std::string cpu_gemm() {
+  const Provider p = g_provider.load();
+  return p != Provider::Blas && onednn_runs(at::kFloat) ? "onednn" : "blas";
+}
+
+std::string set_cpu_gemm(c10::string_view provider) {
+  if (provider == "auto") {
+    g_provider = Provider::Auto;
+  } else if (provider == "onednn") {
+    TORCH_CHECK_VALUE(onednn_runs(at::kFloat),
+                      "dim_fused: oneDNN's matmul is not available in this torch build; use "
+                      "DIM_FUSED_CPU_GEMM=blas or auto");
+    g_provider = Provider::OneDnn;
+  } else if (provider == "blas") {
+    g_provider = Provider::Blas;
+  } else {
+    TORCH_CHECK_VALUE(false, "dim_fused: DIM_FUSED_CPU_GEMM must be auto, onednn or blas, got '",
+                      std::string(provider), "'");
+  }
+  return cpu_gemm();
+}
+
+}  // namespace dim_fused

@@ -1,0 +1,37 @@
+// The matrix products of the host plans. On a CPU they run on the machine's fastest fp32 /
+// bf16 GEMM that ships inside torch: oneDNN's matmul (what ATen itself takes for bf16
+// matmuls; on some x86-64 CPUs MKL's fp32 sgemm runs at under half its rate), found at run
+// time, in IEEE fp32 (no down-conversion), else BLAS through at::mm. DIM_FUSED_CPU_GEMM
+// (read in Python, set with dim_fused::set_cpu_gemm) forces either. On CUDA: cuBLAS.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/string_view.h>
+
+#include <optional>
+#include <string>
+
+namespace dim_fused {
+
+// a @ b (2-D), in the inputs' dtype.
+at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
+// a @ b in `out` dtype with fp32 accumulation: CUDA writes float32 from half inputs directly
+// where ATen has aten::mm.dtype; elsewhere the operands are converted first. The operands
+// may differ in dtype (one of them `out`'s).
+at::Tensor gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
+// out = a @ b (+ bias, broadcast over the rows), written in place.
+void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+              const std::optional<at::Tensor>& bias = std::nullopt);
+// out += a @ b, out in the accumulation dtype (float32 for half inputs; on a CPU the product
+// of half operands is rounded to their dtype before it is added, at twice the fp32 rate).
+void gemm_accumulate(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// Batched (3-D): a @ b in `out` dtype (see gemm_to), and written in place.
+at::Tensor batched_gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
+void batched_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// The CPU GEMM provider: "onednn" (when torch carries it) or "blas"; "auto" takes oneDNN where
+// it runs. set_cpu_gemm returns the provider now in use.
+std::string set_cpu_gemm(c10::string_view provider);
+std::string cpu_gemm();
+
+}  // namespace dim_fused
