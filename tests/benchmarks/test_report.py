@@ -119,9 +119,7 @@ def test_timings_run_before_the_memory_accounting(monkeypatch):
     materialising peers): every timing must be taken before it is switched on."""
     events = []
     real_measure = report.measure_interleaved
-    monkeypatch.setattr(
-        report, "measure_interleaved", lambda *a, **k: events.append("timing") or real_measure(*a, **k)
-    )
+    monkeypatch.setattr(report, "measure_interleaved", lambda *a, **k: events.append("timing") or real_measure(*a, **k))
     monkeypatch.setattr(report.memory, "prepare_cpu_accounting", lambda: events.append("accounting"))
     rows = report.run(configs.TINY[:2], CPU, torch.float32, {"copy_gb_per_s": 1.0}, progress=False)
     assert events.count("accounting") == 1 and "timing" not in events[events.index("accounting") :]
