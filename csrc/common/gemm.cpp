@@ -81,6 +81,17 @@ void onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, flo
   matmul(a, b, out, beta, 1.0f);
 }
 
+// `t` in `dtype`, a broadcast (zero-stride) dimension kept broadcast: converting the expanded
+// tensor itself would materialise it whole.
+at::Tensor converted_operand(const at::Tensor& t, at::ScalarType dtype) {
+  if (t.scalar_type() == dtype) return t;
+  at::Tensor base = t;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.stride(d) == 0) base = base.narrow(d, 0, 1);
+  }
+  return base.to(dtype).expand(t.sizes());
+}
+
 // a (op) b in `out` dtype with fp32 accumulation. On CUDA, the ATen overload with an out_dtype
 // (aten::mm.dtype, aten::bmm.dtype: cuBLAS writes float32 from half inputs) where this torch
 // has one; elsewhere (a CPU: neither oneDNN's entry nor ATen writes float32 from bf16 there)
@@ -95,10 +106,10 @@ at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, cons
     static const auto with_dtype = c10::Dispatcher::singleton().findSchema({op, "dtype"});
     if (half != out && with_dtype && with_dtype->hasKernelForDispatchKey(c10::DispatchKey::CUDA)) {
       return with_dtype->typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::ScalarType)>()
-          .call(a.to(half), b.to(half), out);
+          .call(converted_operand(a, half), converted_operand(b, half), out);
     }
   }
-  return plain(a.to(out), b.to(out));
+  return plain(converted_operand(a, out), converted_operand(b, out));
 }
 
 at::Tensor batched_gemm(const at::Tensor& a, const at::Tensor& b) {
@@ -189,6 +200,14 @@ void batched_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tens
     return;
   }
   onednn(out, a, b, 0.0f);
+}
+
+void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const bool in_operands_dtype =
+      a.is_cpu() && out.scalar_type() != a.scalar_type() && use_onednn(a, b);
+  const at::Tensor products =
+      in_operands_dtype ? batched_gemm(a, b) : batched_gemm_to(a, b, out.scalar_type());
+  out.add_(products.sum(0));  // fp32 inside the sum, rounded once to the products' dtype
 }
 
 std::string cpu_gemm() {

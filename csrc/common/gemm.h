@@ -28,6 +28,10 @@ void gemm_accumulate(const at::Tensor& out, const at::Tensor& a, const at::Tenso
 // Batched (3-D): a @ b in `out` dtype (see gemm_to), and written in place.
 at::Tensor batched_gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
 void batched_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// out += sum over the batch of a_i @ b_i, out in the accumulation dtype: the products and
+// their sum over the batch in the operands' dtype where out's differs on a CPU (fp32 inside,
+// rounded once, as gemm_accumulate), else in out's (gemm_to).
+void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
 // The CPU GEMM provider: "onednn" (when torch carries it) or "blas"; "auto" takes oneDNN where
 // it runs. set_cpu_gemm returns the provider now in use.

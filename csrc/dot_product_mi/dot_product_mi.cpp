@@ -184,9 +184,8 @@ void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_s
   const int64_t group = std::clamp<int64_t>(budget / (p.globals * p.units), 1, images);
   for (int64_t g = 0; g < images; g += group) {
     const int64_t n = std::min(group, images - g);
-    d_global.add_(batched_gemm_to(ds_images.narrow(0, g, n), local.narrow(0, g, n).transpose(1, 2),
-                                  d_global.scalar_type())
-                      .sum(0));
+    batched_gemm_sum_into(d_global, ds_images.narrow(0, g, n),
+                          local.narrow(0, g, n).transpose(1, 2));
   }
 }
 
