@@ -11,7 +11,7 @@ else:  # one tile per dtype instead of autotuning every new shape (the tile test
     os.environ.setdefault("DIM_FUSED_AUTOTUNE", "0")
 
 import pytest  # noqa: E402
-from helpers import FUSED_CASES, require  # noqa: E402
+from helpers import FUSED_CASES, require, stable_seed  # noqa: E402
 
 
 @pytest.fixture(params=FUSED_CASES, ids=[f"{b}-{d}" for b, d in FUSED_CASES])
@@ -23,5 +23,6 @@ def fused(request) -> tuple[str, str]:
 
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
-    # Fresh but reproducible inputs per test: the seed follows the test's name.
-    torch.manual_seed(hash(request.node.nodeid) % (2**31))
+    # Fresh but reproducible inputs per test: the seed follows the test's name, through a
+    # hash that is the same in every process (Python's hash() of a str is salted per process).
+    torch.manual_seed(stable_seed(request.node.nodeid))

@@ -3,6 +3,8 @@ the reason when unavailable), and the tolerance rule of docs/design.md ("Tests")
 kernel's error against the float64 oracle may be at most `factor` x the error of the
 reference run in the same dtype, plus a small floor."""
 
+import zlib
+
 import pytest
 import torch
 
@@ -17,6 +19,12 @@ FUSED_CASES = [
     for b in FUSED
     if not (b == "cpu" and d == "cuda") and not (b == "cuda" and d == "cpu")
 ]
+
+
+def stable_seed(nodeid: str) -> int:
+    """A test's seed, from its node id: the same in every process and on every machine
+    (Python salts ``hash()`` of a str per process), so a failing random case reproduces."""
+    return zlib.crc32(nodeid.encode())
 
 
 def require(backend: str, device: str) -> None:

@@ -37,6 +37,13 @@ void check_tunable(const char* op, const char* name, int64_t value) {
   TORCH_CHECK_VALUE(value >= 1, "dim_fused.", op, ": ", name, " must be at least 1, got ", value);
 }
 
+void check_floating(const char* op, const char* name, const at::Tensor& t) {
+  const at::ScalarType d = t.scalar_type();
+  TORCH_CHECK_VALUE(d == at::kDouble || d == at::kFloat || d == at::kBFloat16 || d == at::kHalf,
+                    "dim_fused.", op, ": ", name,
+                    " must be float64, float32, bfloat16 or float16, got ", d);
+}
+
 TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
   // The CPU GEMM provider (gemm.h): set from DIM_FUSED_CPU_GEMM by the Python layer.
   m.def("set_cpu_gemm(str provider) -> str", &set_cpu_gemm);

@@ -31,5 +31,8 @@ struct NoAutocast {
 // A tunable the Python layer passes down (dim_fused/ops/common/tunables.py reads
 // them): at least 1.
 void check_tunable(const char* op, const char* name, int64_t value);
+// The kernels' dtypes: float64, float32, bfloat16 and float16 (an integer, bool or complex
+// tensor would reach ATen calls that accept it and return a wrong-typed estimate).
+void check_floating(const char* op, const char* name, const at::Tensor& t);
 
 }  // namespace dim_fused

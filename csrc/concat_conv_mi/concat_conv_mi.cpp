@@ -39,6 +39,7 @@ void check_concat_conv_inputs(const at::Tensor& feature_map, const at::Tensor& g
   TORCH_CHECK_VALUE(global_code.scalar_type() == feature_map.scalar_type() &&
                         global_code.device() == feature_map.device(),
                     kOp, "global_code must match feature_map's dtype and device");
+  check_floating("concat_conv_mi", "feature_map", feature_map);
   const int64_t batch = feature_map.size(0), channels = feature_map.size(1);
   TORCH_CHECK_VALUE(weights.size() >= 2 && biases.size() == weights.size(), kOp,
                     "need at least two layers and one bias entry per layer");

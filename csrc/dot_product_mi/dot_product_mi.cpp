@@ -29,6 +29,7 @@ DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Te
   TORCH_CHECK_VALUE(
       local.scalar_type() == global.scalar_type() && local.device() == global.device(), op,
       "local_codes and global_codes must share dtype and device");
+  check_floating("dot_product_mi", "local_codes", local);
   const int64_t batch = local.size(0), units = local.size(1), globals = global.size(0);
   TORCH_CHECK_VALUE(global.size(1) == units && batch >= 2 && local.numel() > 0, op,
                     "need B >= 2, at least one location and matching E, got local ", local.sizes(),

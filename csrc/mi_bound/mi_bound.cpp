@@ -13,8 +13,7 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
   const Estimator e = parse_estimator(estimator);
   TORCH_CHECK_VALUE(pos.numel() > 0 && neg.numel() > 0,
                     "dim_fused.mi_bound: pos_scores and neg_scores must be non-empty");
-  TORCH_CHECK_VALUE(at::isFloatingType(pos.scalar_type()),
-                    "dim_fused.mi_bound: scores must be floating point, got ", pos.scalar_type());
+  check_floating("mi_bound", "pos_scores", pos);
   TORCH_CHECK_VALUE(pos.scalar_type() == neg.scalar_type(),
                     "dim_fused.mi_bound: pos_scores and neg_scores must share a dtype, got ",
                     pos.scalar_type(), " and ", neg.scalar_type());

@@ -74,6 +74,9 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
         case("backward, wrong activations", lambda: ops.concat_conv_mi_backward(
             torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(3, 6)], "jsd", False, CHUNK))
         case("meta feature map", lambda: ops.concat_conv_mi(f.to("meta"), y, w, b, good, "jsd", False, False, CHUNK))
+        longs = [t.long() for t in (f, y, *w, *b)]
+        case("integer feature map", lambda: ops.concat_conv_mi(
+            longs[0], longs[1], longs[2:4], longs[4:], good, "jsd", False, False, CHUNK))
         """
     )
     for name in ("perm too large", "perm negative", "compiled, perm too large"):
@@ -84,6 +87,7 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
     assert "grad must be one element" in results["backward, two-element grad"]
     assert "activations must be the forward's" in results["backward, wrong activations"]
     assert "several devices" in results["meta feature map"], results["meta feature map"]
+    assert "float64, float32, bfloat16 or float16" in results["integer feature map"], results["integer feature map"]
 
 
 def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
@@ -103,6 +107,8 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
         ints = torch.ones(3, dtype=torch.long)
         case("mi_bound integer", lambda: ops.mi_bound(ints, ints, "jsd"))
         case("mi_bound backward grad", lambda: ops.mi_bound_backward(torch.ones(3), l[0, 0], l[0, 1], "jsd"))
+        for kind, dtype in (("integer", torch.long), ("bool", torch.bool), ("complex", torch.cfloat)):
+            case(f"dot {kind}", lambda dtype=dtype: ops.dot_product_mi(l.to(dtype), g.to(dtype), "jsd", False, 0, TILE))
         """
     )
     assert "positive_offset must be in [0, G - B] = [0, 2]" in results["offset overflow"]
@@ -112,7 +118,8 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
     assert "several devices" in results["meta globals"]
     assert "infonce needs neg_scores of shape" in results["mi_bound infonce shapes"]
     assert "several devices" in results["mi_bound meta"]
-    assert "must be floating point" in results["mi_bound integer"]
+    for name in ("mi_bound integer", "dot integer", "dot bool", "dot complex"):
+        assert "ValueError" in results[name] and "float64, float32, bfloat16 or float16" in results[name], results[name]
     assert "grad must be one" in results["mi_bound backward grad"]
 
 

@@ -8,6 +8,7 @@ backward op (``<op>_backward``, ``<op>_triton_backward``); ``register`` writes t
 
 import functools
 import importlib
+import threading
 import warnings
 from collections.abc import Callable
 
@@ -101,6 +102,33 @@ def _no_double_backward(op: str) -> None:
         )
 
 
+_INTERPRETER = threading.RLock()  # re-entrant: a Triton op may launch another
+
+
+def _launcher(op: str, body: Callable) -> Callable:
+    """A Triton op's body. Under Triton's CPU interpreter (TRITON_INTERPRET=1), which is a
+    correctness tool: bfloat16 is refused before any launch (the interpreter's bf16
+    arithmetic and ``tl.dot`` return wrong values), and launches are serialised (the
+    interpreter's kernel state is per process: three threads at once fail or return wrong
+    gradients). On a GPU the body runs as it is."""
+
+    @functools.wraps(body)
+    def launch(*args):
+        if not tunables.triton_interpreted():
+            return body(*args)
+        tensors = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.bfloat16 for t in tensors):
+            raise ValueError(
+                f"dim_fused.{op}: backend 'triton' under the Triton interpreter (TRITON_INTERPRET=1) "
+                "cannot compute in bfloat16 (the interpreter's bf16 results are wrong): use float32 or "
+                "float64 there, backend 'cpu', or a CUDA GPU"
+            )
+        with _INTERPRETER:
+            return body(*args)
+
+    return launch
+
+
 def _schema(op: str) -> str:
     """The argument and return part of dim_fused::<op>'s schema, as C++ defined it."""
     text = str(getattr(torch.ops.dim_fused, op).default._schema)
@@ -127,9 +155,13 @@ def register(
     torch.library.register_fake(f"dim_fused::{op}_backward")(backward_fake)
     if TRITON_IMPORT_ERROR is None:
         kernels = importlib.import_module(triton_kernels)
-        torch.library.custom_op(f"dim_fused::{op}_triton", kernels.forward, mutates_args=(), schema=_schema(op))
+        forward = _launcher(op, kernels.forward)
+        torch.library.custom_op(f"dim_fused::{op}_triton", forward, mutates_args=(), schema=_schema(op))
         backward_op = torch.library.custom_op(
-            f"dim_fused::{op}_triton_backward", kernels.backward, mutates_args=(), schema=_schema(f"{op}_backward")
+            f"dim_fused::{op}_triton_backward",
+            _launcher(f"{op}_backward", kernels.backward),
+            mutates_args=(),
+            schema=_schema(f"{op}_backward"),
         )
         backward_op.register_fake(backward_fake)
         variants.append((f"{op}_triton", backward_op))

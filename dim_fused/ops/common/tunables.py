@@ -1,23 +1,53 @@
 """Every environment variable the op library reads, read here only (docs/design.md,
 "Environment variables", lists them with their defaults); the values are passed down to
 the C++ plans and the Triton launchers as arguments. Read at call time, so a test or a
-user may change them between calls."""
+user may change them between calls; a value a variable does not accept raises ValueError
+naming the variable and what it accepts (no silent default)."""
 
 import os
+import re
 
 import torch
+
+_BYTE_UNITS = {"": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _positive(name: str, default: int) -> int:
     text = os.environ.get(name)
-    if text is None:
+    if text is None or not text.strip():
         return default
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {text!r}") from None
+        value = 0
     if value < 1:
         raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return value
+
+
+def _bytes(name: str, default: int) -> int:
+    """A size: a whole number of bytes, or with a unit (``64MiB``, ``512k``, ``1G``)."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", text)
+    unit = match and _BYTE_UNITS.get(match.group(2).lower())
+    if unit is None:
+        raise ValueError(
+            f"{name} must be a size in bytes >= 0, a whole number with an optional unit K, M, G "
+            f"(or KiB, MiB, GiB: powers of 1024), e.g. 67108864 or 64MiB; got {text!r}"
+        )
+    return int(match.group(1)) * unit
+
+
+def _flag(name: str, default: bool) -> bool:
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    value = _FLAGS.get(text.strip().lower())
+    if value is None:
+        raise ValueError(f"{name} must be 1 or 0 (or true/false, yes/no, on/off), got {text!r}")
     return value
 
 
@@ -31,8 +61,7 @@ def chunk_values(device: torch.device) -> int:
 
 def keep_bytes() -> int:
     """0 is allowed: never keep."""
-    text = os.environ.get("DIM_FUSED_KEEP_BYTES")
-    return 1 << 26 if text is None else max(0, int(text))
+    return _bytes("DIM_FUSED_KEEP_BYTES", 1 << 26)
 
 
 def triton_programs() -> int:
@@ -49,11 +78,11 @@ def cpu_gemm() -> str:
 
 
 def autotune() -> bool:
-    return os.environ.get("DIM_FUSED_AUTOTUNE", "1") != "0"
+    return _flag("DIM_FUSED_AUTOTUNE", True)
 
 
 def quiet() -> bool:
-    return bool(os.environ.get("DIM_FUSED_QUIET"))
+    return _flag("DIM_FUSED_QUIET", False)
 
 
 def triton_interpreted() -> bool:
