@@ -56,11 +56,17 @@ bool onednn_runs(at::ScalarType dtype) {
   }
 }
 
+// A batch of one matrix (a zero stride on the batch dimension only): oneDNN's matmul
+// broadcasts it itself when given the one matrix, (1, M, K).
+bool batch_broadcast(const at::Tensor& t) {
+  return t.dim() == 3 && t.size(0) > 1 && t.stride(0) == 0;
+}
+
 // Whether oneDNN's entry would materialise a broadcast operand: it reads contiguous and
-// transposed ones in place and copies the rest, which for a zero stride (a batch of one
-// matrix) means a copy the size of the whole batch, where BLAS's batched GEMM reads the one.
+// transposed matrices in place and copies the rest, which for a zero stride within a
+// matrix means a copy of the whole expanded tensor.
 bool broadcast(const at::Tensor& t) {
-  for (int64_t d = 0; d < t.dim(); ++d) {
+  for (int64_t d = batch_broadcast(t) ? 1 : 0; d < t.dim(); ++d) {
     if (t.stride(d) == 0 && t.size(d) > 1) return true;
   }
   return false;
@@ -78,7 +84,10 @@ bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
 void onednn(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   static const OneDnnMatmul matmul = find_onednn();
   RECORD_FUNCTION("dim_fused::onednn_matmul", std::vector<c10::IValue>({a, b}));
-  matmul(a, b, out, beta, 1.0f);
+  const auto one_matrix = [](const at::Tensor& t) {
+    return batch_broadcast(t) ? t.narrow(0, 0, 1) : t;
+  };
+  matmul(one_matrix(a), one_matrix(b), out, beta, 1.0f);
 }
 
 // `t` in `dtype`, a broadcast (zero-stride) dimension kept broadcast: converting the expanded
