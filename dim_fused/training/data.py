@@ -10,6 +10,8 @@ archives). ``synthetic`` is random CIFAR-sized images, for timing only.
 import dataclasses
 import os
 import pickle
+import socket
+import sys
 from typing import NamedTuple
 
 import torch
@@ -103,21 +105,47 @@ def _synthetic() -> ImageData:
     return ImageData("synthetic", train, train, split(1024), 10, 32)
 
 
-def download(name: str, root: str | os.PathLike) -> None:
+# Seconds a download waits on one network operation (connect, one read) before giving up:
+# a network that never answers fails in bounded time. DIM_FUSED_DOWNLOAD_TIMEOUT overrides it.
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+def download(name: str, root: str | os.PathLike, timeout: float | None = None) -> None:
     """Let torchvision fetch ``name``'s archives into ``root`` and check their MD5 sums
-    (a no-op for what is already there; digits and synthetic need nothing)."""
+    (a no-op for what is already there; digits and synthetic need nothing). Every network
+    operation times out after ``timeout`` seconds (default: $DIM_FUSED_DOWNLOAD_TIMEOUT,
+    else DOWNLOAD_TIMEOUT_S); a network error or time-out raises OSError naming the URL."""
     if name not in _LAYOUT:
         return
     import torchvision
 
+    if timeout is None:
+        raw = os.environ.get("DIM_FUSED_DOWNLOAD_TIMEOUT", str(DOWNLOAD_TIMEOUT_S))
+        try:
+            timeout = float(raw)
+        except ValueError:
+            raise ValueError(f"DIM_FUSED_DOWNLOAD_TIMEOUT={raw!r} is not a number of seconds") from None
+    if not timeout > 0:
+        raise ValueError(f"the download time-out must be a positive number of seconds, got {timeout}")
     root = os.fspath(root)
     os.makedirs(root, exist_ok=True)
     if name == "stl10":
-        torchvision.datasets.STL10(root, split="train+unlabeled", download=True)
-        torchvision.datasets.STL10(root, split="test", download=True)
+        cls, splits = torchvision.datasets.STL10, [{"split": "train+unlabeled"}, {"split": "test"}]
     else:
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        cls(root, train=True, download=True)
+        splits = [{"train": True}]
+    url = getattr(cls, "url", "torchvision's source")
+    print(f"--download: {name} from {url} into {root}, unless already there", file=sys.stderr)
+    # torchvision's urlopen calls take no time-out of their own: the socket default bounds them.
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        for split in splits:
+            cls(root, download=True, **split)
+    except OSError as error:  # URLError, TimeoutError, a refused connection, a DNS failure
+        raise OSError(f"fetching {url} failed: {error} (time-out: {timeout:g} s per network operation)") from error
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _torchvision(name: str, root: str) -> ImageData:

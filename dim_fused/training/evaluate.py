@@ -19,6 +19,7 @@ Everything runs in torch on the encoder's device (a GPU when there is one).
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from . import data as datasets
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, write_text_atomically
 from .config import TrainConfig
 from .models import Encoder, build_model
 
@@ -176,6 +177,31 @@ def few_label_probe(
     return {"mean": mean, "std": spread, "draws": len(accuracies)}
 
 
+def probe_subset(train: datasets.Split, max_train: int, seed: int) -> datasets.Split:
+    """The training images the probes fit on: all of them, or a fixed random subset of
+    ``max_train`` (``--probe-samples``)."""
+    if len(train.labels) <= max_train:
+        return train
+    keep = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[:max_train]
+    return datasets.Split(train.images[keep], train.labels[keep])
+
+
+def check_probe_samples(data: datasets.ImageData, max_train: int, seed: int) -> None:
+    """ValueError unless the probes' training images hold at least ``max(SHOTS)`` images
+    of every class: fewer would report a "10 labels per class" probe fitted on fewer (and
+    under two images the nonlinear classifier, whose BatchNorm needs two, never trains).
+    Cheap (labels only), so the CLIs call it before training or loading any weights."""
+    labels = probe_subset(data.train, max_train, seed).labels
+    counts = torch.bincount(labels, minlength=data.num_classes)
+    fewest, label = int(counts.min()), int(counts.argmin())
+    if fewest < max(SHOTS):
+        raise ValueError(
+            f"--probe-samples {max_train}: the probes' {len(labels)} training images of {data.name} hold {fewest} of "
+            f"class {label}; the {max(SHOTS)}-labels-per-class probe needs {max(SHOTS)} of every class "
+            "(give more --probe-samples, or --no-eval)"
+        )
+
+
 def probe_encoder(
     encoder: Encoder,
     data: datasets.ImageData,
@@ -185,10 +211,7 @@ def probe_encoder(
     classifier_epochs: int,
     draws: int = 5,
 ) -> dict[str, Any]:
-    train = data.train
-    if len(train.labels) > max_train:  # a fixed random subset, when asked for
-        keep = torch.randperm(len(train.labels), generator=torch.Generator().manual_seed(seed))[:max_train]
-        train = datasets.Split(train.images[keep], train.labels[keep])
+    train = probe_subset(data.train, max_train, seed)
     fit = extract(encoder, train.images, data.crop, device)
     score = extract(encoder, data.test.images, data.crop, device)
     result: dict[str, Any] = {"linear": {}, "nonlinear": {}, "few_labels": {str(s): {} for s in SHOTS}}
@@ -210,7 +233,11 @@ def evaluate(
     classifier_epochs: int = 100,
 ) -> dict:
     """The probes of the trained encoder (``model_state``) and of the same model at its
-    initialisation (rebuilt from ``config.seed``), as {"trained": ..., "random": ...}."""
+    initialisation (rebuilt from ``config.seed``), as {"trained": ..., "random": ...}.
+    ValueError when the probes cannot do what they report (``check_probe_samples``)."""
+    if classifier_epochs < 0:
+        raise ValueError(f"--classifier-epochs {classifier_epochs}: give 0 (no nonlinear probe) or more")
+    check_probe_samples(data, config.probe_samples, config.seed)
     untrained = build_model(config.model, config.seed).encoder.to(device)
     trained = build_model(config.model, config.seed)
     trained.load_state_dict(model_state)
@@ -253,28 +280,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
 
+    # Everything that can be wrong is checked before the probes run (minutes on CIFAR).
     path = Path(args.checkpoint)
-    if not path.is_file():
-        print(f"error: no checkpoint at {path}", file=sys.stderr)
-        return 2
     try:
-        state = load_checkpoint(path)
+        if args.classifier_epochs < 0:
+            raise ValueError(f"--classifier-epochs {args.classifier_epochs}: give 0 (no nonlinear probe) or more")
+        device = _device(args.device)
+        if args.json:
+            _check_writable(Path(args.json))
+        if not path.exists():
+            raise ValueError(f"no checkpoint at {path}")
+        state = load_checkpoint(path)  # CheckpointError: damaged, foreign or inconsistent
         config = TrainConfig(**state["config"])
-    except (ValueError, TypeError) as error:  # CheckpointError: damaged or foreign; or a config it cannot read
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.data_dir:
-        config.data_dir = args.data_dir
-    try:
+        if args.data_dir:
+            config.data_dir = args.data_dir
         data = datasets.load(config.data, config.data_dir)
+        check_probe_samples(data, config.probe_samples, config.seed)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    result = evaluate(config, state["model"], data, torch.device(args.device), args.classifier_epochs)
+    try:
+        result = evaluate(config, state["model"], data, device, args.classifier_epochs)
+    except KeyboardInterrupt:
+        print("stopped: no probe results", file=sys.stderr)
+        return 130
     print_table(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            write_text_atomically(json.dumps(result, indent=2) + "\n", Path(args.json))
+        except OSError as error:
+            print(f"error: --json {args.json} cannot be written: {error}", file=sys.stderr)
+            return 3
     return 0
+
+
+def _device(name: str) -> torch.device:
+    """``--device`` as a torch.device that exists on this machine, else ValueError."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name}: {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: torch sees no CUDA GPU on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def _check_writable(path: Path) -> None:
+    """ValueError unless ``path`` can be written (atomically: into its folder)."""
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"--json {path} is a folder, not a file")
+    if not folder.is_dir():
+        raise ValueError(f"--json {path}: its folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--json {path}: its folder {folder} is not writable")
 
 
 if __name__ == "__main__":

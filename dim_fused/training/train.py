@@ -5,9 +5,11 @@ probe results), ``curves.png``, ``checkpoint.pt`` (written to a temporary file, 
 renamed: a crash never leaves a broken or missing checkpoint) and ``probe.json``.
 ``--resume`` continues from ``checkpoint.pt`` exactly where it stopped.
 
-Exit status: 0 done; 2 a bad option, dataset or checkpoint, or a run folder in use by
-another run; 3 the run folder cannot be written (read-only, disk full; the last
-checkpoint stays intact); 130 stopped by SIGTERM or Ctrl-C after checkpointing.
+Exit status: 0 done; 2 a bad option, dataset or checkpoint, a run folder in use by
+another run, or a loss or weights that became NaN or inf (the last finite checkpoint is
+kept); 3 the run folder cannot be written (read-only, disk full; the last checkpoint
+stays intact); 130 stopped by SIGTERM or Ctrl-C (during training after checkpointing the
+step in flight, during the probes at once: the finished run is checkpointed).
 
 Several processes: ``torchrun --nproc_per_node N -m dim_fused.training.train ...`` (gloo
 on CPU, NCCL on GPUs). Each process takes ``--batch-size`` images of every global batch;
@@ -29,11 +31,23 @@ import torch
 import torch.distributed as dist
 
 from . import data as datasets
-from .checkpoint import CheckpointError, RunFolderBusy, RunLock, load_checkpoint, write_text_atomically
+from .checkpoint import (
+    CheckpointError,
+    RunFolderBusy,
+    RunLock,
+    UnsafePath,
+    append_text,
+    load_checkpoint,
+    remove,
+    write_text_atomically,
+)
 from .config import CRITICS, ENCODERS, GLOBAL_CRITICS, PRESETS, DIMConfig, TrainConfig
-from .evaluate import evaluate, print_table
+from .evaluate import check_probe_samples, evaluate, print_table
 from .plots import plot
-from .trainer import CHECKPOINT, METRICS, Trainer, read_metrics
+from .trainer import CHECKPOINT, METRICS, Diverged, Trainer, read_metrics
+
+# What a run writes into its folder besides the metrics: an --overwrite removes them first.
+RUN_FILES = (CHECKPOINT, "probe.json", "curves.png")
 
 # Every option that defines the run: its default, and where it lives in the TrainConfig
 # ("model." for DIMConfig). Options a user leaves out are absent from the parsed arguments,
@@ -99,8 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dim_fused.training.train",
         description="Train Deep InfoMax with the fused MI ops; probe its features (linear, nonlinear, few labels).",
-        epilog="Exit status: 0 done, 2 bad option/data/checkpoint or folder in use, 3 folder not writable, "
-        "130 stopped (checkpointed).",
+        epilog="Exit status: 0 done, 2 bad option/data/checkpoint, folder in use or a NaN/inf loss (the last finite "
+        "checkpoint is kept), 3 folder not writable, 130 stopped (checkpointed).",
     )
 
     def option(name: str, help: str, **kwargs) -> None:
@@ -152,16 +166,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def given(args: argparse.Namespace, batch_size: int | None = None) -> dict[str, Any]:
+def given(args: argparse.Namespace, saved: TrainConfig | None = None) -> dict[str, Any]:
     """The run-defining options the user set on the command line; --epochs becomes
-    --steps (an epoch: every training image once, over all processes)."""
+    --steps (an epoch: every training image once, over all processes), counted with the
+    ``saved`` run's dataset and batch on --resume (the defaults' would give another size)."""
     asked = {k: v for k, v in vars(args).items() if k in FIELDS or k == "preset"}
     if args.epochs is not None:
         if "steps" in asked:
             raise ValueError("--steps and --epochs both say how long to train: give one")
-        data = asked.get("data", DEFAULTS["data"])
-        batch = batch_size or asked.get("batch_size", DEFAULTS["batch_size"])
-        per_epoch = datasets.TRAINING_IMAGES[data] // (batch * int(os.environ.get("WORLD_SIZE", "1")))
+        if not (math.isfinite(args.epochs) and args.epochs > 0):
+            raise ValueError(f"--epochs {args.epochs}: give a positive, finite number of passes over the images")
+        data = saved.data if saved else asked.get("data", DEFAULTS["data"])
+        batch = saved.batch_size if saved else asked.get("batch_size", DEFAULTS["batch_size"])
+        if data not in datasets.TRAINING_IMAGES:
+            raise ValueError(f"data must be one of {', '.join(datasets.DATASETS)}; got {data!r}")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        per_epoch = datasets.TRAINING_IMAGES[data] // max(1, batch * world)  # a bad batch size fails in TrainConfig
         asked["steps"] = max(1, math.ceil(args.epochs * per_epoch))
     return asked
 
@@ -263,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     checkpoint = out / CHECKPOINT
     try:
+        if not args.out:  # Path("") is the current folder: a run would litter it
+            raise ValueError("--out is empty: name the run's folder")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a folder")
+        if args.classifier_epochs < 0:
+            raise ValueError(f"--classifier-epochs {args.classifier_epochs}: give 0 (no nonlinear probe) or more")
         if args.resume and args.overwrite:
             raise ValueError("--resume and --overwrite contradict each other: continue the run, or start afresh")
         if checkpoint.exists() and not (args.resume or args.overwrite):
@@ -271,13 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         if state is None:
             config = config_from_args(args)
         else:
-            try:
-                saved = TrainConfig(**state["config"])
-            except (TypeError, ValueError) as error:
-                raise CheckpointError(
-                    f"{checkpoint} holds a configuration this version cannot read ({error})"
-                ) from error
-            config, changes = resumed_config(saved, state["step"], given(args, saved.batch_size))
+            saved = TrainConfig(**state["config"])  # load_checkpoint validated it
+            config, changes = resumed_config(saved, state["step"], given(args, saved))
             for change in changes:
                 print(f"resuming with {change}", file=sys.stderr)
     except ValueError as error:  # CheckpointError included
@@ -287,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.download and rank == 0:
         try:
             datasets.download(config.data, config.data_dir)
-        except (RuntimeError, OSError) as error:  # no network, a failed checksum
+        except (RuntimeError, OSError, ValueError) as error:  # no network, a time-out, a failed checksum
             return _fail(f"--download {config.data} into {config.data_dir} failed: {error}", 2)
     if dist.is_initialized():
         dist.barrier()
@@ -295,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         try:
             lock = RunLock(out)
-        except RunFolderBusy as error:
+        except (RunFolderBusy, UnsafePath) as error:
             lock_error = (str(error), 2)
         except OSError as error:
             lock_error = (f"cannot write to {out}: {error}", 3)
@@ -303,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(*lock_error) if lock_error else 2
     try:
         trainer = Trainer(config, out, device=args.device)
+        if not args.no_eval:  # the probes' sizes are known now: refused before training, not after
+            check_probe_samples(trainer.data, config.probe_samples, config.seed)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
+        if lock is not None:
+            lock.release()
         return _fail(str(error), 2)
     try:
         return _train_and_evaluate(trainer, state, args, out)
@@ -312,6 +337,15 @@ def main(argv: list[str] | None = None) -> int:
             raise
         where = f"; {checkpoint} holds the last checkpoint, intact" if checkpoint.exists() else ""
         return _fail(f"cannot write to {out}: {error}{where}", 3)
+    except (CheckpointError, UnsafePath) as error:
+        return _fail(str(error), 2)
+    except Diverged as error:
+        where = f"{checkpoint} keeps the last finite checkpoint" if checkpoint.exists() else "nothing was checkpointed"
+        return _fail(f"training diverged: {error}; {where}. Resume with a lower --lr, or start afresh", 2)
+    except KeyboardInterrupt:  # a second Ctrl-C: left at once, in the middle of a step or a save
+        where = f"{checkpoint} holds the last checkpoint: continue with --resume" if checkpoint.exists() else ""
+        print(f"stopped at once (a second Ctrl-C); {where or 'nothing was checkpointed'}", file=sys.stderr)
+        return 130
     finally:
         if lock is not None:
             lock.release()
@@ -320,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
 def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Namespace, out: Path) -> int:
     checkpoint = out / CHECKPOINT
     if trainer.rank == 0:
+        if args.overwrite:
+            # All or nothing: the old checkpoint goes first (one unlink), so a kill at any later
+            # point leaves no checkpoint for --resume to continue next to the new run's records.
+            for name in RUN_FILES:
+                remove(out / name)
         for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # a save cut short by a kill: never a valid file
             stale.unlink()
         records = read_metrics(out / METRICS)
@@ -334,28 +373,63 @@ def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Nam
 
     def stop(signum, frame):  # SIGTERM (a scheduler's preemption) or Ctrl-C: checkpoint, then leave
         if trainer.stopping and signum == signal.SIGINT:
+            _ignore_stops()  # a third one must not interrupt the way out
             raise KeyboardInterrupt  # a second Ctrl-C: leave now (the last checkpoint stays valid)
         trainer.request_stop()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    if not trainer.run(progress=not args.no_progress):
-        print(f"stopped; {checkpoint} holds step {trainer.step}: continue with --resume", file=sys.stderr)
-        return 130
-    if trainer.rank == 0:
-        probe = None
-        if not args.no_eval:
-            model_state = trainer.model.state_dict()
-            probe = evaluate(trainer.config, model_state, trainer.data, trainer.device, args.classifier_epochs)
-            print_table(probe)
-            write_text_atomically(json.dumps(probe, indent=2) + "\n", out / "probe.json")
-            with open(out / METRICS, "a") as f:
-                f.write(json.dumps({"probe": probe}) + "\n")
-        plot(read_metrics(out / METRICS), probe, out / "curves.png")
-        print(f"wrote {out / METRICS}, {out / 'curves.png'}, {checkpoint}", file=sys.stderr)
+    def leave(signum, frame):  # during the probes the run is trained and checkpointed: leave at once
+        _ignore_stops()
+        raise KeyboardInterrupt
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if not trainer.run(progress=not args.no_progress):
+            _ignore_stops()
+            print(f"stopped; {checkpoint} holds step {trainer.step}: continue with --resume", file=sys.stderr)
+            return 130
+        if trainer.rank == 0:
+            signal.signal(signal.SIGTERM, leave)
+            signal.signal(signal.SIGINT, leave)
+            try:
+                if trainer.stopping:  # a signal between the last checkpoint and the handlers above
+                    raise KeyboardInterrupt
+                _probe_and_plot(trainer, args, out)
+            except KeyboardInterrupt:
+                print(
+                    f"stopped during the probes; {checkpoint} holds the finished run (step {trainer.step}): "
+                    "--resume runs the probes again",
+                    file=sys.stderr,
+                )
+                return 130
+    finally:
+        # An in-process caller gets its handlers back, except after a stop: the process is
+        # leaving, and another Ctrl-C on the way out must not end it in a traceback.
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
+
+
+def _ignore_stops() -> None:
+    """Once stopping, further SIGTERMs and Ctrl-Cs are ignored (the way out is short)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _probe_and_plot(trainer: Trainer, args: argparse.Namespace, out: Path) -> None:
+    probe = None
+    if not args.no_eval:
+        model_state = trainer.model.state_dict()
+        probe = evaluate(trainer.config, model_state, trainer.data, trainer.device, args.classifier_epochs)
+        print_table(probe)
+        write_text_atomically(json.dumps(probe, indent=2) + "\n", out / "probe.json")
+        append_text(json.dumps({"probe": probe}) + "\n", out / METRICS)
+    plot(read_metrics(out / METRICS), probe, out / "curves.png")
+    print(f"wrote {out / METRICS}, {out / 'curves.png'}, {out / CHECKPOINT}", file=sys.stderr)
 
 
 if __name__ == "__main__":

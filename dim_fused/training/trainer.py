@@ -3,6 +3,7 @@ torch.distributed), exact checkpoints, and the metrics records of a run folder."
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -17,12 +18,17 @@ import dim_fused
 from dim_fused import distributed
 
 from . import data as datasets
-from .checkpoint import save_atomically
+from .checkpoint import CheckpointError, append_text, save_atomically
 from .config import ENCODERS, TrainConfig
 from .models import build_model
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+
+
+class Diverged(ArithmeticError):
+    """The loss or the weights stopped being finite (NaN or inf): training cannot go on,
+    and the last checkpoint (which was finite) must not be replaced."""
 
 
 class Trainer:
@@ -142,24 +148,55 @@ class Trainer:
             "metrics_windows": self._per_rank(window),
         }
 
+    def weights_finite(self) -> bool:
+        """Whether every floating-point weight and buffer is finite: one host sync (and one
+        all-reduce under several processes, so every rank gives the same answer)."""
+        tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all().float()
+        if self.world > 1:
+            finite = finite.to(self.device if self.device.type == "cuda" else "cpu")
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
     def save(self) -> None:
+        # Checked where the loop syncs anyway: a diverged model never replaces the last good checkpoint.
+        if not self.weights_finite():
+            raise Diverged(f"at step {self.step} the weights are not finite (NaN or inf)")
         state = self.state()  # every rank takes part in gathering the generator states
         if self.rank == 0:
             save_atomically(state, self.out / CHECKPOINT)
 
     def load(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+        """Continue from ``state`` (a checkpoint, see ``checkpoint.validate_checkpoint``)
+        with this trainer's config: a part that does not fit (a CPU generator's state on a
+        GPU) raises CheckpointError naming it."""
+        part = "model"
+        try:
+            self.model.load_state_dict(state["model"])
+            part = "encoder_optimizer"
+            self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+            if self.prior_optimizer is not None:
+                part = "prior_optimizer"
+                self.prior_optimizer.load_state_dict(state["prior_optimizer"])
+            part = "generators"
+            self.shared.set_state(state["generators"]["shared"])
+            local = state["generators"]["local"]
+            if len(local) == self.world:
+                self.local.set_state(local[self.rank])
+                part = "metrics_windows"
+                window = state.get("metrics_windows", [{"steps": 0, "sums": {}}] * self.world)[self.rank]
+                self._window_steps = window["steps"]
+                self._window_sums = {k: v.to(self.device) for k, v in window["sums"].items()}
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+            raise CheckpointError(f"the checkpoint's {part} does not fit this run: {error}") from error
+        # The restored param_groups carry the saved learning rates; a resumed run may change
+        # them (--lr, --prior-lr), and the config holds the ones to use from here on.
+        for group in self.encoder_optimizer.param_groups:
+            group["lr"] = self.config.lr
         if self.prior_optimizer is not None:
-            self.prior_optimizer.load_state_dict(state["prior_optimizer"])
-        self.shared.set_state(state["generators"]["shared"])
-        local = state["generators"]["local"]
-        if len(local) == self.world:
-            self.local.set_state(local[self.rank])
-            window = state.get("metrics_windows", [{"steps": 0, "sums": {}}] * self.world)[self.rank]
-            self._window_steps = window["steps"]
-            self._window_sums = {k: v.to(self.device) for k, v in window["sums"].items()}
-        elif self.rank == 0:
+            for group in self.prior_optimizer.param_groups:
+                group["lr"] = self.config.prior_lr
+        if len(local) != self.world and self.rank == 0:
             print(
                 f"note: checkpoint from {len(local)} processes, resuming on {self.world}: negatives differ",
                 file=sys.stderr,
@@ -224,12 +261,16 @@ class Trainer:
                     if self.world > 1:  # the record is the mean over ranks
                         dist.all_reduce(means)
                         means /= self.world
+                    values = means.tolist()
+                    # Checked here, where the loop syncs anyway (no host sync per step).
+                    diverged = [f"{k} {v}" for k, v in zip(names, values, strict=True) if not math.isfinite(v)]
+                    if diverged:
+                        raise Diverged(f"at step {self.step} the metrics are not finite ({', '.join(diverged)})")
                     record = {"step": self.step, "epoch": self.step / self.steps_per_epoch}
-                    record.update(zip(names, means.tolist(), strict=True))
+                    record.update(zip(names, values, strict=True))
                     record["steps_per_s"] = timed_steps / (now - window_start)
                     if self.rank == 0:
-                        with open(metrics_file, "a") as f:
-                            f.write(json.dumps(record) + "\n")
+                        append_text(json.dumps(record) + "\n", metrics_file)
                         if bar is not None:
                             bar.set_postfix(
                                 loss=f"{record['loss']:.3f}",

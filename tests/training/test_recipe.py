@@ -53,7 +53,8 @@ def test_the_readme_gives_the_three_paper_rows():
 def test_the_recipe_runs_on_cifar_shaped_data(tmp_path, monkeypatch, row):
     from test_data import write_fake_cifar10
 
-    write_fake_cifar10(tmp_path, monkeypatch, per_batch=16, test=20)  # 80 training images, 20 test images
+    # 100 training images (10 of each class: what the 10-labels-per-class probe needs), 20 test images
+    write_fake_cifar10(tmp_path, monkeypatch, per_batch=20, test=20)
 
     def no_network(*args, **kwargs):
         raise AssertionError("the recipe's test must not download")
