@@ -5,8 +5,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from . import distributed
-from .ops.common.estimators import F_MEASURES
 from .ops.concat_conv_mi import concat_conv_mi
 from .ops.dot_product_mi import dot_product_mi
 
@@ -65,11 +63,11 @@ class EncodeAndDotCritic(nn.Module):
         across_ranks: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor:
-        """``across_ranks=True`` scores the local codes against the global codes of every
-        rank (``dim_fused.distributed.gather_with_grad``) under an f-measure; ``dv`` and
-        ``infonce`` keep each rank's own batch. One process: no difference."""
+        """``across_ranks=True``: under torch.distributed, the estimate of every rank's
+        batch, exactly, for every estimator (see ``dim_fused.dot_product_mi``). One
+        process: no difference."""
         local_codes, global_codes = self.encode(feature_map, global_code)
-        return dot_product_mi_across_ranks(
+        return dot_product_mi(
             local_codes,
             global_codes,
             estimator=estimator,
@@ -77,29 +75,6 @@ class EncodeAndDotCritic(nn.Module):
             across_ranks=across_ranks,
             backend=backend,
         )
-
-
-def dot_product_mi_across_ranks(
-    local_codes: torch.Tensor,
-    global_codes: torch.Tensor,
-    *,
-    estimator: str = "jsd",
-    official: bool = False,
-    across_ranks: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """``dot_product_mi`` of a critic's codes. With ``across_ranks=True`` and an f-measure,
-    the local codes are scored against the global codes of every rank
-    (``dim_fused.distributed.gather_with_grad``); ``dv`` and ``infonce`` keep each rank's
-    own batch. One process: no difference."""
-    offset = 0
-    if across_ranks and estimator in F_MEASURES:
-        rank, _ = distributed.world()
-        offset = rank * global_codes.shape[0]
-        global_codes = distributed.gather_with_grad(global_codes)
-    return dot_product_mi(
-        local_codes, global_codes, estimator=estimator, official=official, positive_offset=offset, backend=backend
-    )
 
 
 class ConcatConvDiscriminator(nn.Sequential):

@@ -37,13 +37,18 @@ DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Te
   TORCH_CHECK_VALUE(positive_offset >= 0 && positive_offset <= globals - batch, op,
                     "positive_offset must be in [0, G - B] = [0, ", globals - batch, "], got ",
                     positive_offset);
-  TORCH_CHECK_VALUE(globals == batch || (e != Estimator::DV && e != Estimator::InfoNCE), op,
-                    "dv and infonce need G == B");
   check_tunable("dot_product_mi", "tile_scores", tile_scores);
   const at::Tensor flat = local.reshape({batch, units, -1});  // a view for dense layouts
   return {local,           flat,  global,       flat.transpose(1, 2).is_contiguous(),
           batch,           units, flat.size(2), globals,
           positive_offset, e,     official,     tile_scores};
+}
+
+void check_finishable(const DotProductProblem& p) {
+  TORCH_CHECK_VALUE(
+      p.globals == p.batch || (p.estimator != Estimator::DV && p.estimator != Estimator::InfoNCE),
+      "dim_fused.dot_product_mi: dv and infonce need G == B (globals gathered from "
+      "other ranks are merged by dot_product_mi(..., across_ranks=True))");
 }
 
 void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
@@ -96,6 +101,19 @@ at::Tensor coefficients(const at::Tensor& grad, const at::Tensor& stats, Estimat
   return coef;
 }
 
+// Each row's S partial statistics (G, S, kRowStats) merged into its totals (G, kTotals):
+// each split's negatives as a logsumexp (see LogSumExp), then merged over the splits.
+at::Tensor row_totals(const at::Tensor& row_stats) {
+  TORCH_CHECK_VALUE(row_stats.dim() == 3 && row_stats.size(2) == kRowStats,
+                    "dim_fused.dot_product_mi: row statistics must be (G, S, ", int(kRowStats),
+                    "), got ", row_stats.sizes());
+  const at::Tensor max = row_stats.select(2, kNegMax);
+  const at::Tensor shift = at::where(at::isfinite(max), max, at::zeros_like(max));
+  const at::Tensor neg_lse = at::logsumexp(shift + row_stats.select(2, kNegSumExp).log(), {1});
+  return at::stack(
+      {row_stats.select(2, kPosSum).sum(1), row_stats.select(2, kNegSum).sum(1), neg_lse}, 1);
+}
+
 std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_stats, const at::Tensor& positives,
                                           Estimator e, bool official, int64_t batch,
                                           int64_t locations) {
@@ -104,6 +122,7 @@ std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_stats, const at:
                         locations >= 1 && row_stats.size(0) >= batch,
                     op, "need row_stats (G >= B, S, ", int(kRowStats), ") for B = ", batch,
                     ", got ", row_stats.sizes());
+  const at::Tensor totals = row_totals(row_stats);
   TORCH_CHECK_VALUE(positives.numel() == batch * locations &&
                         positives.scalar_type() == row_stats.scalar_type() &&
                         positives.device() == row_stats.device(),
@@ -111,10 +130,7 @@ std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_stats, const at:
                     " scores of row_stats' dtype and device");
   const int64_t globals = row_stats.size(0);
   const double num_pos = double(batch * locations), num_neg = double((globals - 1) * num_pos);
-  // Each split's negatives as a logsumexp (see LogSumExp), then merged over the splits.
-  const at::Tensor max = row_stats.select(2, kNegMax);
-  const at::Tensor shift = at::where(at::isfinite(max), max, at::zeros_like(max));
-  const at::Tensor neg_lse = at::logsumexp(shift + row_stats.select(2, kNegSumExp).log(), {1});
+  const at::Tensor neg_lse = totals.select(1, kTotalNegLse);
   at::Tensor stats = at::zeros({globals, 2}, row_stats.options());
   at::Tensor estimate;
   if (e == Estimator::InfoNCE) {
@@ -129,14 +145,14 @@ std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_stats, const at:
     stats.select(1, 0).copy_(row_lse);
     stats.select(1, 1).copy_(at::logsumexp(row_lse.unsqueeze(1) - candidates_lse, {1}));
   } else {
-    const at::Tensor pos_mean = row_stats.select(2, kPosSum).sum() / num_pos;
+    const at::Tensor pos_mean = totals.select(1, kTotalPos).sum() / num_pos;
     if (e == Estimator::DV) {
       const at::Tensor lse = at::logsumexp(neg_lse, {0});
       estimate = pos_mean - (lse - std::log(num_neg));
       if (official) estimate = estimate - std::log(double(locations));
       stats.select(1, 0).copy_(lse.expand({globals}));
     } else {
-      estimate = pos_mean - row_stats.select(2, kNegSum).sum() / num_neg;
+      estimate = pos_mean - totals.select(1, kTotalNeg).sum() / num_neg;
     }
   }
   return {estimate, stats};
@@ -202,9 +218,11 @@ void for_each_tile(const DotProductProblem& p, const Body& body) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
-                                                          const DotProductEpilogue& epilogue) {
-  const NoAutocast no_autocast;
+namespace {
+
+// (row statistics (G, 1, kRowStats), positives (B * L; written for InfoNCE only)).
+std::tuple<at::Tensor, at::Tensor> reduce_tiles(const DotProductProblem& p,
+                                                const DotProductEpilogue& epilogue) {
   const auto acc = p.local.options().dtype(acc_dtype(p.local.scalar_type()));
   at::Tensor row_stats = at::zeros({p.globals, kRowStats}, acc);
   row_stats.select(1, kNegMax).fill_(-INFINITY);
@@ -212,8 +230,25 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProble
   for_each_tile(p, [&](int64_t first, int64_t, const at::Tensor& tile) {
     epilogue.reduce(p, tile, first * p.locations, row_stats, positives);
   });
+  return {row_stats.unsqueeze(1), positives};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_statistics(const DotProductProblem& p,
+                                                             const DotProductEpilogue& epilogue) {
+  const NoAutocast no_autocast;
+  auto [row_stats, positives] = reduce_tiles(p, epilogue);
+  if (p.estimator != Estimator::InfoNCE) positives = at::zeros({0}, positives.options());
+  return {row_totals(row_stats), positives};
+}
+
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
+                                                          const DotProductEpilogue& epilogue) {
+  const NoAutocast no_autocast;
+  const auto [row_stats, positives] = reduce_tiles(p, epilogue);
   auto [estimate, stats] =
-      finish(row_stats.unsqueeze(1), positives, p.estimator, p.official, p.batch, p.locations);
+      finish(row_stats, positives, p.estimator, p.official, p.batch, p.locations);
   return {estimate.to(p.local.scalar_type()), stats};
 }
 
@@ -282,11 +317,17 @@ void tile_backward_op(const at::Tensor& d_scores, const at::Tensor& local, const
 // C++ kernels run (they read metadata only).
 void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
                           c10::string_view estimator, int64_t positive_offset, int64_t tile_scores,
-                          const std::optional<at::Tensor>& grad,
+                          bool finishable, const std::optional<at::Tensor>& grad,
                           const std::optional<at::Tensor>& stats) {
   const DotProductProblem p =
       check_dot_product_inputs(local, global, estimator, false, positive_offset, tile_scores);
+  if (finishable) check_finishable(p);
   if (grad && stats) check_dot_product_stats(*grad, *stats, p);
+}
+
+at::Tensor row_totals_op(const at::Tensor& row_stats) {
+  const NoAutocast no_autocast;
+  return row_totals(row_stats);
 }
 
 }  // namespace
@@ -299,8 +340,12 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
       "dot_product_mi_backward(Tensor grad, Tensor local_codes, Tensor global_codes, Tensor stats,"
       " str estimator, bool official, int positive_offset, int tile_scores) -> (Tensor, Tensor)");
   m.def(
+      "dot_product_mi_statistics(Tensor local_codes, Tensor global_codes, str estimator,"
+      " int positive_offset, int tile_scores) -> (Tensor, Tensor)");
+  m.def(
       "check_dot_product(Tensor local_codes, Tensor global_codes, str estimator,"
-      " int positive_offset, int tile_scores, Tensor? grad, Tensor? stats) -> ()");
+      " int positive_offset, int tile_scores, bool finishable, Tensor? grad, Tensor? stats) -> ()");
+  m.def("dot_product_mi_row_totals(Tensor row_stats) -> Tensor");
   m.def(
       "dot_product_mi_finish(Tensor row_stats, Tensor positives, str estimator, bool official,"
       " int batch, int locations) -> (Tensor, Tensor)");
@@ -315,6 +360,7 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
 TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
   m.impl("check_dot_product", &check_dot_product_op);
   m.impl("dot_product_mi_finish", &finish_op);
+  m.impl("dot_product_mi_row_totals", &row_totals_op);
   m.impl("dot_product_mi_coefficients", &coefficients_op);
   m.impl("dot_product_mi_tile_backward", &tile_backward_op);
 }

@@ -38,12 +38,23 @@ struct DotProductProblem {
   int64_t tile_images() const;
 };
 // The checks of the op's arguments; they read metadata only (the views are free).
+// Any G >= B for every estimator: the per-row statistics and the backward are defined
+// for gathered globals (the ranks' merge finishes them, dim_fused/ops/dot_product_mi/
+// across_ranks.py); check_finishable says whether this process alone can finish them.
 DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
                                            c10::string_view estimator, bool official,
                                            int64_t positive_offset, int64_t tile_scores);
+// DV's and InfoNCE's normalisers couple every row: one process finishes them only when
+// it holds the whole batch (G == B).
+void check_finishable(const DotProductProblem& p);
 // The backward's grad (one element) and stats (G, 2) in the accumulation dtype.
 void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
                              const DotProductProblem& p);
+
+// The columns of a global row's totals (dot_product_mi_statistics): the sums of Ep over
+// its positives and of Eq over its negatives, and its negatives' logsumexp (-inf if
+// none). dim_fused/ops/dot_product_mi/across_ranks.py reads them by these positions.
+enum RowTotal : int { kTotalPos, kTotalNeg, kTotalNegLse, kTotals };
 
 // Where a (G, n) tile of scores sits: its columns are [first, first + n).
 struct ScoreTile {
@@ -75,6 +86,10 @@ struct DotProductEpilogue {
                    const at::Tensor& coef);
 };
 
+// (totals (G, kTotals): each global row's statistics over this process's local images;
+// positives (B * L): InfoNCE's positive scores, empty for the other estimators).
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_statistics(const DotProductProblem& p,
+                                                             const DotProductEpilogue& epilogue);
 // (estimate, stats (G, 2)): stats are what the backward needs.
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
                                                           const DotProductEpilogue& epilogue);
@@ -91,8 +106,21 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_op(const at::Tensor& local,
                                                      int64_t positive_offset, int64_t tile_scores) {
   const DotProductProblem p =
       check_dot_product_inputs(local, global, estimator, official, positive_offset, tile_scores);
+  check_finishable(p);
   const c10::DeviceGuard guard(local.device());
   return dot_product_mi_forward(p, kEpilogue);
+}
+
+template <const DotProductEpilogue& kEpilogue>
+std::tuple<at::Tensor, at::Tensor> dot_product_mi_statistics_op(const at::Tensor& local,
+                                                                const at::Tensor& global,
+                                                                c10::string_view estimator,
+                                                                int64_t positive_offset,
+                                                                int64_t tile_scores) {
+  const DotProductProblem p =
+      check_dot_product_inputs(local, global, estimator, false, positive_offset, tile_scores);
+  const c10::DeviceGuard guard(local.device());
+  return dot_product_mi_statistics(p, kEpilogue);
 }
 
 template <const DotProductEpilogue& kEpilogue>
@@ -112,6 +140,7 @@ template <const DotProductEpilogue& kEpilogue>
 void register_dot_product_mi(torch::Library& m) {
   m.impl("dot_product_mi", &dot_product_mi_op<kEpilogue>);
   m.impl("dot_product_mi_backward", &dot_product_mi_backward_op<kEpilogue>);
+  m.impl("dot_product_mi_statistics", &dot_product_mi_statistics_op<kEpilogue>);
 }
 
 }  // namespace dim_fused

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import dim_fused
-from dim_fused.nn import ConcatConvDiscriminator, EncodeAndDotCritic, dot_product_mi_across_ranks
+from dim_fused.nn import ConcatConvDiscriminator, EncodeAndDotCritic
 
 from .config import ENCODERS, ConvSpec, DIMConfig
 
@@ -134,7 +134,7 @@ class GlobalDotCritic(nn.Module):
         backend: str = "auto",
     ) -> torch.Tensor:
         local_codes = self.local_net(feature_map).unsqueeze(-1)  # (B, units, one location)
-        return dot_product_mi_across_ranks(
+        return dim_fused.dot_product_mi(
             local_codes, self.global_net(code), estimator=estimator, across_ranks=across_ranks, backend=backend
         )
 

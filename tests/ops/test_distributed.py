@@ -1,5 +1,10 @@
-"""gather_with_grad: two gloo processes on CPU against one process on the whole batch."""
+"""Across torch.distributed ranks: gloo processes on CPU against one process on the whole
+batch. ``dot_product_mi(..., across_ranks=True)`` on R ranks of B images must return, on
+every rank, the single-process estimate at R * B images, with gradients whose mean over
+the ranks (DDP's rule) is the single-process gradient; and so must an f-measure over
+globals gathered by the caller (gather_with_grad), whose ranks' estimates average to it."""
 
+import datetime
 import os
 
 import pytest
@@ -8,57 +13,130 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dim_fused
+from dim_fused import ESTIMATORS
 
-BATCH, UNITS, LOCATIONS, WORLD = 3, 5, 4, 2
+BATCH, UNITS, SPATIAL = 3, 5, (2, 2)
+# Every estimator, the official formulations of the two that couple rows, each fused
+# backend that runs on CPU tensors here, and the reference (which gathers every code).
+CASES = [(estimator, False) for estimator in ESTIMATORS] + [("infonce", True), ("dv", True)]
 
 
-def whole_batch(seed=0):
+def whole_batch(world: int, seed: int):
+    """Codes of R * B images, scaled so that InfoNCE's softmax is far from uniform (and
+    extreme on some rows: the merge must be the stable one)."""
     generator = torch.Generator().manual_seed(seed)
-    local = torch.randn(WORLD * BATCH, UNITS, LOCATIONS, generator=generator, dtype=torch.float64)
-    global_codes = torch.randn(WORLD * BATCH, UNITS, generator=generator, dtype=torch.float64)
+    local = torch.randn(world * BATCH, UNITS, *SPATIAL, generator=generator, dtype=torch.float64)
+    global_codes = torch.randn(world * BATCH, UNITS, generator=generator, dtype=torch.float64) * 2
+    global_codes[0] *= 30
     return local, global_codes
 
 
-def rank_main(rank: int, init_file: str, estimator: str, results) -> None:
+def gradients(function, local, global_codes):
+    local, global_codes = local.clone().requires_grad_(), global_codes.clone().requires_grad_()
+    value = function(local, global_codes)
+    value.backward()
+    return value.detach(), local.grad, global_codes.grad
+
+
+def rank_main(rank: int, world: int, init_file: str, cases: list, results) -> None:
     os.environ.setdefault("DIM_FUSED_QUIET", "1")
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),
+    )
     try:
-        local, global_codes = whole_batch()
         mine = slice(rank * BATCH, (rank + 1) * BATCH)
-        local = local[mine].clone().requires_grad_()
-        global_codes = global_codes[mine].clone().requires_grad_()
-        everyone = dim_fused.distributed.gather_with_grad(global_codes)
-        estimate = dim_fused.dot_product_mi(
-            local, everyone, estimator=estimator, positive_offset=rank * BATCH, backend="cpu"
-        )
-        estimate.backward()
-        results[rank] = (estimate.detach(), local.grad, global_codes.grad)
+        out = {}
+        for seed, (estimator, official, backend) in enumerate(cases):
+            local, global_codes = whole_batch(world, seed)
+
+            def across(loc, glo, estimator=estimator, official=official, backend=backend):
+                return dim_fused.dot_product_mi(
+                    loc, glo, estimator=estimator, official=official, across_ranks=True, backend=backend
+                )
+
+            out[(estimator, official, backend)] = gradients(across, local[mine], global_codes[mine])
+            if estimator in dim_fused.F_MEASURES and not official:  # gathered by the caller
+
+                def gathered(loc, glo, estimator=estimator, backend=backend):
+                    everyone = dim_fused.distributed.gather_with_grad(glo)
+                    return dim_fused.dot_product_mi(
+                        loc, everyone, estimator=estimator, positive_offset=rank * BATCH, backend=backend
+                    )
+
+                out[(estimator, "gathered", backend)] = gradients(gathered, local[mine], global_codes[mine])
+        results[rank] = out
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("estimator", ["jsd", "x2"])
-def test_two_ranks_match_one_process(tmp_path, estimator):
-    if "cpu" not in dim_fused.available_backends("cpu"):
-        pytest.skip("needs the compiled cpu backend")
+def run_ranks(tmp_path, world: int, cases: list) -> list[dict]:
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(rank_main, args=(str(tmp_path / "init"), estimator, results), nprocs=WORLD, join=True)
-        per_rank = [results[r] for r in range(WORLD)]
+        mp.spawn(rank_main, args=(world, str(tmp_path / "init"), cases, results), nprocs=world, join=True)
+        return [results[r] for r in range(world)]
 
-    local, global_codes = whole_batch()
-    local.requires_grad_()
-    global_codes.requires_grad_()
-    single = dim_fused.reference.dot_product_mi(local, global_codes, estimator)
-    single.backward()
 
-    mean_estimate = sum(r[0] for r in per_rank) / WORLD
-    torch.testing.assert_close(mean_estimate, single.detach())
-    for rank, (_, d_local, d_global) in enumerate(per_rank):
-        mine = slice(rank * BATCH, (rank + 1) * BATCH)
-        # DDP averages gradients over ranks: each rank's share is its gradient / WORLD.
-        torch.testing.assert_close(d_local / WORLD, local.grad[mine])
-        torch.testing.assert_close(d_global / WORLD, global_codes.grad[mine])
+def check_against_one_process(per_rank: list[dict], world: int, cases: list) -> None:
+    for seed, (estimator, official, backend) in enumerate(cases):
+        local, global_codes = whole_batch(world, seed)
+        single, d_local, d_global = gradients(
+            lambda loc, glo, e=estimator, o=official: dim_fused.reference.dot_product_mi(loc, glo, e, o),
+            local,
+            global_codes,
+        )
+        for mode in [official] + (["gathered"] if estimator in dim_fused.F_MEASURES and not official else []):
+            key = (estimator, mode, backend)
+            estimates = torch.stack([r[key][0] for r in per_rank])
+            if mode == "gathered":  # each rank's share: their mean is the whole batch's
+                torch.testing.assert_close(estimates.mean(), single, msg=str(key))
+            else:  # the whole batch's estimate, on every rank
+                torch.testing.assert_close(estimates, single.expand(world), msg=str(key))
+            for rank, (_, rank_d_local, rank_d_global) in enumerate(per_rank[r][key] for r in range(world)):
+                mine = slice(rank * BATCH, (rank + 1) * BATCH)
+                # DDP averages gradients over ranks: each rank's share is its gradient / R.
+                torch.testing.assert_close(rank_d_local / world, d_local[mine], msg=f"{key} d_local rank {rank}")
+                torch.testing.assert_close(rank_d_global / world, d_global[mine], msg=f"{key} d_global rank {rank}")
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_match_one_process(tmp_path, world):
+    """Every estimator, every backend on CPU tensors here: 2 processes, and 4 (CI runs both)."""
+    cases = [(e, o, b) for e, o in CASES for b in dim_fused.available_backends("cpu")]
+    if world == 4:  # the merge's arithmetic is the same on every backend: the fused C++ one and the oracle
+        cases = [(e, o, b) for e, o, b in cases if b in ("cpu", "reference")]
+    check_against_one_process(run_ranks(tmp_path, world, cases), world, cases)
+
+
+def test_one_process_is_the_plain_op():
+    local, global_codes = whole_batch(1, 0)
+    for estimator in ("infonce", "jsd"):
+        across = dim_fused.dot_product_mi(local, global_codes, estimator=estimator, across_ranks=True)
+        torch.testing.assert_close(across, dim_fused.dot_product_mi(local, global_codes, estimator=estimator))
+
+
+def test_across_ranks_takes_this_ranks_own_globals(tmp_path):
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_refuses_gathered_globals, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        messages = [results[r] for r in range(2)]
+    assert all("across_ranks=True takes this rank's own global codes" in m for m in messages), messages
+
+
+def _refuses_gathered_globals(rank: int, init_file: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        local, global_codes = whole_batch(2, 0)
+        try:
+            dim_fused.dot_product_mi(local[:BATCH], global_codes, estimator="infonce", across_ranks=True)
+            results[rank] = "no error"
+        except ValueError as error:
+            results[rank] = str(error)
+    finally:
+        dist.destroy_process_group()
 
 
 def test_single_process_is_the_identity():

@@ -51,6 +51,14 @@ def registered(op: str, backend: str) -> Callable:
     return getattr(torch.ops.dim_fused, f"{op}_triton" if backend == "triton" else op)
 
 
+def registered_backward(op: str, backend: str) -> Callable:
+    """The backward op of ``registered(op, backend)``: dim_fused::<op>_backward, or
+    dim_fused::<op>_triton_backward."""
+    if backend == "cpu":
+        _apply_cpu_gemm()
+    return getattr(torch.ops.dim_fused, f"{op}_triton_backward" if backend == "triton" else f"{op}_backward")
+
+
 _cpu_gemm_setting: list[str] = []  # the DIM_FUSED_CPU_GEMM value last handed to the C++ plans
 
 
@@ -133,6 +141,21 @@ def _schema(op: str) -> str:
     """The argument and return part of dim_fused::<op>'s schema, as C++ defined it."""
     text = str(getattr(torch.ops.dim_fused, op).default._schema)
     return text[text.index("(") :]
+
+
+def register_statistics(op: str, *, fake: Callable, triton_kernels: str, triton_body: str) -> None:
+    """Registers a non-differentiable op's fake kernel, for the C++ op dim_fused::<op> and,
+    where Triton imports, for dim_fused::<op>_triton, defined here with the C++ op's schema
+    from the function ``triton_body`` of the module ``triton_kernels``."""
+    if C_IMPORT_ERROR is not None:
+        return
+    torch.library.register_fake(f"dim_fused::{op}")(fake)
+    if TRITON_IMPORT_ERROR is None:
+        body = getattr(importlib.import_module(triton_kernels), triton_body)
+        triton_op = torch.library.custom_op(
+            f"dim_fused::{op}_triton", _launcher(op, body), mutates_args=(), schema=_schema(op)
+        )
+        triton_op.register_fake(fake)
 
 
 def register(

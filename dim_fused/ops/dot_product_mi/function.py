@@ -2,9 +2,11 @@
 
 import torch
 
+from ... import distributed
 from ..common import checks, dispatch, library, precision, tunables
 from ..common.estimators import check_estimator
 from . import reference
+from .across_ranks import dot_product_mi_across_ranks
 
 
 def dot_product_mi(
@@ -14,6 +16,7 @@ def dot_product_mi(
     estimator: str = "jsd",
     official: bool = False,
     positive_offset: int = 0,
+    across_ranks: bool = False,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Local MI of the encode-and-dot critic (the paper's Figure 4), streamed: never a
@@ -31,12 +34,23 @@ def dot_product_mi(
         local_codes: the local codes, any layout (channels-last codes are read in place).
         global_codes: the global codes; rows beyond the batch (gathered from other ranks)
             are negatives of every local image.
-        estimator: one of ``dim_fused.ESTIMATORS``; ``dv`` and ``infonce`` need G == B.
+        estimator: one of ``dim_fused.ESTIMATORS``; ``dv`` and ``infonce`` need G == B
+            (across ranks: ``across_ranks=True``).
         official: return exactly the negative of the official DIM code's loss: its
             InfoNCE keeps the L self pairs in the denominator at score -10 and has no log
             term; its Jan-2019 DV normalises by log(B(B-1)) (log L below the default).
+            Across ranks: that formulation on the whole batch, as the official code
+            computes it under DataParallel (which gathers every code on one device).
         positive_offset: the global row of local image 0's positive (rank * B when the
-            globals of every rank are gathered).
+            globals of every rank are gathered by the caller, f-measures only).
+        across_ranks: under torch.distributed, the estimate of every rank's batch as one
+            process would compute it on all R * B images, for every estimator (InfoNCE's
+            and DV's normalisers span every rank's negatives): ``global_codes`` are this
+            rank's own (G == B), gathered here with their gradient; the ranks exchange
+            per-row statistics, never local codes. Every rank returns the same value;
+            each rank's gradients are R times its share, so that averaging them over
+            the ranks (what DDP does) gives the single-process gradient. Every rank must
+            call it alike (shapes, dtype, estimator, backend). One process: no difference.
         backend: one of ``dim_fused.BACKENDS`` (see ``dim_fused.resolve_backend``).
 
     Shape:
@@ -47,8 +61,11 @@ def dot_product_mi(
     """
     device = checks.tensor(local_codes, "local_codes", min_dim=3, max_dim=4).device
     local_codes, global_codes = precision.autocast([local_codes, global_codes], device)
-    check_codes(local_codes, global_codes, estimator, positive_offset)
+    ranks = across_ranks and distributed.world()[1] > 1
+    check_codes(local_codes, global_codes, estimator, positive_offset, ranks)
     name = dispatch.resolve_backend(backend, local_codes.device, "dot_product_mi")
+    if ranks:
+        return dot_product_mi_across_ranks(local_codes, global_codes, estimator, official, name)
     if name == "reference":
         return reference.dot_product_mi(local_codes, global_codes, estimator, official, positive_offset)
     op = library.registered("dot_product_mi", name)
@@ -57,7 +74,13 @@ def dot_product_mi(
     )[0]
 
 
-def check_codes(local_codes: torch.Tensor, global_codes: torch.Tensor, estimator: str, positive_offset: int) -> None:
+def check_codes(
+    local_codes: torch.Tensor,
+    global_codes: torch.Tensor,
+    estimator: str,
+    positive_offset: int,
+    across_ranks: bool = False,
+) -> None:
     check_estimator(estimator)
     checks.tensor(local_codes, "local_codes", min_dim=3, max_dim=4)
     checks.tensor(global_codes, "global_codes", min_dim=2, max_dim=2)
@@ -69,6 +92,11 @@ def check_codes(local_codes: torch.Tensor, global_codes: torch.Tensor, estimator
         raise ValueError(
             f"global_codes must have E = {units} columns like local_codes (B, E, ...), got {tuple(global_codes.shape)}"
         )
+    if across_ranks and (num_globals != batch or positive_offset != 0):
+        raise ValueError(
+            f"across_ranks=True takes this rank's own global codes (G == B = {batch}, positive_offset 0) and "
+            f"gathers them itself; got G = {num_globals}, positive_offset = {positive_offset}"
+        )
     if num_globals < batch:
         raise ValueError(f"global_codes must have at least B = {batch} rows, got G = {num_globals}")
     if not 0 <= positive_offset <= num_globals - batch:
@@ -79,5 +107,6 @@ def check_codes(local_codes: torch.Tensor, global_codes: torch.Tensor, estimator
     if estimator in ("dv", "infonce") and num_globals != batch:
         raise ValueError(
             f"estimator {estimator!r} couples all pairs through its normaliser and needs G == B; got G = "
-            f"{num_globals}, B = {batch} (use an f-measure such as 'jsd' with globals gathered from other ranks)"
+            f"{num_globals}, B = {batch} (under torch.distributed, pass this rank's own globals with "
+            "across_ranks=True: the ranks then merge the normalisers exactly)"
         )

@@ -1,10 +1,13 @@
 """dot_product_mi's torch.library registrations: the fake kernels and the autograd
-formula of dim_fused::dot_product_mi (C++) and dim_fused::dot_product_mi_triton."""
+formula of dim_fused::dot_product_mi (C++) and dim_fused::dot_product_mi_triton, and the
+fake kernels of their per-row statistics (dot_product_mi_statistics[_triton]), which
+across_ranks.py merges over the ranks."""
 
 import torch
 
 from ..common import library
 from ..common.precision import accumulation_dtype
+from .across_ranks import TOTALS
 from .layout import gradient_like
 
 
@@ -34,6 +37,15 @@ def _backward_fake(grad, local_codes, global_codes, stats, estimator, official, 
     return gradient_like(local_codes), global_codes.new_empty(global_codes.shape)
 
 
+def _statistics_fake(local_codes, global_codes, estimator, positive_offset, tile_scores):
+    library.one_device("dot_product_mi_statistics", local_codes, global_codes)
+    _check_shapes("dot_product_mi_statistics", local_codes, global_codes)
+    acc = accumulation_dtype(global_codes.dtype)
+    totals = global_codes.new_empty((global_codes.shape[0], TOTALS), dtype=acc)
+    columns = local_codes.shape[0] * local_codes[0, 0].numel() if estimator == "infonce" else 0
+    return totals, global_codes.new_empty((columns,), dtype=acc)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     local_codes, global_codes, *args = inputs
     ctx.save_for_backward(local_codes, global_codes, output[1])
@@ -53,4 +65,11 @@ library.register(
     setup_context=_setup_context,
     gradients=_gradients,
     triton_kernels=f"{__package__}.triton_kernels",
+)
+
+library.register_statistics(
+    "dot_product_mi_statistics",
+    fake=_statistics_fake,
+    triton_kernels=f"{__package__}.triton_kernels",
+    triton_body="statistics",
 )

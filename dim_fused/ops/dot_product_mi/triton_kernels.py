@@ -318,10 +318,8 @@ class _Problem:
         }
 
 
-@no_autocast
-def forward(local, global_codes, estimator: str, official: bool, offset: int, tile_scores: int):
-    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, None, None)
-    p = _Problem(local, global_codes, estimator, offset)
+def _reduce(p: _Problem, local: torch.Tensor, global_codes: torch.Tensor):
+    """(per-row partial statistics (G, splits, ROW_STATS), positives (B * L; InfoNCE only))."""
     # Each tile splits its row blocks' column blocks its own way (_splits); the partials hold
     # the most any tile takes, the rest at the identity, which the finish merges harmlessly.
     grid = reduce_grid(p.num_globals, p.num_columns, _multiprocessors(local.device), tunables.triton_programs())
@@ -331,6 +329,14 @@ def forward(local, global_codes, estimator: str, official: bool, offset: int, ti
     positives = torch.empty(p.num_columns, dtype=p.acc, device=local.device)
     with device_of(local):
         _reduce_kernel[grid](global_codes, p.local, partial, positives, most, **p.shape, **p.meta)
+    return partial, positives
+
+
+@no_autocast
+def forward(local, global_codes, estimator: str, official: bool, offset: int, tile_scores: int):
+    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, True, None, None)
+    p = _Problem(local, global_codes, estimator, offset)
+    partial, positives = _reduce(p, local, global_codes)
     estimate, stats = torch.ops.dim_fused.dot_product_mi_finish(
         partial, positives, estimator, official, p.batch, p.locations
     )
@@ -338,8 +344,20 @@ def forward(local, global_codes, estimator: str, official: bool, offset: int, ti
 
 
 @no_autocast
+def statistics(local, global_codes, estimator: str, offset: int, tile_scores: int):
+    """Each global row's totals over these local images, and InfoNCE's positives (the C++
+    op dot_product_mi_statistics)."""
+    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, False, None, None)
+    p = _Problem(local, global_codes, estimator, offset)
+    partial, positives = _reduce(p, local, global_codes)
+    if estimator != "infonce":
+        positives = positives.new_zeros(0)
+    return torch.ops.dim_fused.dot_product_mi_row_totals(partial), positives
+
+
+@no_autocast
 def backward(grad, local, global_codes, stats, estimator: str, official: bool, offset: int, tile_scores: int):
-    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, grad, stats)
+    torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, False, grad, stats)
     p = _Problem(local, global_codes, estimator, offset)
     ops = torch.ops.dim_fused
     coef = ops.dot_product_mi_coefficients(grad, stats, estimator, p.batch, p.locations)

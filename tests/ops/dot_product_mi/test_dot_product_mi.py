@@ -7,6 +7,7 @@ from helpers import TILE, assert_matches_oracle, value_and_grads
 import dim_fused
 from dim_fused import ESTIMATORS, F_MEASURES, reference
 from dim_fused.nn import EncodeAndDotCritic
+from dim_fused.ops.common.estimators import negative_term, positive_term
 
 # (B, E, spatial, G, offset): odd sizes, G > B with offsets, several tiles.
 SHAPES = [
@@ -132,6 +133,46 @@ def test_opcheck(fused, estimator, requires_grad):
     _, stats = op(local.detach(), global_codes.detach(), estimator, False, 0, TILE)
     grad = torch.tensor(-1.5, device=device)
     torch.library.opcheck(backward_op, (grad, local.detach(), global_codes.detach(), stats, estimator, False, 0, TILE))
+
+
+def _statistics_op(backend):
+    return getattr(torch.ops.dim_fused, "dot_product_mi_statistics" + ("_triton" if backend == "triton" else ""))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("tile_scores", [TILE, 1])
+def test_statistics_match_the_scores(fused, estimator, tile_scores):
+    """What the ranks merge: each global row's totals over these local images (G > B, an
+    offset: the rows of other ranks' images have no positive here) and InfoNCE's positives."""
+    backend, device = fused
+    batch, offset = 4, 3
+    local, global_codes = make_codes((batch, 7, (5,), 9, offset), scale=2.0)
+    totals, positives = _statistics_op(backend)(
+        local.to(device), global_codes.to(device), estimator, offset, tile_scores
+    )
+    u = reference.dot_product_scores(local, global_codes)  # (G, B, L)
+    positive = torch.zeros(u.shape, dtype=torch.bool)
+    positive[torch.arange(batch) + offset, torch.arange(batch)] = True
+    zero = u.new_zeros(u.shape[0])
+    if estimator in F_MEASURES:
+        pos_terms = torch.where(positive, positive_term(u, estimator), 0.0).sum((1, 2))
+        neg_terms = torch.where(positive, 0.0, negative_term(u, estimator)).sum((1, 2))
+        expected = torch.stack([pos_terms, neg_terms, torch.full_like(zero, -torch.inf)], 1)
+    else:  # the negatives' logsumexp; DV's Ep is the score, InfoNCE keeps its positives apart
+        neg_lse = torch.where(positive, -torch.inf, u).flatten(1).logsumexp(1)
+        pos_sum = torch.where(positive, u, 0.0).sum((1, 2)) if estimator == "dv" else zero
+        expected = torch.stack([pos_sum, zero, neg_lse], 1)
+    torch.testing.assert_close(totals.cpu(), expected)
+    want = u[positive].reshape(-1) if estimator == "infonce" else u.new_zeros(0)
+    torch.testing.assert_close(positives.cpu(), want)
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "infonce"])
+def test_statistics_opcheck(fused, estimator):
+    backend, device = fused
+    local, global_codes = make_codes((3, 5, (4,), 7, 2))
+    args = (local.float().to(device), global_codes.float().to(device), estimator, 2, TILE)
+    torch.library.opcheck(_statistics_op(backend), args)
 
 
 def test_torch_compile(fused):
