@@ -159,6 +159,11 @@ def test_direct_dot_product_op_calls_are_checked(backend, device):
         torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), torch.randn(4, 4, device=device), "dv", False, 0, 1 << 20)
     with pytest.raises(ValueError, match="positive_offset"):
         torch.ops.dim_fused.dot_product_mi(LOCAL.to(device), GLOBAL.to(device), "jsd", False, 1, 1 << 20)
+    statistics = torch.ops.dim_fused.dot_product_mi_statistics
+    with pytest.raises(ValueError, match="positive_offset"):  # gathered globals: any estimator, offset in range
+        statistics(LOCAL.to(device), torch.randn(4, 4, device=device), "infonce", 2, 1 << 20)
+    with pytest.raises(ValueError, match="estimator"):
+        statistics(LOCAL.to(device), GLOBAL.to(device), "nce", 0, 1 << 20)
 
 
 def _critic(channels=3, dim=2, hidden=(5,), last=1):

@@ -9,6 +9,7 @@ import math
 
 import torch
 import torch.distributed as dist
+from torch.autograd.function import once_differentiable
 
 from ... import distributed
 from ..common import library, tunables
@@ -92,6 +93,7 @@ class _AcrossRanks(torch.autograd.Function):
         return estimate.to(local_codes.dtype)
 
     @staticmethod
+    @once_differentiable  # the backward op has no derivative: a double backward raises
     def backward(ctx, grad):
         local_codes, gathered, stats = ctx.saved_tensors
         d_local, d_global = ctx.backward_op(grad, local_codes, gathered, stats, *ctx.args)
