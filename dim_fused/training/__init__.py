@@ -3,7 +3,8 @@
 
 - ``config``: the encoder architectures, ``DIMConfig`` (the model) and ``TrainConfig`` (a run).
 - ``models``: the official encoders, the prior discriminator and ``DeepInfoMax``.
-- ``data``: the datasets (digits built in; CIFAR-10/100 and STL-10 read from a folder).
+- ``data``: the datasets (digits built in; Fashion-MNIST from its idx files; CIFAR-10/100 and
+  STL-10 read from a folder; the user's own images; ``ImageData.from_tensors`` for any other).
 - ``trainer``: the training loop; ``checkpoint``: crash-safe files; ``plots``: the curves.
 - ``evaluate``: the probes on frozen features.
 
@@ -11,6 +12,7 @@ Command lines: ``python -m dim_fused.training.train`` and ``python -m dim_fused.
 """
 
 from .config import ENCODERS, PRESETS, DIMConfig, TrainConfig
+from .data import ImageData
 from .models import DeepInfoMax, Encoder, PriorDiscriminator, build_model
 from .trainer import Trainer
 
@@ -20,6 +22,7 @@ __all__ = [
     "DIMConfig",
     "DeepInfoMax",
     "Encoder",
+    "ImageData",
     "PriorDiscriminator",
     "TrainConfig",
     "Trainer",

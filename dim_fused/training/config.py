@@ -137,8 +137,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
             self.model = DIMConfig(**self.model)
-        if self.data not in datasets.DATASETS:
-            raise ValueError(f"data must be one of {', '.join(datasets.DATASETS)}; got {self.data!r}")
+        if not (isinstance(self.data, str) and self.data):
+            raise ValueError(
+                f"data must name a dataset ({', '.join(datasets.DATASETS)}, or an ImageData's), got {self.data!r}"
+            )
         if self.batch_size < 2:
             raise ValueError(f"batch size must be at least 2 (DIM's negatives are other images), got {self.batch_size}")
         for name in ("steps", "log_every", "checkpoint_every", "probe_samples"):

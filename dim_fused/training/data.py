@@ -1,32 +1,56 @@
-"""Image datasets for the trainer, held in memory as uint8 tensors.
+"""Image datasets for the trainer, as uint8 images (held in memory, or read from their
+files batch by batch when a folder of images does not fit).
 
 ``digits`` is built in (scikit-learn's bundled 8x8 handwritten digits, upscaled to
-32x32): no download, no folder. ``cifar10``, ``cifar100`` and ``stl10`` are read
-through torchvision from a local folder in their standard formats; nothing is
-downloaded unless asked for (``download``: torchvision fetches and checksums the
-archives). ``synthetic`` is random CIFAR-sized images, for timing only.
+32x32): no download, no folder. ``fashion-mnist`` is read from its four idx files (Debian's
+``dataset-fashion-mnist`` package installs them; torchvision's ``FashionMNIST/raw/`` layout
+under the data folder works too). ``cifar10``, ``cifar100`` and ``stl10`` are read through
+torchvision from a local folder in their standard formats; nothing is downloaded unless
+asked for (``download``: torchvision fetches and checksums the archives). ``folder`` is
+the user's own images (``train/`` and ``test/`` of class folders, optionally
+``unlabeled/``). ``synthetic`` is random CIFAR-sized images, for timing only. Any other
+data reaches the trainer as an ``ImageData`` (``ImageData.from_tensors``).
 """
 
 import dataclasses
+import gzip
+import math
 import os
 import pickle
 import socket
+import struct
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-DATASETS: tuple[str, ...] = ("digits", "cifar10", "cifar100", "stl10", "synthetic")
-# Images DIM trains on (an epoch): digits' fixed training split, CIFAR's training sets,
-# STL-10's unlabeled split, the synthetic set.
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist", "cifar10", "cifar100", "stl10", "folder", "synthetic")
+# Images DIM trains on (an epoch): digits' fixed training split, Fashion-MNIST's and CIFAR's
+# training sets, STL-10's unlabeled split, the synthetic set (a folder's: counted, see
+# training_images).
 TRAINING_IMAGES: dict[str, int] = {
     "digits": 1347,
+    "fashion-mnist": 60000,
     "cifar10": 50000,
     "cifar100": 50000,
     "stl10": 100000,
     "synthetic": 4096,
 }
+# Image channels of each built-in dataset (3 unless listed; a folder's images are read as RGB).
+GRAYSCALE: tuple[str, ...] = ("digits", "fashion-mnist")
+
+# Where Debian's dataset-fashion-mnist package puts the four idx files.
+FASHION_MNIST_PACKAGE = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+# A folder's images are held in memory up to this many bytes, else read batch by batch.
+IN_MEMORY_BYTES = 4 << 30
 
 # What each torchvision dataset expects under the data folder, for the error message.
 _LAYOUT = {
@@ -45,9 +69,37 @@ _LAYOUT = {
 }
 
 
+class ImageFiles:
+    """Images read from their files when indexed, as uint8 (n, C, size, size) like an
+    in-memory tensor (``images[indices]``, ``images[a:b]``, ``len``, ``shape``): a folder
+    too large for memory. ``take(indices)`` is a smaller ImageFiles, still unread."""
+
+    def __init__(self, paths: Sequence[Path], size: int) -> None:
+        self.paths, self.size = list(paths), size
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.paths), 3, self.size, self.size))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def take(self, indices: torch.Tensor) -> "ImageFiles":
+        return ImageFiles([self.paths[i] for i in indices.tolist()], self.size)
+
+    def __getitem__(self, index: torch.Tensor | slice) -> torch.Tensor:
+        chosen = self.paths[index] if isinstance(index, slice) else [self.paths[i] for i in index.tolist()]
+        return torch.stack([read_image(path, self.size) for path in chosen])
+
+
 class Split(NamedTuple):
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor | ImageFiles  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
+
+    def take(self, indices: torch.Tensor) -> "Split":
+        """The images and labels at ``indices`` (a folder read from files stays unread)."""
+        images = self.images.take(indices) if isinstance(self.images, ImageFiles) else self.images[indices]
+        return Split(images, self.labels[indices])
 
 
 @dataclasses.dataclass
@@ -67,17 +119,192 @@ class ImageData:
     def channels(self) -> int:
         return self.train.images.shape[1]
 
+    @classmethod
+    def from_tensors(
+        cls,
+        name: str,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        test_images: torch.Tensor,
+        test_labels: torch.Tensor,
+        *,
+        unlabeled_images: torch.Tensor | None = None,
+        crop: int = 32,
+    ) -> "ImageData":
+        """Any labelled image data for ``Trainer(config, out, data=...)`` and the probes:
+        uint8 images (N, C, H, W) with H, W >= ``crop`` (the encoder's input: 32 for
+        basic32x32, 64 for alex64x64) and int64 labels 0..K-1. DIM trains on
+        ``unlabeled_images`` when given, else on the training images; larger images are
+        cropped at random (and flipped) in training, centred for the probes."""
+        splits = {}
+        for split, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
+            if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4):
+                raise ValueError(f"{split}_images must be a uint8 tensor (N, C, H, W)")
+            if min(images.shape[-2:]) < crop:
+                raise ValueError(f"{split}_images are {tuple(images.shape[-2:])} pixels, smaller than crop {crop}")
+            labels = torch.as_tensor(labels)
+            if labels.shape != (len(images),) or labels.dtype.is_floating_point or labels.min() < 0:
+                raise ValueError(f"{split}_labels must hold one non-negative integer class per image")
+            splits[split] = Split(images, labels.long())
+        if train_images.shape[1:] != test_images.shape[1:]:
+            raise ValueError(f"train and test images differ in shape: {train_images.shape} vs {test_images.shape}")
+        unlabeled = splits["train"]
+        if unlabeled_images is not None:
+            if unlabeled_images.dtype != torch.uint8 or unlabeled_images.shape[1:] != train_images.shape[1:]:
+                raise ValueError("unlabeled_images must be uint8 images shaped like the training images")
+            unlabeled = Split(unlabeled_images, torch.full((len(unlabeled_images),), -1, dtype=torch.long))
+        num_classes = int(max(splits["train"].labels.max(), splits["test"].labels.max())) + 1
+        return cls(name, unlabeled, splits["train"], splits["test"], num_classes, crop)
 
-def load(name: str, root: str | os.PathLike = "data") -> ImageData:
-    """The dataset ``name`` (one of DATASETS); ``root`` is the folder holding the
-    torchvision datasets (unused for digits and synthetic)."""
+
+def load(name: str, root: str | os.PathLike = "data", image_size: int = 32) -> ImageData:
+    """The dataset ``name`` (one of DATASETS); ``root`` is the folder holding it (unused
+    for digits and synthetic); ``image_size`` the encoder's input (a folder's images are
+    resized to it)."""
     if name == "digits":
         return _digits()
     if name == "synthetic":
         return _synthetic()
+    if name == "fashion-mnist":
+        return _fashion_mnist(Path(root))
+    if name == "folder":
+        return _folder(Path(root), image_size)
     if name in _LAYOUT:
         return _torchvision(name, os.fspath(root))
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    raise ValueError(
+        f"dataset must be one of {', '.join(DATASETS)}; got {name!r} (other data: pass an ImageData, "
+        "dim_fused.training.ImageData.from_tensors, to Trainer(config, out, data=...))"
+    )
+
+
+def training_images(name: str, root: str | os.PathLike = "data") -> int:
+    """How many images one epoch of DIM training goes through (a folder's are counted)."""
+    if name == "folder":
+        root = Path(root)
+        return len(_image_paths(root / "unlabeled" if (root / "unlabeled").is_dir() else root / "train"))
+    if name not in TRAINING_IMAGES:
+        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    return TRAINING_IMAGES[name]
+
+
+def channels(name: str) -> int:
+    return 1 if name in GRAYSCALE else 3
+
+
+# ---- Fashion-MNIST: four idx files ---------------------------------------------------------------------------------
+def read_idx(path: Path) -> torch.Tensor:
+    """An idx file of unsigned bytes (gzipped when its name ends in .gz) as a uint8 tensor
+    of the dimensions its header gives; ValueError for anything else (no pickle, no code)."""
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+        raw = file.read()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an idx file of unsigned bytes")
+    dims = raw[3]
+    if len(raw) < 4 + 4 * dims:
+        raise ValueError(f"{path}: its header is cut short")
+    shape = struct.unpack(f">{dims}I", raw[4 : 4 + 4 * dims])
+    body = raw[4 + 4 * dims :]
+    if len(body) != math.prod(shape):
+        raise ValueError(f"{path}: {len(body)} bytes of data for a {shape} array")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+def _fashion_mnist_folder(root: Path) -> Path:
+    """The first folder holding all four idx files (gzipped or not): torchvision's layout
+    under ``root``, then Debian's package."""
+    candidates = [root / "FashionMNIST" / "raw", FASHION_MNIST_PACKAGE]
+    for folder in candidates:
+        names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
+        if all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in names):
+            return folder
+    raise FileNotFoundError(
+        f"fashion-mnist: its four idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        f"t10k-labels-idx1-ubyte, gzipped or not) are in neither {candidates[0]} nor {FASHION_MNIST_PACKAGE}. "
+        "Install Debian's package (apt-get install dataset-fashion-mnist), put the files into "
+        f"{candidates[0]}, or pass --download to let torchvision fetch them."
+    )
+
+
+def _fashion_mnist(root: Path) -> ImageData:
+    folder = _fashion_mnist_folder(root)
+
+    def read(name: str) -> torch.Tensor:
+        path = folder / name
+        return read_idx(path if path.is_file() else folder / f"{name}.gz")
+
+    def split(which: str) -> Split:
+        images_name, labels_name = FASHION_MNIST_FILES[which]
+        images, labels = read(images_name), read(labels_name)
+        if images.dim() != 3 or labels.shape != images.shape[:1]:
+            raise ValueError(f"fashion-mnist in {folder}: {images_name} and {labels_name} do not match")
+        # 28x28 -> 36x36 (zeros, the images' background): training takes random 32x32 crops
+        # (shifts of up to 2 pixels each way) and flips, the probes the centre (2-pixel margin).
+        return Split(F.pad(images, (4, 4, 4, 4))[:, None].contiguous(), labels.long())
+
+    train = split("train")
+    return ImageData("fashion-mnist", train, train, split("test"), 10, 32)
+
+
+# ---- a folder of the user's images ---------------------------------------------------------------------------------
+def _image_paths(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def read_image(path: Path, size: int) -> torch.Tensor:
+    """An image file as uint8 RGB (3, size, size): its shorter side resized to ``size``,
+    the centre kept."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = size / min(image.size)
+        width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+        left, top = (width - size) // 2, (height - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.reshape(size, size, 3).permute(2, 0, 1).contiguous()
+
+
+def _folder(root: Path, crop: int) -> ImageData:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (the classes: train's folder
+    names, sorted), and unlabeled images anywhere under ``root/unlabeled/`` if present.
+    Stored at ``crop + crop // 8`` pixels (random crops of ``crop`` in training)."""
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise FileNotFoundError(
+            f"folder: {root.resolve()} must hold train/ and test/, each with one folder of images per class "
+            "(and optionally unlabeled/ for DIM training), as torchvision's ImageFolder"
+        )
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise FileNotFoundError(f"folder: {root / 'train'} has no class folders")
+    stranger = sorted({p.name for p in (root / "test").iterdir() if p.is_dir()} - set(classes))
+    if stranger:
+        raise ValueError(f"folder: test/ has classes that train/ lacks: {', '.join(stranger)}")
+    size = crop + crop // 8
+    every = {}
+    for split in ("train", "test"):
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            found = _image_paths(root / split / name) if (root / split / name).is_dir() else []
+            paths += found
+            labels += [label] * len(found)
+        if not paths:
+            raise FileNotFoundError(f"folder: no images ({', '.join(IMAGE_SUFFIXES)}) under {root / split}")
+        every[split] = (paths, torch.tensor(labels, dtype=torch.long))
+    if (root / "unlabeled").is_dir():
+        paths = _image_paths(root / "unlabeled")
+        every["unlabeled"] = (paths, torch.full((len(paths),), -1, dtype=torch.long))
+    in_memory = sum(len(p) for p, _ in every.values()) * 3 * size * size <= IN_MEMORY_BYTES
+
+    def split(name: str) -> Split:
+        paths, labels = every[name]
+        files = ImageFiles(paths, size)
+        return Split(files[:] if in_memory else files, labels)
+
+    train = split("train")
+    unlabeled = split("unlabeled") if "unlabeled" in every and every["unlabeled"][0] else train
+    return ImageData("folder", unlabeled, train, split("test"), len(classes), crop)
 
 
 def _digits() -> ImageData:
@@ -115,7 +342,7 @@ def download(name: str, root: str | os.PathLike, timeout: float | None = None) -
     (a no-op for what is already there; digits and synthetic need nothing). Every network
     operation times out after ``timeout`` seconds (default: $DIM_FUSED_DOWNLOAD_TIMEOUT,
     else DOWNLOAD_TIMEOUT_S); a network error or time-out raises OSError naming the URL."""
-    if name not in _LAYOUT:
+    if name not in _LAYOUT and name != "fashion-mnist":
         return
     import torchvision
 
@@ -131,10 +358,12 @@ def download(name: str, root: str | os.PathLike, timeout: float | None = None) -
     os.makedirs(root, exist_ok=True)
     if name == "stl10":
         cls, splits = torchvision.datasets.STL10, [{"split": "train+unlabeled"}, {"split": "test"}]
+    elif name == "fashion-mnist":  # into root/FashionMNIST/raw/, where load looks first
+        cls, splits = torchvision.datasets.FashionMNIST, [{"train": True}, {"train": False}]
     else:
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         splits = [{"train": True}]
-    url = getattr(cls, "url", "torchvision's source")
+    url = getattr(cls, "url", None) or (getattr(cls, "mirrors", None) or ["torchvision's source"])[0]
     print(f"--download: {name} from {url} into {root}, unless already there", file=sys.stderr)
     # torchvision's urlopen calls take no time-out of their own: the socket default bounds them.
     previous = socket.getdefaulttimeout()

@@ -36,7 +36,15 @@ class Trainer:
     under torch.distributed). ``run()`` trains; ``train_step(images)`` is one step of
     both players; ``state()`` / ``load(state)`` are exact checkpoints."""
 
-    def __init__(self, config: TrainConfig, out: str | os.PathLike, device: str | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: str | os.PathLike,
+        device: str | None = None,
+        data: datasets.ImageData | None = None,
+    ) -> None:
+        """``data``: any ``ImageData`` (e.g. ``ImageData.from_tensors``) named ``config.data``,
+        instead of loading the built-in dataset of that name."""
         self.config, self.out = config, Path(out)
         self.rank, self.world = distributed.world()
         if device is None:
@@ -50,11 +58,14 @@ class Trainer:
             if self.device.index >= torch.cuda.device_count():
                 raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
             torch.cuda.set_device(self.device)
-        self.data = datasets.load(config.data, config.data_dir)
-        model, channels = config.model, self.data.channels
+        model = config.model
+        size = ENCODERS[model.architecture].image_size
+        if data is not None and data.name != config.data:
+            raise ValueError(f"the data given is {data.name!r} but the config names {config.data!r}")
+        self.data = data if data is not None else datasets.load(config.data, config.data_dir, size)
+        channels = self.data.channels
         if model.in_channels != channels:
             raise ValueError(f"{config.data} has {channels}-channel images; the model reads {model.in_channels}")
-        size = ENCODERS[model.architecture].image_size
         if size != self.data.crop:
             raise ValueError(f"{config.data} gives {self.data.crop}-pixel inputs; {model.architecture} reads {size}")
         self.global_batch = config.batch_size * self.world

@@ -54,7 +54,9 @@ def test_download_is_opt_in_and_checksummed_by_torchvision(tmp_path, name, monke
 
 
 def test_unknown_dataset():
-    with pytest.raises(ValueError, match="dataset must be one of digits, cifar10, cifar100, stl10, synthetic"):
+    with pytest.raises(
+        ValueError, match="dataset must be one of digits, fashion-mnist, cifar10, cifar100, stl10, folder, synthetic"
+    ):
         data.load("mnist")
 
 
@@ -134,3 +136,129 @@ def test_stl10_trains_on_unlabeled_64_pixel_crops(tmp_path, monkeypatch):
     raw = np.fromfile(tmp_path / "stl10_binary" / "test_X.bin", dtype=np.uint8).reshape(3, 3, 96, 96)
     assert torch.equal(stl.test.images, torch.from_numpy(raw).transpose(-1, -2))  # stored column-major
     assert data.to_inputs(stl.unlabeled.images, stl.crop, torch.Generator()).shape == (6, 3, 64, 64)
+
+
+# ---- Fashion-MNIST: idx files ----------------------------------------------------------------------------------------
+def write_idx(path, array: np.ndarray) -> None:
+    body = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape) + array.tobytes()
+    if path.suffix == ".gz":
+        import gzip
+
+        body = gzip.compress(body)
+    path.write_bytes(body)
+
+
+def write_fake_fashion_mnist(root, gzipped: bool, train: int = 12, test: int = 5):
+    folder = root / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, count in (("train", train), ("t10k", test)):
+        arrays[split] = (rng.integers(1, 256, (count, 28, 28), dtype=np.uint8), np.arange(count, dtype=np.uint8) % 10)
+        suffix = ".gz" if gzipped else ""
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", arrays[split][0])
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", arrays[split][1])
+    return arrays
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_fashion_mnist_from_idx_files_in_torchvisions_layout(tmp_path, gzipped):
+    arrays = write_fake_fashion_mnist(tmp_path, gzipped)
+    fashion = data.load("fashion-mnist", tmp_path)
+    assert fashion.train.images.shape == (12, 1, 36, 36) and fashion.test.images.shape == (5, 1, 36, 36)
+    assert fashion.unlabeled is fashion.train and fashion.num_classes == 10 and fashion.crop == 32
+    assert fashion.train.labels.tolist() == arrays["train"][1].tolist()
+    # The probes see each image centred with a 2-pixel margin of background; training shifts it.
+    centre = data.to_inputs(fashion.test.images, 32)
+    expected = torch.from_numpy(arrays["t10k"][0]).float().div(127.5).sub(1.0)
+    assert torch.equal(centre[:, 0, 2:30, 2:30], expected)
+    assert (centre[:, 0, :2] == -1).all() and (centre[:, 0, 30:] == -1).all()
+    assert data.training_images("fashion-mnist") == 60000 and data.channels("fashion-mnist") == 1
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_PACKAGE", tmp_path / "no-package")
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist.*FashionMNIST/raw.*--download"):
+        data.load("fashion-mnist", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"PK\x03\x04 a zip", "not an idx file"),
+        (bytes([0, 0, 8, 3, 0, 0]), "header is cut short"),
+        (bytes([0, 0, 8, 1, 0, 0, 0, 9, 1, 2]), "2 bytes of data for a \\(9,\\) array"),
+    ],
+)
+def test_malformed_idx_files_are_refused(tmp_path, body, message):
+    (tmp_path / "bad").write_bytes(body)
+    with pytest.raises(ValueError, match=message):
+        data.read_idx(tmp_path / "bad")
+
+
+def test_debians_fashion_mnist_package_when_installed(tmp_path):
+    if not data.FASHION_MNIST_PACKAGE.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    fashion = data.load("fashion-mnist", tmp_path / "empty")  # nothing there: the package's files
+    assert fashion.train.images.shape == (60000, 1, 36, 36) and fashion.test.images.shape == (10000, 1, 36, 36)
+    assert fashion.train.labels[:5].tolist() == [9, 0, 0, 3, 0]  # the dataset's documented first labels
+    assert torch.bincount(fashion.test.labels).tolist() == [1000] * 10
+
+
+# ---- the user's own images -------------------------------------------------------------------------------------------
+def write_image_folder(root, unlabeled: int = 0):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 3), ("test", 2)):
+        for name in ("cat", "dog"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)  # not square, not the crop
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    (root / "test" / "dog" / "notes.txt").write_text("not an image")
+    if unlabeled:
+        (root / "unlabeled" / "deep").mkdir(parents=True)
+        for i in range(unlabeled):
+            Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(
+                root / "unlabeled" / "deep" / f"{i}.jpg"
+            )
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_folder_of_images(tmp_path, monkeypatch, in_memory):
+    write_image_folder(tmp_path, unlabeled=4)
+    if not in_memory:
+        monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+    folder = data.load("folder", tmp_path, image_size=32)
+    assert folder.num_classes == 2 and folder.crop == 32 and folder.channels == 3
+    assert folder.train.labels.tolist() == [0, 0, 0, 1, 1, 1] and folder.test.labels.tolist() == [0, 0, 1, 1]
+    assert len(folder.unlabeled.labels) == 4 and data.training_images("folder", tmp_path) == 4
+    assert isinstance(folder.train.images, torch.Tensor) == in_memory
+    batch = folder.train.images[torch.tensor([4, 0])]
+    assert batch.shape == (2, 3, 36, 36) and batch.dtype == torch.uint8
+    subset = folder.train.take(torch.tensor([5, 1]))
+    assert subset.labels.tolist() == [1, 0] and torch.equal(subset.images[0:1], folder.train.images[torch.tensor([5])])
+    monkeypatch.undo()
+    assert torch.equal(data.load("folder", tmp_path).train.images[torch.tensor([4, 0])], batch)  # either way alike
+
+
+def test_a_folder_says_what_it_expects(tmp_path):
+    with pytest.raises(FileNotFoundError, match="must hold train/ and test/"):
+        data.load("folder", tmp_path)
+    write_image_folder(tmp_path)
+    (tmp_path / "test" / "bird").mkdir()
+    with pytest.raises(ValueError, match="test/ has classes that train/ lacks: bird"):
+        data.load("folder", tmp_path)
+
+
+def test_image_data_from_tensors_checks_its_inputs():
+    images, labels = torch.zeros(6, 1, 32, 32, dtype=torch.uint8), torch.arange(6) % 3
+    made = data.ImageData.from_tensors("mine", images, labels, images[:3], labels[:3])
+    assert made.num_classes == 3 and made.unlabeled is made.train and made.channels == 1
+    with pytest.raises(ValueError, match="uint8"):
+        data.ImageData.from_tensors("mine", images.float(), labels, images, labels)
+    with pytest.raises(ValueError, match="smaller than crop 64"):
+        data.ImageData.from_tensors("mine", images, labels, images, labels, crop=64)
+    with pytest.raises(ValueError, match="one non-negative integer class per image"):
+        data.ImageData.from_tensors("mine", images, labels[:5], images, labels)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dim_fused
-from dim_fused.training import DIMConfig, TrainConfig, Trainer, checkpoint, evaluate, train
+from dim_fused.training import DIMConfig, ImageData, TrainConfig, Trainer, checkpoint, evaluate, train
 from dim_fused.training.trainer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def needs_cpu_backend():
 
 def config(**overrides) -> TrainConfig:
     model = {"in_channels": 1, "hidden": (32, 32), "units": 32, "gamma": 0.1, **overrides.pop("model", {})}
-    return TrainConfig(model=DIMConfig(**model), batch_size=16, **overrides)
+    return TrainConfig(model=DIMConfig(**model), **{"batch_size": 16, **overrides})
 
 
 def run_cli(*args: str) -> int:
@@ -140,6 +140,37 @@ def test_mixed_precision_steps_follow_the_float32_ones(tmp_path):
         for key in ("loss", "local_mi", "prior"):  # the default: encode-and-dot, InfoNCE (about log(B L))
             assert mixed[key] == pytest.approx(full[key], rel=0.02, abs=2e-3), (full["step"], key)
     assert curves[False] != curves[True]  # it did run in bfloat16
+
+
+# ---- data of any kind ------------------------------------------------------------------------------------------------
+def test_any_tensor_dataset_trains_and_probes(tmp_path):
+    """A researcher's own tensors reach the trainer and the probes without touching the
+    built-in datasets."""
+    needs_cpu_backend()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 36, 36), generator=generator, dtype=torch.uint8)
+    labels = torch.arange(64) % 4
+    mine = ImageData.from_tensors("my-images", images[:48], labels[:48], images[48:], labels[48:])
+    cfg = config(steps=3, data="my-images", batch_size=8)
+    trainer = Trainer(cfg, tmp_path / "run", data=mine)
+    assert trainer.run(progress=False) and trainer.step == 3
+    result = evaluate.evaluate(cfg, trainer.model.state_dict(), mine, trainer.device, classifier_epochs=1)
+    assert result["data"] == "my-images" and result["test_images"] == 16
+    assert 0 <= result["trained"]["linear"]["global"] <= 1
+    with pytest.raises(ValueError, match="the data given is 'my-images' but the config names 'digits'"):
+        Trainer(config(), tmp_path / "other", data=mine)
+    with pytest.raises(ValueError, match="pass an ImageData"):  # the name alone does not find the tensors
+        Trainer(cfg, tmp_path / "again")
+
+
+def test_a_folder_of_images_trains(tmp_path):
+    from test_data import write_image_folder
+
+    needs_cpu_backend()
+    write_image_folder(tmp_path / "images", unlabeled=8)
+    cfg = config(steps=2, data="folder", data_dir=str(tmp_path / "images"), batch_size=4, model={"in_channels": 3})
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert trainer.run(progress=False) and len(trainer.data.unlabeled.labels) == 8
 
 
 # ---- several processes ----------------------------------------------------------------------------------------------
