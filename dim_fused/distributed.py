@@ -2,6 +2,8 @@
 keeping gradients, so each rank can score its local codes against the global
 codes of the whole (multi-GPU or multi-process) batch."""
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
@@ -24,26 +26,51 @@ class _GatherWithGrad(torch.autograd.Function):
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32, torch.int64)
 _MAX_DIMS = 8
+# Every dtype this torch knows, in a fixed order (the same on every rank of one torch
+# version): a rank names its dtype by its index here, supported or not.
+_ALL_DTYPES = tuple(sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str))
 
 
-def check_agreement(tensor: torch.Tensor) -> None:
-    """Raise ValueError on every rank unless every rank holds a tensor of the same shape
-    and dtype (all_gather would abort the process inside the backend instead). One small
-    all_gather: on NCCL a host sync."""
-    if tensor.dim() > _MAX_DIMS or tensor.dtype not in _DTYPES:
-        raise ValueError(f"gather_with_grad takes tensors of up to {_MAX_DIMS} dims and dtypes {_DTYPES}")
+def _dtype_name(index: int) -> str:
+    return str(_ALL_DTYPES[index]).removeprefix("torch.") if 0 <= index < len(_ALL_DTYPES) else "an unknown dtype"
+
+
+def check_agreement(tensor: torch.Tensor, settings: Sequence[tuple[str, int]] = ()) -> None:
+    """Raise ValueError on every rank, with the same message, unless every rank holds a
+    tensor of the same shape and of a supported dtype and rank (all_gather would abort the
+    process inside the backend instead). Nothing is refused before the exchange: a rank
+    alone with a bad tensor would leave the others waiting in a collective. One small
+    all_gather of a fixed-size descriptor: on NCCL a host sync. ``settings``: (name, value)
+    pairs every rank must agree on too (the caller's choices that decide its collectives)."""
     device = tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    padded = [*tensor.shape, *([-1] * (_MAX_DIMS - tensor.dim()))]
-    mine = torch.tensor([tensor.dim(), _DTYPES.index(tensor.dtype), *padded], dtype=torch.int64, device=device)
+    dims = list(tensor.shape[:_MAX_DIMS])  # a rank with more dims sends its first ones and its count
+    padded = [*dims, *([-1] * (_MAX_DIMS - len(dims)))]
+    dtype = _ALL_DTYPES.index(tensor.dtype) if tensor.dtype in _ALL_DTYPES else -1
+    values = [value for _, value in settings]
+    mine = torch.tensor([tensor.dim(), dtype, *padded, *values], dtype=torch.int64, device=device)
     every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(every, mine)
-    described = []
-    for ndim, dtype, *shape in (e.tolist() for e in every):
-        described.append((tuple(shape[:ndim]), str(_DTYPES[dtype])))
-    if len(set(described)) > 1:
-        ranks = ", ".join(
-            f"rank {r}: {shape} {str(dtype).removeprefix('torch.')}" for r, (shape, dtype) in enumerate(described)
+    every = [e.tolist() for e in every]
+    for position, (name, _) in enumerate(settings, start=2 + _MAX_DIMS):
+        if len({e[position] for e in every}) > 1:
+            ranks = ", ".join(f"rank {r}: {e[position]}" for r, e in enumerate(every))
+            raise ValueError(f"the ranks disagree on {name} ({ranks}): every rank must make the same call")
+    described, unsupported = [], []
+    for rank, (ndim, dtype, *shape) in enumerate(e[: 2 + _MAX_DIMS] for e in every):
+        name = _dtype_name(dtype)
+        described.append((f"{ndim} dims" if ndim > _MAX_DIMS else str(tuple(shape[:ndim])), name))
+        if ndim > _MAX_DIMS:
+            unsupported.append(f"rank {rank}: {ndim} dims")
+        if not (0 <= dtype < len(_ALL_DTYPES) and _ALL_DTYPES[dtype] in _DTYPES):
+            unsupported.append(f"rank {rank}: {name}")
+    if unsupported:
+        supported = ", ".join(str(d).removeprefix("torch.") for d in _DTYPES)
+        raise ValueError(
+            f"gather_with_grad takes tensors of up to {_MAX_DIMS} dims and dtypes {supported}; "
+            f"got {', '.join(unsupported)}"
         )
+    if len(set(described)) > 1:
+        ranks = ", ".join(f"rank {r}: {shape} {dtype}" for r, (shape, dtype) in enumerate(described))
         raise ValueError(f"gather_with_grad: the ranks disagree on the tensor's shape or dtype ({ranks})")
 
 
@@ -58,8 +85,9 @@ def gather_with_grad(tensor: torch.Tensor, *, check: bool = True) -> torch.Tenso
     Use with ``dot_product_mi(local, gather_with_grad(global_codes),
     positive_offset=rank * batch)``: under an f-measure each rank then sees every
     (global, local) pair of the whole batch exactly once, and the mean of the ranks'
-    estimates is the single-process estimate. ``dv`` and ``infonce`` need G == B and
-    so use each rank's own negatives under DDP.
+    estimates is the single-process estimate. For every estimator, ``dv`` and
+    ``infonce`` included, ``dot_product_mi(local, global_codes, across_ranks=True)``
+    gathers the global codes itself and returns the whole batch's estimate exactly.
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return tensor

@@ -15,6 +15,9 @@ Several processes: ``torchrun --nproc_per_node N -m dim_fused.training.train ...
 on CPU, NCCL on GPUs). Each process takes ``--batch-size`` images of every global batch;
 the encoder and critics are wrapped in DistributedDataParallel, BatchNorm statistics
 span all ranks, and the encode-and-dot critic takes its negatives from every rank.
+After training, every rank leaves the process group together (a barrier, then
+``destroy_process_group``); rank 0 then probes and plots alone. Such a process ends with
+``os._exit`` once its output is flushed (see ``_run_as_script``).
 """
 
 import argparse
@@ -24,8 +27,9 @@ import math
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -264,6 +268,21 @@ def _init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def _leave_process_group(device: torch.device) -> None:
+    """Every rank, past its last collective, leaves the process group at the same point: a
+    barrier (no rank tears down while another is still in a collective), then
+    ``destroy_process_group`` on every rank (NCCL's may be collective). Rank 0 then probes
+    and plots with no process group: nothing to time out however long the probes take, and
+    nothing to wait for when a SIGTERM stops them."""
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[device.index])
+    else:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def _all_ranks_agree(ok: bool) -> bool:
     """Whether every rank is ok (one all-reduce; True without torch.distributed)."""
     if not dist.is_initialized():
@@ -385,7 +404,9 @@ def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Nam
     try:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        if not trainer.run(progress=not args.no_progress):
+        finished = trainer.run(progress=not args.no_progress)
+        _leave_process_group(trainer.device)  # every rank agreed on the last step (and on a stop)
+        if not finished:
             _ignore_stops()
             print(f"stopped; {checkpoint} holds step {trainer.step}: continue with --resume", file=sys.stderr)
             return 130
@@ -409,8 +430,6 @@ def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Nam
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-    if dist.is_initialized():
-        dist.destroy_process_group()
     return 0
 
 
@@ -432,5 +451,31 @@ def _probe_and_plot(trainer: Trainer, args: argparse.Namespace, out: Path) -> No
     print(f"wrote {out / METRICS}, {out / 'curves.png'}, {out / CHECKPOINT}", file=sys.stderr)
 
 
+def _run_as_script() -> NoReturn:
+    """``python -m dim_fused.training.train``. Under torchrun (WORLD_SIZE > 1) the process
+    ends with ``os._exit`` after flushing its output, never through the interpreter's
+    finalisation: DistributedDataParallel keeps the gloo process group, and so its worker
+    threads, alive after ``destroy_process_group``, and a worker that releases the tensors
+    of a finished collective takes the GIL (torch drops a C++ reference to a tensor that has
+    a Python object under the GIL). If that happens once finalisation has begun, CPython
+    ends the thread inside a noexcept destructor: "terminate called without an active
+    exception", SIGABRT, and torchrun SIGTERMs the other ranks (a rank 0 still probing lost
+    its probe results). Everything a run writes is written and closed before this point."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(main())
+    try:
+        status = main()
+    except SystemExit as exit:  # argparse: --help, a bad option
+        status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+    except KeyboardInterrupt:  # a Ctrl-C before the run's own handlers are in place
+        status = 130
+    except BaseException:  # reported as the interpreter would, then the same way out
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _run_as_script()

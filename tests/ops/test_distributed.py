@@ -6,6 +6,7 @@ globals gathered by the caller (gather_with_grad), whose ranks' estimates averag
 
 import datetime
 import os
+import re
 
 import pytest
 import torch
@@ -118,20 +119,43 @@ def test_one_process_is_the_plain_op():
         torch.testing.assert_close(across, dim_fused.dot_product_mi(local, global_codes, estimator=estimator))
 
 
-def test_across_ranks_takes_this_ranks_own_globals(tmp_path):
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("gathered globals", "across_ranks=True takes this rank's own global codes"),
+        ("estimators differ", "the ranks disagree on estimator \\(rank 0: 8, rank 1: 0\\)"),
+        ("backends differ", "the ranks disagree on backend 'reference'"),
+    ],
+)
+def test_across_ranks_refuses_on_every_rank(tmp_path, case, message):
+    """Every rank raises the same clear error (none waits in a collective the others skip)."""
+    if case == "backends differ" and "cpu" not in dim_fused.available_backends("cpu"):
+        pytest.skip("needs the compiled cpu backend")
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_refuses_gathered_globals, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        mp.spawn(_refusal, args=(str(tmp_path / "init"), case, results), nprocs=2, join=True)
         messages = [results[r] for r in range(2)]
-    assert all("across_ranks=True takes this rank's own global codes" in m for m in messages), messages
+    assert all(re.search(message, m) for m in messages), messages
 
 
-def _refuses_gathered_globals(rank: int, init_file: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _refusal(rank: int, init_file: str, case: str, results) -> None:
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
+    )
     try:
         local, global_codes = whole_batch(2, 0)
+        mine = slice(rank * BATCH, (rank + 1) * BATCH)
+        options = {"estimator": "infonce", "backend": "reference"}
+        if case == "gathered globals":
+            local, global_codes = local[:BATCH], global_codes
+        else:
+            local, global_codes = local[mine], global_codes[mine]
+            key, values = (
+                ("estimator", ["infonce", "jsd"]) if case == "estimators differ" else ("backend", ["cpu", "reference"])
+            )
+            options[key] = values[rank]
         try:
-            dim_fused.dot_product_mi(local[:BATCH], global_codes, estimator="infonce", across_ranks=True)
+            dim_fused.dot_product_mi(local, global_codes, across_ranks=True, **options)
             results[rank] = "no error"
         except ValueError as error:
             results[rank] = str(error)

@@ -199,6 +199,9 @@ def _rank_main(rank: int, world: int, init_file: str, estimators: list[str], res
         results[rank] = {estimator: _one_step(PER_RANK, estimator) for estimator in estimators}
     finally:
         dist.destroy_process_group()
+    # As the trainer's CLI does under torchrun: DDP keeps gloo's worker threads alive past
+    # destroy_process_group, and one that outlives the interpreter's finalisation aborts.
+    os._exit(0)
 
 
 @pytest.mark.parametrize("world", [2, 4])

@@ -13,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from ... import distributed
 from ..common import library, tunables
-from ..common.estimators import F_MEASURES
+from ..common.estimators import ESTIMATORS, F_MEASURES
 from . import reference
 
 # The columns of a global row's totals, as csrc/dot_product_mi/dot_product_mi.h's RowTotal.
@@ -108,7 +108,9 @@ def dot_product_mi_across_ranks(
     rank's share (DDP's average is then the single-process gradient). The reference
     gathers every rank's codes and scores the whole batch on each rank."""
     rank, world = distributed.world()
-    distributed.check_agreement(local_codes)  # the same (B, E, ...) and dtype everywhere
+    # The same (B, E, ...), dtype and collectives everywhere (a mismatch would hang them).
+    settings = [("estimator", ESTIMATORS.index(estimator)), ("official", official)]
+    distributed.check_agreement(local_codes, [*settings, ("backend 'reference'", backend == "reference")])
     gathered = distributed.gather_with_grad(global_codes, check=False)
     if backend == "reference":
         every_local = distributed.gather_with_grad(local_codes, check=False)
