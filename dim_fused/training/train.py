@@ -128,7 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(name, help=help, default=argparse.SUPPRESS, **kwargs)
 
     option("--data", f"one of {', '.join(datasets.DATASETS)}")
-    option("--data-dir", "folder holding cifar10/cifar100/stl10 (downloaded only with --download)")
+    option(
+        "--data-dir",
+        "folder holding cifar10/cifar100/stl10, fashion-mnist (FashionMNIST/raw/; else Debian's "
+        "dataset-fashion-mnist package), or the 'folder' dataset's train/, test/ and unlabeled/ "
+        "(downloaded only with --download)",
+    )
     parser.add_argument("--out", default="runs/dim", help="folder for metrics, plot, checkpoint (default: runs/dim)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     parser.add_argument("--overwrite", action="store_true", help="start afresh even if OUT holds a run")
@@ -162,12 +167,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     option("--checkpoint-every", "steps per checkpoint", type=int)
     option("--probe-samples", "most training images the probes fit on (CIFAR has 50000)", type=int)
     parser.add_argument(
-        "--download", action="store_true", help="let torchvision fetch cifar10/cifar100/stl10 into --data-dir"
+        "--download",
+        action="store_true",
+        help="let torchvision fetch cifar10/cifar100/stl10/fashion-mnist into --data-dir",
     )
     parser.add_argument("--classifier-epochs", type=int, default=100, help="the nonlinear probe's epochs (0: none)")
     parser.add_argument("--no-eval", action="store_true", help="skip the probes at the end")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--time-budget",
+        type=_seconds,
+        help="end training (checkpointed, then the probes) at the first logging step past this much time: "
+        "seconds, or with a unit (90s, 30m, 1.5h)",
+    )
     return parser.parse_args(argv)
+
+
+def _seconds(text: str) -> float:
+    """A duration: seconds, or a number with s, m or h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    scale = units.get(text[-1:].lower(), 1)
+    number = text[:-1] if text[-1:].lower() in units else text
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 600, 90s, 30m, 1.5h)") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive duration")
+    return seconds
 
 
 def given(args: argparse.Namespace, saved: TrainConfig | None = None) -> dict[str, Any]:
@@ -181,11 +208,11 @@ def given(args: argparse.Namespace, saved: TrainConfig | None = None) -> dict[st
         if not (math.isfinite(args.epochs) and args.epochs > 0):
             raise ValueError(f"--epochs {args.epochs}: give a positive, finite number of passes over the images")
         data = saved.data if saved else asked.get("data", DEFAULTS["data"])
+        data_dir = asked.get("data_dir", saved.data_dir if saved else DEFAULTS["data_dir"])
         batch = saved.batch_size if saved else asked.get("batch_size", DEFAULTS["batch_size"])
-        if data not in datasets.TRAINING_IMAGES:
-            raise ValueError(f"data must be one of {', '.join(datasets.DATASETS)}; got {data!r}")
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        per_epoch = datasets.TRAINING_IMAGES[data] // max(1, batch * world)  # a bad batch size fails in TrainConfig
+        images = datasets.training_images(data, data_dir)  # ValueError for a name it does not know
+        per_epoch = images // max(1, batch * world)  # a bad batch size fails in TrainConfig
         asked["steps"] = max(1, math.ceil(args.epochs * per_epoch))
     return asked
 
@@ -196,6 +223,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {options['preset']!r}")
     alpha, beta, gamma = PRESETS[options["preset"]]
     data = options["data"]
+    if data not in datasets.DATASETS:
+        raise ValueError(f"data must be one of {', '.join(datasets.DATASETS)}; got {data!r}")
     model = DIMConfig(
         alpha=options.get("alpha", alpha),
         beta=options.get("beta", beta),
@@ -206,7 +235,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         num_negatives=options["negatives"],
         backend=options["backend"],
         architecture=options.get("architecture", "alex64x64" if data == "stl10" else "basic32x32"),
-        in_channels=1 if data == "digits" else 3,
+        in_channels=datasets.channels(data),
         hidden=tuple(options["hidden"]),
         units=options["units"],
     )
@@ -404,12 +433,18 @@ def _train_and_evaluate(trainer: Trainer, state: dict | None, args: argparse.Nam
     try:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        finished = trainer.run(progress=not args.no_progress)
+        finished = trainer.run(progress=not args.no_progress, time_budget=args.time_budget)
         _leave_process_group(trainer.device)  # every rank agreed on the last step (and on a stop)
         if not finished:
             _ignore_stops()
             print(f"stopped; {checkpoint} holds step {trainer.step}: continue with --resume", file=sys.stderr)
             return 130
+        if trainer.budget_spent and trainer.rank == 0:
+            print(
+                f"--time-budget {args.time_budget:g} s spent at step {trainer.step} of {trainer.config.steps}; "
+                f"{checkpoint} holds it (--resume continues)",
+                file=sys.stderr,
+            )
         if trainer.rank == 0:
             signal.signal(signal.SIGTERM, leave)
             signal.signal(signal.SIGINT, leave)

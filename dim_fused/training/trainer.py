@@ -102,6 +102,7 @@ class Trainer:
         self._window_sums: dict[str, torch.Tensor] = {}
         self._window_steps = 0
         self._stop = False
+        self.budget_spent = False  # whether the last run() ended at its time budget
         self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0))
 
     # ---- data ---------------------------------------------------------------------------------------------------
@@ -221,17 +222,21 @@ class Trainer:
             images = split.images[self.batch_indices(self.step)].to(self.device, non_blocking=True)
             yield datasets.to_inputs(images, self.data.crop, self.local)
 
-    def stop_requested(self) -> bool:
-        """Whether a stop was asked for. Several ranks agree on it (an all-reduce, a host
-        sync) only at logging steps, where the loop synchronises anyway, so they stop at
-        the same step within ``log_every`` steps of the signal."""
+    def stop_requested(self, out_of_time: bool = False) -> tuple[bool, bool]:
+        """(whether a stop was asked for, whether the time budget is spent: at logging steps
+        only). Several ranks agree on both (an all-reduce, a host sync) only at logging
+        steps, where the loop synchronises anyway, so they stop at the same step within
+        ``log_every`` steps."""
+        logging_step = self.step % self.config.log_every == 0 or self.step == self.config.steps
         if self.world == 1:
-            return self._stop
-        if self.step % self.config.log_every != 0 and self.step != self.config.steps:
-            return False
-        flag = torch.tensor([float(self._stop)], device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+            return self._stop, out_of_time and logging_step
+        if not logging_step:
+            return False, False
+        device = self.device if self.device.type == "cuda" else "cpu"
+        flags = torch.tensor([float(self._stop), float(out_of_time)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        stop, spent = flags.tolist()
+        return bool(stop), bool(spent)
 
     @property
     def stopping(self) -> bool:
@@ -241,11 +246,16 @@ class Trainer:
         """Ask the loop to checkpoint and leave after the step in flight (signal-safe)."""
         self._stop = True
 
-    def run(self, progress: bool = True) -> bool:
+    def run(self, progress: bool = True, time_budget: float | None = None) -> bool:
         """Train up to ``config.steps``, logging and checkpointing. After
         ``request_stop()`` (the CLI calls it on SIGTERM and Ctrl-C), the step in flight
-        finishes, a checkpoint is written and False is returned; True when done."""
+        finishes, a checkpoint is written and False is returned; True when done. With
+        ``time_budget`` (seconds of this call), training also ends, checkpointed, at the
+        first logging step past it, and True is returned with ``budget_spent`` set
+        (``--resume`` continues to ``config.steps``)."""
         config = self.config
+        deadline = None if time_budget is None else time.monotonic() + time_budget
+        self.budget_spent = False
         metrics_file = self.out / METRICS
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -293,11 +303,13 @@ class Trainer:
                     timed_steps, window_start = 0, time.perf_counter()
                 if bar is not None:
                     bar.update(1)
-                stop = self.stop_requested()
-                if stop or self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                stop, self.budget_spent = self.stop_requested(deadline is not None and time.monotonic() >= deadline)
+                if stop or self.budget_spent or self.step % config.checkpoint_every == 0 or self.step == config.steps:
                     self.save()
                 if stop:
                     return False
+                if self.budget_spent:
+                    return True
             return True
         finally:
             if bar is not None:

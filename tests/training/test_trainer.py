@@ -142,6 +142,18 @@ def test_mixed_precision_steps_follow_the_float32_ones(tmp_path):
     assert curves[False] != curves[True]  # it did run in bfloat16
 
 
+def test_a_time_budget_ends_training_checkpointed(tmp_path, capsys):
+    needs_cpu_backend()
+    out = tmp_path / "run"
+    assert run_cli(*FAST, "--steps", "8", "--log-every", "2", "--time-budget", "0.001", "--out", str(out)) == 0
+    assert load(out / "checkpoint.pt")["step"] == 2  # the first logging step past the budget
+    assert "--time-budget 0.001 s spent at step 2 of 8" in capsys.readouterr().err
+    assert run_cli(*FAST, "--steps", "8", "--log-every", "2", "--resume", "--out", str(out)) == 0
+    assert load(out / "checkpoint.pt")["step"] == 8
+    with pytest.raises(SystemExit):
+        run_cli("--time-budget", "-3m", "--out", str(tmp_path / "other"))
+
+
 # ---- data of any kind ------------------------------------------------------------------------------------------------
 def test_any_tensor_dataset_trains_and_probes(tmp_path):
     """A researcher's own tensors reach the trainer and the probes without touching the
@@ -285,7 +297,7 @@ def test_one_step_on_stl10_with_the_alexnet_encoder(tmp_path, monkeypatch):
         (["--alpha", "-1"], "alpha must be a finite weight >= 0"),
         (["--batch-size", "1"], "batch size must be at least 2"),
         (["--estimator", "mine"], "estimator must be one of"),
-        (["--data", "imagenet"], "data must be one of digits, cifar10"),
+        (["--data", "imagenet"], "data must be one of digits, fashion-mnist, cifar10"),
         (["--data", "cifar10", "--data-dir", "/nonexistent/folder"], "cifar-10-batches-py"),
         (["--backend", "tpu"], "backend must be one of"),
     ],
