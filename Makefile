@@ -11,7 +11,7 @@ GPU_TRITON_VERSION ?= 3.6.0
 CXX_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 EXT_SOURCES := setup.py $(CXX_SOURCES)
 
-.PHONY: setup build demo train report test bench lint format clean
+.PHONY: setup build datasets demo train report test bench lint format clean
 
 # The pinned platform first: the extension compiles against it.
 $(VENV)/.installed: requirements.txt
@@ -28,7 +28,19 @@ $(VENV)/.built: $(VENV)/.installed pyproject.toml $(EXT_SOURCES)
 	$(PYTHON) -m pip install --no-build-isolation -e ".[dev]"
 	touch $@
 
-setup build: $(VENV)/.built
+# Real images for the demo: Debian's Fashion-MNIST (30 MB, the four idx files), installed
+# where this machine can (root and apt-get, as the project's machines and CI); without it
+# everything works and the demo trains on the built-in digits.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+datasets:
+	@if [ -d $(FASHION_MNIST) ]; then echo "fashion-mnist: $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's dataset-fashion-mnist (30 MB) for the demo"; \
+	  { apt-get install -y -qq dataset-fashion-mnist || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }; } >/dev/null 2>&1 \
+	    && echo "fashion-mnist: $(FASHION_MNIST)" || echo "could not install dataset-fashion-mnist: the demo trains on digits"; \
+	else echo "fashion-mnist is not installed (as root: apt-get install dataset-fashion-mnist): the demo trains on digits"; fi
+
+setup build: $(VENV)/.built datasets
 
 # The main job on built-in defaults: train DIM on the bundled digits and probe it
 # against a random encoder, then the correctness-checked comparison of the backends.
