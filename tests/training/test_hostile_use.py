@@ -189,7 +189,9 @@ def test_a_full_disk_reported_as_runtime_error_exits_3_and_keeps_the_checkpoint(
 def test_an_overwrite_killed_before_its_first_checkpoint_leaves_no_old_checkpoint(tmp_path, monkeypatch):
     path = finished_run(tmp_path / "run", 3)
 
-    def killed(self, progress=True):  # as a SIGKILL after the start, before the new run's first checkpoint
+    def killed(
+        self, progress=True, time_budget=None
+    ):  # as a SIGKILL after the start, before the new run's first checkpoint
         raise SystemExit(137)
 
     monkeypatch.setattr(Trainer, "run", killed)
