@@ -1,8 +1,10 @@
 """Test helpers: where a fused kernel can run (backend, device pairs that skip with
-the reason when unavailable), and the tolerance rule of docs/design.md ("Tests"): a
+the reason when unavailable), the tolerance rule of docs/design.md ("Tests"): a
 kernel's error against the float64 oracle may be at most `factor` x the error of the
-reference run in the same dtype, plus a small floor."""
+reference run in the same dtype, plus a small floor; and joining a gloo group."""
 
+import datetime
+import os
 import zlib
 
 import pytest
@@ -86,3 +88,18 @@ def assert_matches_oracle(fused, reference_fn, inputs, *, dtype, device, names, 
     for name, g, sg, og in zip(names, grads, same_grads, oracle_grads, strict=True):
         assert g.shape == og.shape
         assert_within_reference_error(g.cpu(), sg.cpu(), og, 3.0, f"{what} d{name}")
+
+
+def join_gloo(rank: int, world: int, init_file: str, timeout_s: float = 120) -> None:
+    """A spawned test process joins a gloo group of `world` through a file; a rank left
+    waiting in a collective fails after `timeout_s` instead of hanging the suite."""
+    import torch.distributed as dist
+
+    os.environ.setdefault("DIM_FUSED_QUIET", "1")
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )

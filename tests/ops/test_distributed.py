@@ -4,14 +4,13 @@ every rank, the single-process estimate at R * B images, with gradients whose me
 the ranks (DDP's rule) is the single-process gradient; and so must an f-measure over
 globals gathered by the caller (gather_with_grad), whose ranks' estimates average to it."""
 
-import datetime
-import os
 import re
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import join_gloo
 
 import dim_fused
 from dim_fused import ESTIMATORS
@@ -40,14 +39,7 @@ def gradients(function, local, global_codes):
 
 
 def rank_main(rank: int, world: int, init_file: str, cases: list, results) -> None:
-    os.environ.setdefault("DIM_FUSED_QUIET", "1")
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=120),
-    )
+    join_gloo(rank, world, init_file)
     try:
         mine = slice(rank * BATCH, (rank + 1) * BATCH)
         out = {}
@@ -139,9 +131,7 @@ def test_across_ranks_refuses_on_every_rank(tmp_path, case, message):
 
 
 def _refusal(rank: int, init_file: str, case: str, results) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60)
-    )
+    join_gloo(rank, 2, init_file, timeout_s=60)
     try:
         local, global_codes = whole_batch(2, 0)
         mine = slice(rank * BATCH, (rank + 1) * BATCH)

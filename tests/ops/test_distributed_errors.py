@@ -3,12 +3,10 @@ same ValueError (the ranks exchange a fixed-size descriptor first), none is left
 in a collective or cut off by its peer's "Connection closed", and the process group still
 works afterwards. Two gloo processes on CPU."""
 
-import datetime
-import os
-
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import join_gloo
 
 import dim_fused
 
@@ -23,14 +21,7 @@ CASES = {
 
 
 def _rank_main(rank: int, init_file: str, results) -> None:
-    os.environ.setdefault("DIM_FUSED_QUIET", "1")
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=datetime.timedelta(seconds=60),  # a rank left waiting fails the test, not hangs it
-    )
+    join_gloo(rank, WORLD, init_file, timeout_s=60)  # a rank left waiting fails the test, not hangs it
     try:
         out = {}
         for name, per_rank in CASES.items():
