@@ -132,7 +132,7 @@ class TrainConfig:
     amp: bool = False
     log_every: int = 10
     checkpoint_every: int = 250
-    probe_samples: int = 50000
+    probe_samples: int = 60000
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):

@@ -1,4 +1,4 @@
-"""The training curves of a run, as a PNG."""
+"""A run's pictures: its training curves, and its probes' label efficiency."""
 
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,51 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
         axes[2].axhline(untrained, linestyle=":", color="C1", label=f"linear probe global, random: {untrained:.3f}")
     axes[2].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
     axes[2].legend(fontsize="small")
+    fig.tight_layout()
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+# The label-efficiency plot's lines: (result key, layer, legend label, matplotlib style).
+_PROBE_LINES = (
+    ("trained", "global", "DIM, global code Y", {"color": "C0", "marker": "o"}),
+    ("trained", "conv", "DIM, conv features", {"color": "C0", "marker": "s", "linestyle": "--", "alpha": 0.6}),
+    ("random", "global", "random encoder, Y", {"color": "C1", "marker": "o"}),
+    ("random", "conv", "random encoder, conv", {"color": "C1", "marker": "s", "linestyle": "--", "alpha": 0.6}),
+    ("pixels", "pixels", "raw pixels", {"color": "C2", "marker": "^"}),
+)
+
+
+def plot_probes(probe: dict[str, Any], path: Path) -> None:
+    """Label efficiency at a glance: the linear probe's test accuracy against the labelled
+    images per class (1, 10 and every training image), for the trained encoder, the
+    random one and the raw pixels; the bars are the draws' standard deviation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shots = sorted(int(s) for s in probe["trained"]["few_labels"])
+    every = probe["probe"]["train_images"] / probe["classes"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for encoder, layer, label, style in _PROBE_LINES:
+        if encoder not in probe or layer not in probe[encoder]["linear"]:
+            continue
+        few = [probe[encoder]["few_labels"][str(s)][layer] for s in shots]
+        means = [f["mean"] for f in few] + [probe[encoder]["linear"][layer]]
+        spreads = [f["std"] for f in few] + [0.0]
+        ax.errorbar([*shots, every], means, yerr=spreads, label=label, capsize=3, **style)
+    ax.set_xscale("log")
+    ax.set_xticks([*shots, every], [*map(str, shots), f"all\n({every:.0f})"])
+    ax.minorticks_off()
+    ax.set(
+        title=f"{probe['data']}: linear probe vs labels per class",
+        xlabel="labelled training images per class",
+        ylabel=f"test accuracy ({probe['test_images']} images)",
+        ylim=(0, 1),
+    )
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
