@@ -31,7 +31,8 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
         untrained = probe["random"]["linear"]["global"]
         axes[2].axhline(untrained, linestyle=":", color="C1", label=f"linear probe global, random: {untrained:.3f}")
     axes[2].set(title="accuracy", xlabel="step", ylim=(0, 1.02))
-    axes[2].legend(fontsize="small")
+    if axes[2].get_legend_handles_labels()[0]:  # no prior (gamma 0) and no probe: nothing to name
+        axes[2].legend(fontsize="small")
     fig.tight_layout()
     write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
@@ -40,9 +41,9 @@ def plot(records: list[dict[str, Any]], probe: dict[str, Any] | None, path: Path
 # The label-efficiency plot's lines: (result key, layer, legend label, matplotlib style).
 _PROBE_LINES = (
     ("trained", "global", "DIM, global code Y", {"color": "C0", "marker": "o"}),
-    ("trained", "conv", "DIM, conv features", {"color": "C0", "marker": "s", "linestyle": "--", "alpha": 0.6}),
+    ("trained", "conv", "DIM, conv features", {"color": "C0", "marker": "s", "linestyle": "--"}),
     ("random", "global", "random encoder, Y", {"color": "C1", "marker": "o"}),
-    ("random", "conv", "random encoder, conv", {"color": "C1", "marker": "s", "linestyle": "--", "alpha": 0.6}),
+    ("random", "conv", "random encoder, conv", {"color": "C1", "marker": "s", "linestyle": "--"}),
     ("pixels", "pixels", "raw pixels", {"color": "C2", "marker": "^"}),
 )
 
