@@ -431,7 +431,7 @@ def _recipe(classifier_epochs: int | ClassifierRecipe) -> ClassifierRecipe:
 
 
 def probe_encoder(
-    encoder: Encoder,
+    encoder: Encoder | None,
     data: datasets.ImageData,
     device: torch.device,
     max_train: int,
@@ -441,37 +441,19 @@ def probe_encoder(
     progress: _Progress | None = None,
     name: str = "",
 ) -> dict[str, Any]:
-    """Every probe of one encoder's features (``FEATURES``). ``classifier_epochs``: the
-    nonlinear classifier's recipe, or its epochs at the paper's batches (0: none)."""
+    """Every probe of one encoder's features (``FEATURES``), or with no encoder of the raw
+    pixels (layer ``"pixels"``: the baseline an encoder must beat). ``classifier_epochs``:
+    the nonlinear classifier's recipe, or its epochs at the paper's batches (0: none)."""
     progress = progress or _Progress(0, enabled=False)
     train = probe_subset(data.train, max_train, seed)
     progress.start(f"{name} features".strip())
-    fit = extract(encoder, train.images, data.crop, device)
-    score = extract(encoder, data.test.images, data.crop, device)
+    if encoder is None:
+        fit, score = ({"pixels": pixels(split.images, data.crop, device)} for split in (train, data.test))
+    else:
+        fit, score = (extract(encoder, split.images, data.crop, device) for split in (train, data.test))
     progress.done()
     args = (fit, train.labels, score, data.test.labels, data.num_classes, seed, _recipe(classifier_epochs), draws)
     return probe_features(*args, progress=progress, name=name)
-
-
-def probe_pixels(
-    data: datasets.ImageData,
-    device: torch.device,
-    max_train: int,
-    seed: int,
-    classifier_epochs: int | ClassifierRecipe,
-    draws: int = 5,
-    progress: _Progress | None = None,
-) -> dict[str, Any]:
-    """The same probes on the raw pixels (layer ``"pixels"``): the baseline an encoder
-    must beat."""
-    progress = progress or _Progress(0, enabled=False)
-    train = probe_subset(data.train, max_train, seed)
-    progress.start("pixels")
-    fit = {"pixels": pixels(train.images, data.crop, device)}
-    score = {"pixels": pixels(data.test.images, data.crop, device)}
-    progress.done()
-    args = (fit, train.labels, score, data.test.labels, data.num_classes, seed, _recipe(classifier_epochs), draws)
-    return probe_features(*args, progress=progress, name="pixels")
 
 
 def evaluate(
@@ -511,7 +493,9 @@ def evaluate(
             )
             for name, encoder in (("trained", trained), ("random", untrained))
         }
-        results["pixels"] = probe_pixels(data, device, config.probe_samples, config.seed, recipe, progress=bar)
+        results["pixels"] = probe_encoder(
+            None, data, device, config.probe_samples, config.seed, recipe, progress=bar, name="pixels"
+        )
     finally:
         bar.close()
     return {

@@ -185,6 +185,27 @@ def test_a_folder_of_images_trains(tmp_path):
     assert trainer.run(progress=False) and len(trainer.data.unlabeled.labels) == 8
 
 
+def test_a_short_fashion_mnist_run_and_its_probes(tmp_path):
+    """Real images end to end, when Debian's package is installed (as on CI): the loader,
+    a short training run, every probe (on a subset) with the raw-pixel baseline, the plots."""
+    from dim_fused.training import data
+
+    needs_cpu_backend()
+    if not data.FASHION_MNIST_PACKAGE.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path / "fashion"
+    args = ["--data", "fashion-mnist", "--data-dir", str(tmp_path / "none"), "--units", "64", "--steps", "40"]
+    args += ["--probe-samples", "3000", "--classifier-epochs", "2", "--no-progress", "--out", str(out)]
+    assert run_cli(*args) == 0
+    probe = json.loads((out / "probe.json").read_text())
+    assert probe["data"] == "fashion-mnist" and probe["test_images"] == 10000 and probe["classes"] == 10
+    assert probe["probe"]["train_images"] == 3000
+    for encoder, layers in (("trained", evaluate.FEATURES), ("random", evaluate.FEATURES), ("pixels", ["pixels"])):
+        assert set(probe[encoder]["linear"]) == set(probe[encoder]["nonlinear"]) == set(layers)
+        assert all(0.5 < accuracy < 1 for accuracy in probe[encoder]["linear"].values()), probe[encoder]  # 0.1: chance
+    assert (out / "probes.png").stat().st_size > 10_000 and (out / "curves.png").stat().st_size > 10_000
+
+
 # ---- several processes ----------------------------------------------------------------------------------------------
 PER_RANK = 4
 
