@@ -423,27 +423,20 @@ def probe_features(
     return result
 
 
-def _recipe(classifier_epochs: int | ClassifierRecipe) -> ClassifierRecipe:
-    """A recipe, or epochs at the paper's batches and learning rate."""
-    if isinstance(classifier_epochs, ClassifierRecipe):
-        return classifier_epochs
-    return ClassifierRecipe(classifier_epochs, PAPER_CLASSIFIER.batch_size, PAPER_CLASSIFIER.lr)
-
-
 def probe_encoder(
     encoder: Encoder | None,
     data: datasets.ImageData,
     device: torch.device,
     max_train: int,
     seed: int,
-    classifier_epochs: int | ClassifierRecipe,
+    recipe: ClassifierRecipe,
     draws: int = 5,
     progress: _Progress | None = None,
     name: str = "",
 ) -> dict[str, Any]:
     """Every probe of one encoder's features (``FEATURES``), or with no encoder of the raw
-    pixels (layer ``"pixels"``: the baseline an encoder must beat). ``classifier_epochs``:
-    the nonlinear classifier's recipe, or its epochs at the paper's batches (0: none)."""
+    pixels (layer ``"pixels"``: the baseline an encoder must beat); the nonlinear classifier
+    follows ``recipe`` (none at 0 epochs)."""
     progress = progress or _Progress(0, enabled=False)
     train = probe_subset(data.train, max_train, seed)
     progress.start(f"{name} features".strip())
@@ -452,7 +445,7 @@ def probe_encoder(
     else:
         fit, score = (extract(encoder, split.images, data.crop, device) for split in (train, data.test))
     progress.done()
-    args = (fit, train.labels, score, data.test.labels, data.num_classes, seed, _recipe(classifier_epochs), draws)
+    args = (fit, train.labels, score, data.test.labels, data.num_classes, seed, recipe, draws)
     return probe_features(*args, progress=progress, name=name)
 
 
