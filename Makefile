@@ -50,7 +50,7 @@ demo: train report
 # Training and probes, about 9 minutes on 2 CPU cores (about 3.5 on digits); SEED=1 another
 # seed. Run again, it resumes (or only re-evaluates).
 SEED ?= 0
-FASHION_MNIST_RUN := --data fashion-mnist --units 512 --lr 1e-3 --steps 2000 --time-budget 6m
+FASHION_MNIST_RUN := --data fashion-mnist --units 512 --lr 1e-3 --views 2 --steps 3000 --time-budget 10m
 DIGITS_RUN := --data digits --units 512 --lr 1e-3 --steps 800
 train: build
 	@if [ -e $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] || ls data/FashionMNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then \

@@ -64,7 +64,14 @@ class DIMConfig:
     ``concat`` (concat-and-conv, the paper's Figure 3, ``concat_conv_mi``; ``hidden`` units,
     ``num_negatives`` shuffled negatives per positive). ``global_critic`` scores the global
     term (see GLOBAL_CRITICS). ``prior_penalty`` weighs the prior discriminator's gradient
-    penalty, 0.5 (P + Q) as in the official code."""
+    penalty, 0.5 (P + Q) as in the official code.
+
+    ``views``: 1 scores each image's global code against its own local features (the
+    paper's DIM); 2 takes two random crops/flips of each image and scores the global code of
+    each against the local features of the other, both ways averaged (the cross-view
+    pairing of Bachman et al., NeurIPS 2019, "AMDIM"): the code must then carry what the
+    augmentations leave unchanged, which is what makes it label-efficient. Twice the
+    encoder's work per step."""
 
     alpha: float = 0.0
     beta: float = 1.0
@@ -80,6 +87,7 @@ class DIMConfig:
     hidden: tuple[int, ...] = (512, 512)
     units: int = 2048
     prior_penalty: float = 1.0
+    views: int = 1
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "DIMConfig":
@@ -110,6 +118,8 @@ class DIMConfig:
             raise ValueError(f"backend must be one of {', '.join(dim_fused.BACKENDS)}; got {self.backend!r}")
         if self.architecture not in ENCODERS:
             raise ValueError(f"architecture must be one of {', '.join(ENCODERS)}; got {self.architecture!r}")
+        if self.views not in (1, 2):
+            raise ValueError(f"views must be 1 (the paper's DIM) or 2 (cross-view), got {self.views}")
 
 
 @dataclasses.dataclass

@@ -210,6 +210,16 @@ class DeepInfoMax(nn.Module):
     def mutual_information(
         self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
+        """The critic's MI bound between codes and feature maps: of the same images (one
+        view), or of each view's codes against the other view's maps, both ways averaged."""
+        if self.config.views == 2:
+            (map_1, map_2), (code_1, code_2) = feature_map.chunk(2), code.chunk(2)
+            return 0.5 * (self._score(critic, map_2, code_1, generator) + self._score(critic, map_1, code_2, generator))
+        return self._score(critic, feature_map, code, generator)
+
+    def _score(
+        self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         config = self.config
         if isinstance(critic, ConcatConvDiscriminator):
             return critic(
@@ -223,12 +233,17 @@ class DeepInfoMax(nn.Module):
         return critic(feature_map, code, estimator=config.estimator, across_ranks=True, backend=config.backend)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Output:
-        """``generator`` draws the concat critic's negatives (on the images' device)."""
-        if images.shape[0] < 2:
-            raise ValueError(
-                f"DIM needs a batch of at least 2 images (negatives come from other images), got {images.shape[0]}"
-            )
+        """``images`` (B, C, S, S); with ``views`` 2, the two views stacked, ``images[:B]``
+        and ``images[B:]`` two augmentations of the same B images. ``generator`` draws the
+        concat critic's negatives (on the images' device)."""
         config = self.config
+        if images.shape[0] % config.views:
+            raise ValueError(f"with views 2 the batch holds two views of each image: got {images.shape[0]} images")
+        if images.shape[0] // config.views < 2:
+            raise ValueError(
+                f"DIM needs a batch of at least 2 images (negatives come from other images), "
+                f"got {images.shape[0] // config.views}"
+            )
         features = self.encoder(images)
         zero = features.code.new_zeros(())
         local_mi = global_mi = prior = zero

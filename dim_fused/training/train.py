@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "backend": "auto",
     "hidden": [512, 512],
     "units": 2048,
+    "views": 1,
     "steps": 1500,
     "batch_size": 64,
     "lr": 1e-4,
@@ -89,6 +90,7 @@ FIELDS: dict[str, str] = {
     "backend": "model.backend",
     "hidden": "model.hidden",
     "units": "model.units",
+    "views": "model.views",
     "architecture": "model.architecture",
     "steps": "steps",
     "batch_size": "batch_size",
@@ -150,6 +152,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     option("--backend", "auto, reference, cpu, cuda or triton")
     option("--hidden", "concat critic hidden units", type=int, nargs="+")
     option("--units", "encode-and-dot critic code width", type=int)
+    option(
+        "--views",
+        "1: each global code against its own image's local features (the paper's); 2: against another "
+        "random crop/flip's (cross-view, label-efficient; twice the encoder's work per step)",
+        type=int,
+        choices=(1, 2),
+    )
     option("--architecture", "(default: alex64x64 for stl10, else basic32x32)", choices=tuple(ENCODERS))
     option("--steps", "optimizer steps in all; on --resume, more than the checkpoint's", type=int)
     parser.add_argument("--epochs", type=float, help="instead of --steps: passes over the training images")
@@ -242,6 +251,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         in_channels=datasets.channels(data),
         hidden=tuple(options["hidden"]),
         units=options["units"],
+        views=options["views"],
     )
     return TrainConfig(
         model=model,

@@ -130,6 +130,45 @@ def test_loss_is_the_weighted_objective_of_reference_terms(critic, global_critic
 
 
 @pytest.mark.parametrize("critic", ["concat", "dot"])
+def test_two_views_score_each_code_against_the_other_views_map(critic):
+    """views 2: the batch is two augmentations of the same images; each view's global code
+    is scored against the other view's local features (never its own), both ways averaged,
+    for the local and the global term; the prior sees every code."""
+    model = small_model(alpha=0.5, beta=1.0, gamma=0.1, critic=critic, estimator="jsd", backend="reference", views=2)
+    x = images(8)
+    out = model(x, generator=torch.Generator().manual_seed(3))
+    features = model.encoder(x)
+    (map_1, map_2), (code_1, code_2) = features.local_map.chunk(2), features.code.chunk(2)
+    generator = torch.Generator().manual_seed(3)
+    negatives = {"generator": generator} if critic == "concat" else {}
+
+    def local(feature_map, code):
+        return model.local_critic(feature_map, code, estimator="jsd", **negatives)
+
+    expected_local = 0.5 * (local(map_2, code_1) + local(map_1, code_2))
+    expected_global = 0.5 * (
+        model.global_critic(map_2, code_1, estimator="jsd") + model.global_critic(map_1, code_2, estimator="jsd")
+    )
+    prior = torch.nn.functional.softplus(-model.prior(torch.sigmoid(features.code))).mean()
+    torch.testing.assert_close(out.local_mi, expected_local)
+    torch.testing.assert_close(out.global_mi, expected_global)
+    torch.testing.assert_close(out.loss, -(0.5 * expected_global + expected_local) + 0.1 * prior)
+    assert out.code.shape == (8, 64)
+    # Not the one-view score of the same batch: the pairing is what changed.
+    own = local(features.local_map, features.code)
+    assert not torch.allclose(out.local_mi, own)
+
+
+def test_two_views_need_two_views_of_at_least_two_images():
+    with pytest.raises(ValueError, match="two views of each image: got 7 images"):
+        small_model(views=2)(images(7))
+    with pytest.raises(ValueError, match="batch of at least 2 images.*got 1"):
+        small_model(views=2)(images(2))
+    with pytest.raises(ValueError, match=r"views must be 1 \(the paper's DIM\) or 2 \(cross-view\), got 3"):
+        DIMConfig(views=3)
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
 def test_minimising_the_loss_raises_the_mi_estimates(critic):
     # The concat critic's global term (a 8192-input MLP) learns too slowly for a short test.
     model = small_model(alpha=1.0 if critic == "dot" else 0.0, beta=1.0, gamma=0.0, critic=critic)

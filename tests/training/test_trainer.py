@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 import dim_fused
 from dim_fused.training import DIMConfig, ImageData, TrainConfig, Trainer, checkpoint, evaluate, train
+from dim_fused.training.data import to_inputs
 from dim_fused.training.trainer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +174,27 @@ def test_any_tensor_dataset_trains_and_probes(tmp_path):
         Trainer(config(), tmp_path / "other", data=mine)
     with pytest.raises(ValueError, match="pass an ImageData"):  # the name alone does not find the tensors
         Trainer(cfg, tmp_path / "again")
+
+
+def test_two_views_train_on_two_crops_of_the_same_images(tmp_path):
+    """With views 2 each step's batch is two random crops/flips of the same images (the
+    second half differs from the first only by the augmentation)."""
+    needs_cpu_backend()
+    images = torch.arange(48 * 36 * 36).remainder(251).to(torch.uint8).reshape(48, 1, 36, 36)
+    mine = ImageData.from_tensors("mine", images[:40], torch.arange(40) % 4, images[40:], torch.arange(8) % 4)
+    trainer = Trainer(config(steps=2, data="mine", batch_size=8, model={"views": 2}), tmp_path / "run", data=mine)
+    batch = next(trainer.batches())
+    first, second = batch.chunk(2)
+    assert batch.shape == (16, 1, 32, 32) and not torch.equal(first, second)
+    full = to_inputs(mine.unlabeled.images[trainer.batch_indices(0)], 36)  # the whole 36x36 images
+    for view in (first, second):
+        for image, crop in zip(full, view, strict=True):
+            crops = [image[:, t : t + 32, u : u + 32] for t in range(5) for u in range(5)]
+            assert any(torch.equal(crop, c) or torch.equal(crop, c.flip(-1)) for c in crops)
+    assert trainer.run(progress=False) and trainer.step == 2
+    assert trainer.config.model.views == 2
+    with pytest.raises(SystemExit):
+        train.parse_args(["--views", "3"])
 
 
 def test_a_folder_of_images_trains(tmp_path):
