@@ -47,7 +47,7 @@ setup build: $(VENV)/.built datasets
 # then the correctness-checked comparison of the backends.
 demo: train report
 
-# Training and probes, about 9 minutes on 2 CPU cores (about 3.5 on digits); SEED=1 another
+# Training and probes, about 14 minutes on 2 CPU cores (about 3.5 on digits); SEED=1 another
 # seed. Run again, it resumes (or only re-evaluates).
 SEED ?= 0
 FASHION_MNIST_RUN := --data fashion-mnist --units 512 --lr 1e-3 --views 2 --steps 3000 --time-budget 10m
