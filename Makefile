@@ -54,8 +54,8 @@ FASHION_MNIST_RUN := --data fashion-mnist --units 512 --lr 1e-3 --views 2 --step
 DIGITS_RUN := --data digits --units 512 --lr 1e-3 --steps 800
 train: build
 	@if [ -e $(FASHION_MNIST)/train-images-idx3-ubyte.gz ] || ls data/FashionMNIST/raw/train-images-idx3-ubyte* >/dev/null 2>&1; then \
-	  echo "training DIM on fashion-mnist: runs/fashion-mnist-seed$(SEED)"; \
-	  $(PYTHON) -m dim_fused.training.train $(FASHION_MNIST_RUN) --seed $(SEED) --out runs/fashion-mnist-seed$(SEED) --resume; \
+	  echo "training DIM on fashion-mnist: runs/fashion-mnist-views2-seed$(SEED)"; \
+	  $(PYTHON) -m dim_fused.training.train $(FASHION_MNIST_RUN) --seed $(SEED) --out runs/fashion-mnist-views2-seed$(SEED) --resume; \
 	else \
 	  echo "fashion-mnist is not installed (as root: apt-get install dataset-fashion-mnist; or its idx files in data/FashionMNIST/raw/): training DIM on the built-in digits"; \
 	  $(PYTHON) -m dim_fused.training.train $(DIGITS_RUN) --seed $(SEED) --out runs/digits-seed$(SEED) --resume; \
