@@ -4,12 +4,20 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/record_function.h>
 #include <c10/core/DispatchKeySet.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/string_view.h>
 
 #include "estimators.h"
 #include "gemm.h"
+
+// Profiler scopes that benchmarks/launches.py reads to count a plan's launches on the CPU:
+// a device piece (what one kernel does on CUDA) counts as one launch, whatever ATen calls
+// it makes on the CPU; a host check (reads data on the host, done on the CPU only: free
+// there, a sync on a GPU) is no part of the GPU's path and is not counted.
+#define DIM_FUSED_DEVICE_PIECE(name) RECORD_FUNCTION("dim_fused::" name, std::vector<c10::IValue>())
+#define DIM_FUSED_HOST_CHECK() RECORD_FUNCTION("dim_fused::host_check", std::vector<c10::IValue>())
 
 namespace dim_fused {
 

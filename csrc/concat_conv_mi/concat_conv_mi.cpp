@@ -1,6 +1,6 @@
 // concat_conv_mi's schemas, argument checks and row-chunk plan, shared by the CPU and
-// CUDA backends; the Triton backend shares the plan's two ends (the first layer's
-// split and the first layer's gradients, registered as ops) around its fused kernels.
+// CUDA backends; the Triton backend's kernels are a whole plan of their own and share
+// the checks (registered as check_concat_conv).
 // The first layer is split: W1 [f; y] + b1 = P[row] + Q[image] with P = f W1f^T
 // per location (one GEMM over B * L rows) and Q = y W1y^T + b1 per image, so the
 // (B, C + D, L) concat and its shuffled copies never exist; a negative row just
@@ -74,6 +74,7 @@ void check_concat_conv_inputs(const at::Tensor& feature_map, const at::Tensor& g
 // [0, B) becomes source -1 there instead (NaN scores, no stray memory access).
 // Repeated indices are harmless on both: the scatters are correct for any map.
 void check_perm_range_on_host(const at::Tensor& perm, int64_t batch) {
+  DIM_FUSED_HOST_CHECK();
   const auto [low, high] = at::aminmax(perm);
   const int64_t lowest = low.item<int64_t>(), highest = high.item<int64_t>();
   TORCH_CHECK_VALUE(lowest >= 0 && highest < batch, kOp, "perm's indices must be in [0, ", batch,
@@ -122,6 +123,26 @@ ConcatConvProblem concat_conv_problem(const at::Tensor& feature_map, const at::T
           chunk_values};
 }
 
+namespace {
+
+// The backward's grad and the forward's scores: (1 + K, B, L) in the accumulation dtype.
+void check_scores_shape(const at::Tensor& grad, const at::Tensor& scores, const at::Tensor& like,
+                        int64_t num_negatives, int64_t batch, int64_t locations) {
+  const auto acc = acc_dtype(like.scalar_type());
+  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == like.device(),
+                    "dim_fused.concat_conv_mi_backward: grad must be one element on ",
+                    like.device());
+  TORCH_CHECK_VALUE(
+      scores.dim() == 3 && scores.size(0) == num_negatives + 1 && scores.size(1) == batch &&
+          scores.size(2) == locations && scores.scalar_type() == acc &&
+          scores.device() == like.device(),
+      "dim_fused.concat_conv_mi_backward: scores must be the forward's (1 + K, B, L) = (",
+      num_negatives + 1, ", ", batch, ", ", locations, ") ", acc, " tensor, got ", scores.sizes(),
+      " ", scores.scalar_type());
+}
+
+}  // namespace
+
 void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
                               const ConcatConvProblem& p, at::TensorList activations) {
   const int64_t rows = (p.num_negatives + 1) * p.rows();
@@ -138,17 +159,7 @@ void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
                       "] must be the forward's (", rows, ", ", p.weights[i + 1].size(0),
                       ") tensor, got ", a.sizes());
   }
-  const auto acc = acc_dtype(p.local_rows.scalar_type());
-  TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.local_rows.device(),
-                    "dim_fused.concat_conv_mi_backward: grad must be one element on ",
-                    p.local_rows.device());
-  TORCH_CHECK_VALUE(
-      scores.dim() == 3 && scores.size(0) == p.num_negatives + 1 && scores.size(1) == p.batch &&
-          scores.size(2) == p.locations && scores.scalar_type() == acc &&
-          scores.device() == p.local_rows.device(),
-      "dim_fused.concat_conv_mi_backward: scores must be the forward's (1 + K, B, L) = (",
-      p.num_negatives + 1, ", ", p.batch, ", ", p.locations, ") ", acc, " tensor, got ",
-      scores.sizes(), " ", scores.scalar_type());
+  check_scores_shape(grad, scores, p.local_rows, p.num_negatives, p.batch, p.locations);
 }
 
 int64_t ConcatConvProblem::chunk_images() const {
@@ -358,65 +369,20 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
 
 namespace {
 
-// The plan's two ends as ops, for the Triton backend's fused kernels in between. The
-// checks (with the backward's grad and scores when given) and the first layer's split:
-// (local rows (B * L, C), row sources (1 + K, B * L), P, Q).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_op(
-    const at::Tensor& feature_map, const at::Tensor& global_code, at::TensorList weights,
-    at::TensorList biases, const at::Tensor& perm, c10::string_view estimator,
-    const std::optional<at::Tensor>& grad, const std::optional<at::Tensor>& scores) {
-  const NoAutocast no_autocast;
-  const c10::DeviceGuard guard(feature_map.device());
-  const ConcatConvProblem p = concat_conv_problem(feature_map, global_code, weights, biases, perm,
-                                                  estimator, false, false, 1);
+// The Triton backend's checks (its kernels are the whole plan there): the arguments', with
+// the backward's grad and scores when given.
+void check_concat_conv_op(const at::Tensor& feature_map, const at::Tensor& global_code,
+                          at::TensorList weights, at::TensorList biases, const at::Tensor& perm,
+                          c10::string_view estimator, const std::optional<at::Tensor>& grad,
+                          const std::optional<at::Tensor>& scores) {
+  parse_estimator(estimator);
+  check_concat_conv_inputs(feature_map, global_code, weights, biases, perm, 1);
+  const int64_t batch = feature_map.size(0), locations = feature_map[0][0].numel();
+  if (perm.is_cpu()) check_perm_range_on_host(perm, batch);
   if (grad || scores) {
     TORCH_CHECK_VALUE(grad && scores, kOp, "give the backward's grad and scores together");
-    check_concat_conv_scores(*grad, *scores, p, {});
+    check_scores_shape(*grad, *scores, feature_map, perm.size(0), batch, locations);
   }
-  const auto [P, Q] = split_first_layer(p);
-  return {p.local_rows, p.sources, P, Q};
-}
-
-// The first layer's gradients (see first_layer_gradients), with d feature_map in its shape.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_backward_op(
-    const at::Tensor& feature_map, const at::Tensor& local_rows, const at::Tensor& global_code,
-    const at::Tensor& w1, bool has_bias, const at::Tensor& dP, const at::Tensor& dP_features,
-    const at::Tensor& dQ, double scale) {
-  const char* op = "dim_fused.concat_conv_mi_first_layer_backward: ";
-  const int64_t batch = global_code.dim() == 2 ? global_code.size(0) : -1;
-  TORCH_CHECK_VALUE(feature_map.dim() >= 3 && feature_map.size(0) == batch && batch >= 1 &&
-                        local_rows.dim() == 2 && local_rows.size(1) == feature_map.size(1) &&
-                        local_rows.size(0) * local_rows.size(1) == feature_map.numel() &&
-                        local_rows.is_contiguous(),
-                    op,
-                    "need the feature map, its contiguous rows (B * L, C) and global_code (B, D)");
-  const int64_t rows = local_rows.size(0), hidden = w1.size(0);
-  const auto acc = acc_dtype(local_rows.scalar_type());
-  TORCH_CHECK_VALUE(w1.dim() == 2 && w1.size(1) == local_rows.size(1) + global_code.size(1), op,
-                    "w1 must be (H1, C + D), got ", w1.sizes());
-  for (const at::Tensor* t : {&dP, &dP_features, &dQ}) {
-    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(1) == hidden && t->scalar_type() == acc &&
-                          t->device() == local_rows.device(),
-                      op, "dP, dP_features and dQ must be (rows, H1) ", acc, " tensors");
-  }
-  TORCH_CHECK_VALUE(dP.size(0) == rows && dP_features.size(0) == rows && dQ.size(0) == batch, op,
-                    "dP and dP_features must have B * L = ", rows, " rows and dQ B = ", batch);
-  for (const at::Tensor* t : {&feature_map, &global_code, &w1}) {
-    TORCH_CHECK_VALUE(
-        t->scalar_type() == local_rows.scalar_type() && t->device() == local_rows.device(), op,
-        "the inputs must share the local rows' dtype and device");
-  }
-  TORCH_CHECK_VALUE(scale > 0, op, "scale must be positive, got ", scale);
-  const NoAutocast no_autocast;
-  const c10::DeviceGuard guard(local_rows.device());
-  auto [d_rows, d_code, d_w1, d_b1] =
-      first_layer_gradients(local_rows, global_code, w1, has_bias, dP, dP_features, dQ, scale);
-  const int64_t channels = local_rows.size(1);
-  at::Tensor d_map = d_rows.view({batch, rows / batch, channels})
-                         .transpose(1, 2)
-                         .contiguous()
-                         .view(feature_map.sizes());
-  return {d_map, d_code, d_w1, d_b1};
 }
 
 }  // namespace
@@ -432,18 +398,12 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
       " str estimator, bool detach_negatives, int chunk_values)"
       " -> (Tensor, Tensor, Tensor[], Tensor[])");
   m.def(
-      "concat_conv_mi_first_layer(Tensor feature_map, Tensor global_code, Tensor[] weights,"
-      " Tensor[] biases, Tensor perm, str estimator, Tensor? grad, Tensor? scores)"
-      " -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def(
-      "concat_conv_mi_first_layer_backward(Tensor feature_map, Tensor local_rows,"
-      " Tensor global_code, Tensor w1, bool has_bias, Tensor dP, Tensor dP_features, Tensor dQ,"
-      " float scale) -> (Tensor, Tensor, Tensor, Tensor)");
+      "check_concat_conv(Tensor feature_map, Tensor global_code, Tensor[] weights,"
+      " Tensor[] biases, Tensor perm, str estimator, Tensor? grad, Tensor? scores) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
-  m.impl("concat_conv_mi_first_layer", &first_layer_op);
-  m.impl("concat_conv_mi_first_layer_backward", &first_layer_backward_op);
+  m.impl("check_concat_conv", &check_concat_conv_op);
 }
 
 }  // namespace dim_fused

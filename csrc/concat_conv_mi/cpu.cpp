@@ -18,7 +18,7 @@ namespace {
 
 void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
                      int64_t first_row, int64_t locations, at::Tensor& out) {
-  RECORD_FUNCTION("dim_fused::first_layer", std::vector<c10::IValue>());
+  DIM_FUSED_DEVICE_PIECE("first_layer");
   const int64_t width = P.size(1);
   const int64_t* source = src.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(
@@ -42,7 +42,7 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
 void first_layer_backward_cpu(const at::Tensor& dH1, const at::Tensor& H1, const at::Tensor& src,
                               int64_t image, int64_t locations, at::Tensor& dP,
                               at::Tensor* dP_features, at::Tensor& dQ) {
-  RECORD_FUNCTION("dim_fused::first_layer_backward", std::vector<c10::IValue>());
+  DIM_FUSED_DEVICE_PIECE("first_layer_backward");
   const int64_t width = dP.size(1), rows = dH1.size(0);
   const int64_t* source = src.const_data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -38,6 +38,7 @@ void for_each_row(const DotProductProblem& p, const at::Tensor& tile, int64_t fi
 
 void reduce_cpu(const DotProductProblem& p, const at::Tensor& tile, int64_t first,
                 at::Tensor& row_stats, at::Tensor& positives) {
+  DIM_FUSED_DEVICE_PIECE("dot_product_reduce");
   AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "dot_product_reduce", [&] {
     const Estimator e = p.estimator;
     scalar_t* stats = row_stats.data_ptr<scalar_t>();
@@ -62,6 +63,7 @@ void reduce_cpu(const DotProductProblem& p, const at::Tensor& tile, int64_t firs
 
 void gradient_cpu(const DotProductProblem& p, at::Tensor& tile, int64_t first,
                   const at::Tensor& coef) {
+  DIM_FUSED_DEVICE_PIECE("dot_product_gradient");
   AT_DISPATCH_FLOATING_TYPES(tile.scalar_type(), "dot_product_gradient", [&] {
     const Estimator e = p.estimator;
     const scalar_t* row_coef = coef.const_data_ptr<scalar_t>();

@@ -54,6 +54,7 @@ Totals<T> reduce_totals(const Scores<scalar_t>& s) {
 }
 
 at::Tensor estimate_cpu(const MiBoundProblem& p) {
+  DIM_FUSED_DEVICE_PIECE("mi_bound_estimate");
   at::Tensor out = at::empty({}, p.pos.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.pos.scalar_type(), "mi_bound_cpu",
                                   [&] {
@@ -64,6 +65,7 @@ at::Tensor estimate_cpu(const MiBoundProblem& p) {
 }
 
 std::tuple<at::Tensor, at::Tensor> gradient_cpu(const at::Tensor& grad, const MiBoundProblem& p) {
+  DIM_FUSED_DEVICE_PIECE("mi_bound_gradient");
   at::Tensor dpos = at::empty(p.pos.sizes(), p.pos.options());
   at::Tensor dneg = at::empty(p.neg.sizes(), p.neg.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(

@@ -208,34 +208,59 @@ class DeepInfoMax(nn.Module):
         return [] if self.prior is None else list(self.prior.parameters())
 
     def mutual_information(
-        self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, generator: torch.Generator | None
+        self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, perms: Sequence[torch.Tensor] = ()
     ) -> torch.Tensor:
         """The critic's MI bound between codes and feature maps: of the same images (one
-        view), or of each view's codes against the other view's maps, both ways averaged."""
+        view), or of each view's codes against the other view's maps, both ways averaged.
+        ``perms``: a concat critic's negatives, one per pairing (see ``negatives``)."""
         if self.config.views == 2:
             (map_1, map_2), (code_1, code_2) = feature_map.chunk(2), code.chunk(2)
-            return 0.5 * (self._score(critic, map_2, code_1, generator) + self._score(critic, map_1, code_2, generator))
-        return self._score(critic, feature_map, code, generator)
+            perm_1, perm_2 = perms or (None, None)
+            return 0.5 * (self._score(critic, map_2, code_1, perm_1) + self._score(critic, map_1, code_2, perm_2))
+        return self._score(critic, feature_map, code, perms[0] if perms else None)
 
     def _score(
-        self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, generator: torch.Generator | None
+        self, critic: nn.Module, feature_map: torch.Tensor, code: torch.Tensor, perm: torch.Tensor | None
     ) -> torch.Tensor:
         config = self.config
         if isinstance(critic, ConcatConvDiscriminator):
-            return critic(
-                feature_map,
-                code,
-                estimator=config.estimator,
-                num_negatives=config.num_negatives,
-                generator=generator,
-                backend=config.backend,
-            )
+            return critic(feature_map, code, estimator=config.estimator, perm=perm, backend=config.backend)
         return critic(feature_map, code, estimator=config.estimator, across_ranks=True, backend=config.backend)
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Output:
+    def negatives(
+        self, images: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> dict[str, list[torch.Tensor]]:
+        """The concat critics' negatives for a batch of ``images`` images (per view): for
+        each (``"local"``, ``"global"``), one ``location_permutation`` per pairing of codes
+        and maps, drawn from ``generator`` in the order ``forward`` would draw them. Drawn
+        before a compiled ``forward`` (a torch.Generator does not trace) and passed to it, they
+        give what ``forward(images, generator)`` gives; the dot critic draws none."""
+        drawn = {}
+        for name, critic, locations in (
+            ("local", self.local_critic, self.encoder.local_shape[1] * self.encoder.local_shape[2]),
+            ("global", self.global_critic, 1),
+        ):
+            if isinstance(critic, ConcatConvDiscriminator):
+                drawn[name] = [
+                    dim_fused.location_permutation(
+                        images, locations, num_negatives=self.config.num_negatives, generator=generator, device=device
+                    )
+                    for _ in range(self.config.views)
+                ]
+        return drawn
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        negatives: dict[str, list[torch.Tensor]] | None = None,
+    ) -> Output:
         """``images`` (B, C, S, S); with ``views`` 2, the two views stacked, ``images[:B]``
         and ``images[B:]`` two augmentations of the same B images. ``generator`` draws the
-        concat critic's negatives (on the images' device)."""
+        concat critics' negatives (on the images' device), unless they are given drawn
+        (``negatives``, from ``negatives()``: what a ``torch.compile(fullgraph=True)`` of the
+        forward takes)."""
         config = self.config
         if images.shape[0] % config.views:
             raise ValueError(f"with views 2 the batch holds two views of each image: got {images.shape[0]} images")
@@ -244,16 +269,22 @@ class DeepInfoMax(nn.Module):
                 f"DIM needs a batch of at least 2 images (negatives come from other images), "
                 f"got {images.shape[0] // config.views}"
             )
+        if negatives is None:
+            negatives = self.negatives(images.shape[0] // config.views, generator, images.device)
         features = self.encoder(images)
         zero = features.code.new_zeros(())
         local_mi = global_mi = prior = zero
         if self.local_critic is not None:
-            local_mi = self.mutual_information(self.local_critic, features.local_map, features.code, generator)
+            local_mi = self.mutual_information(
+                self.local_critic, features.local_map, features.code, negatives.get("local", ())
+            )
         if self.global_critic is not None:
             local_input = features.local_map
             if not isinstance(self.global_critic, GlobalDotCritic):
                 local_input = features.local_map.flatten(1).unsqueeze(-1)  # the whole map as one location
-            global_mi = self.mutual_information(self.global_critic, local_input, features.code, generator)
+            global_mi = self.mutual_information(
+                self.global_critic, local_input, features.code, negatives.get("global", ())
+            )
         if self.prior is not None:
             prior = F.softplus(-self.prior(torch.sigmoid(features.code.float()))).mean()
         loss = -(config.alpha * global_mi.float() + config.beta * local_mi.float()) + config.gamma * prior

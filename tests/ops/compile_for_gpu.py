@@ -133,10 +133,12 @@ def launch_everything(full: bool) -> None:
     def concat(dtype, tf32, configs, shape=(5, 6, 9, 4, (40, 24), 2), b2=True):
         batch, channels, locations, dim, hidden, k = shape
         for kernel in (
+            concat_conv_mi._split_kernel,
             concat_conv_mi._score_kernel,
             concat_conv_mi._dz2_kernel,
             concat_conv_mi._dw2_kernel,
             concat_conv_mi._dz1_kernel,
+            concat_conv_mi._first_layer_gradients_kernel,
         ):
             kernel.only = configs
         concat_conv_mi.tf32_allowed = lambda tensor: tf32 and dtype == torch.float32

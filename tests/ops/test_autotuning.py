@@ -32,7 +32,9 @@ def test_every_tuned_kernel_is_covered():
         "concat_conv_mi._dw2_kernel",
         "concat_conv_mi._dz1_kernel",
         "concat_conv_mi._dz2_kernel",
+        "concat_conv_mi._first_layer_gradients_kernel",
         "concat_conv_mi._score_kernel",
+        "concat_conv_mi._split_kernel",
         "dot_product_mi._gradient_kernel",
         "dot_product_mi._reduce_kernel",
     ]
@@ -57,8 +59,8 @@ def test_without_autotuning_the_autotuner_is_bypassed(monkeypatch):
 
 
 def _problems():
-    """concat_conv_mi (two hidden layers, K = 2: dz1 launches once per pair set into the
-    same dP; sizes across every tile's edges) and dot_product_mi (both layouts), float64."""
+    """concat_conv_mi (two hidden layers, K = 2: dz1's negatives launch adds into the dP and
+    dQ its positives' launch stored; sizes across every tile's edges) and dot_product_mi (both layouts), float64."""
     generator = torch.Generator().manual_seed(0)
 
     def randn(*shape, scale=1.0):

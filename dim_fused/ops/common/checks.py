@@ -1,9 +1,11 @@
 """The argument checks every op shares: every bad input gets a clear error naming the
 argument, before any kernel launches. Each op's own checks are in its function.py."""
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
+from torch.autograd import profiler
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -35,3 +37,12 @@ def same_dtype_and_device(named: Sequence[tuple[str, torch.Tensor]]) -> None:
 def batch_size(size: int, name: str = "batch") -> None:
     if size < 2:
         raise ValueError(f"{name} must be at least 2 to draw negatives from other images, got {size}")
+
+
+def host_check() -> contextlib.AbstractContextManager:
+    """Around a check or choice that reads tensor data on the host, taken on the CPU only
+    (free there, a sync on a GPU): under torch.profiler a ``dim_fused::host_check`` scope,
+    so that benchmarks/launches.py keeps it out of the GPU path it counts."""
+    return (
+        profiler.record_function("dim_fused::host_check") if profiler._is_profiler_enabled else contextlib.nullcontext()
+    )

@@ -166,12 +166,14 @@ def register(
     setup_context: Callable,
     gradients: Callable,
     triton_kernels: str,
+    triton_fake: Callable | None = None,
 ) -> None:
     """Registers op's fake kernels and autograd formula, for the C++ op and, where Triton
     imports, for the Triton op, defined here with the C++ op's schema from the module
     ``triton_kernels``'s ``forward`` and ``backward``. ``setup_context(ctx, inputs,
     output)`` saves what the backward needs; ``gradients(backward_op, ctx,
-    *output_grads)`` calls the backward op and returns one gradient per input."""
+    *output_grads)`` calls the backward op and returns one gradient per input.
+    ``triton_fake``: the Triton op's fake where its outputs differ from the C++ op's."""
     if C_IMPORT_ERROR is not None:
         return
     variants = [(op, getattr(torch.ops.dim_fused, f"{op}_backward"))]
@@ -188,6 +190,7 @@ def register(
         )
         backward_op.register_fake(backward_fake)
         variants.append((f"{op}_triton", backward_op))
+    fakes = {f"{op}_triton": triton_fake or fake}  # by op name; the C++ op's is `fake`
 
     def setup(ctx, inputs, output):
         # Only the estimate is differentiable: what the forward returns beside it (statistics,
@@ -207,5 +210,5 @@ def register(
                 return ctx.no_gradients
             return gradients(backward_op, ctx, *grads)
 
-        torch.library.register_fake(f"dim_fused::{name}")(fake)
+        torch.library.register_fake(f"dim_fused::{name}")(fakes.get(name, fake))
         torch.library.register_autograd(f"dim_fused::{name}", backward, setup_context=setup)

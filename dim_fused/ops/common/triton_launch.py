@@ -133,6 +133,17 @@ def tuned(**declarations):
 
 
 @triton.jit
+def dot(a, b, ACC: tl.constexpr, ALLOW_TF32: tl.constexpr):
+    """a @ b accumulated in ACC: on TF32 tensor cores where torch allows it, else in the
+    inputs' own precision (IEEE float32 and float64; 16-bit inputs on tensor cores)."""
+    if ALLOW_TF32:
+        product = tl.dot(a, b, out_dtype=ACC)
+    else:
+        product = tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
+    return product
+
+
+@triton.jit
 def relu(x):
     """max(x, 0) that keeps a NaN."""
     return tl.where((x > 0) | (x != x), x, 0.0)

@@ -55,7 +55,11 @@ def location_permutation(
     perm = draw(num_negatives * locations)
     if derangement:
         exact = device.type == "cpu" and not torch.compiler.is_compiling()
-        perm = _derangements(perm, draw) if exact else _derangements_without_sync(perm, draw)
+        if exact:
+            with checks.host_check():
+                perm = _derangements(perm, draw)
+        else:
+            perm = _derangements_without_sync(perm, draw)
     return perm.reshape(num_negatives, locations, batch)
 
 
@@ -141,7 +145,9 @@ def check_permutation(
         # The content check reads the data: a host sync on a GPU, impossible when tracing.
         # The kernels stay memory-safe without it (an index outside [0, B) gives NaN).
         return perm
-    expected = torch.arange(batch_size, device=perm.device, dtype=perm.dtype)
-    if not torch.equal(perm.sort(dim=-1).values, expected.expand_as(perm)):
+    with checks.host_check():
+        expected = torch.arange(batch_size, device=perm.device, dtype=perm.dtype)
+        valid = torch.equal(perm.sort(dim=-1).values, expected.expand_as(perm))
+    if not valid:
         raise ValueError("perm[k, l] must be a permutation of range(batch) for every k and l")
     return perm

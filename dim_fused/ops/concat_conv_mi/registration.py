@@ -1,5 +1,6 @@
 """concat_conv_mi's torch.library registrations: the fake kernels and the autograd
-formula of dim_fused::concat_conv_mi (C++) and dim_fused::concat_conv_mi_triton."""
+formula of dim_fused::concat_conv_mi (C++) and dim_fused::concat_conv_mi_triton (whose
+kept tensors are the first layer's halves instead of the later activations)."""
 
 import torch
 
@@ -22,6 +23,19 @@ def _fake(feature_map, global_code, weights, biases, perm, estimator, detach_neg
     rows = shape[0] * shape[1] * shape[2]
     kept = [feature_map.new_empty((rows, w.shape[0])) for w in weights[1:-1]] if keep_activations else []
     return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=accumulation_dtype(feature_map.dtype)), kept
+
+
+def _triton_fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives, keep_activations, chunk):
+    """The Triton op keeps the first layer's halves P (B L, H1) and Q (B, H1) instead."""
+    estimate, scores, _ = _fake(
+        feature_map, global_code, weights, biases, perm, estimator, detach_negatives, False, chunk
+    )
+    batch, hidden = feature_map.shape[0], weights[0].shape[0]
+    halves = [
+        feature_map.new_empty((batch * feature_map[0, 0].numel(), hidden)),
+        feature_map.new_empty((batch, hidden)),
+    ]
+    return estimate, scores, halves
 
 
 def _backward_fake(
@@ -58,6 +72,7 @@ def _gradients(backward_op, ctx, grad, _grad_scores, _grad_activations):
 library.register(
     "concat_conv_mi",
     fake=_fake,
+    triton_fake=_triton_fake,
     backward_fake=_backward_fake,
     setup_context=_setup_context,
     gradients=_gradients,

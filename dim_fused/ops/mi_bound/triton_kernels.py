@@ -1,9 +1,9 @@
-"""mi_bound in Triton: one pass writes per-program partial sums (and DV's
-per-program logsumexp), a few torch ops on those partials finish the estimate;
-backward is one elementwise pass reading the incoming gradient from memory. The
-argument checks are the C++ op's (dim_fused::check_mi_bound)."""
-
-import math
+"""mi_bound in Triton, two launches forward and one or two backward: one pass writes
+per-program partial sums (and DV's per-program logsumexp), and one program merges them
+in order into the estimate; the backward is one elementwise pass (DV's first merges the
+forward's partials again for its normaliser). ``estimate`` and ``gradient`` are also
+concat_conv_mi's last steps. The argument checks are the C++ op's
+(dim_fused::check_mi_bound)."""
 
 import torch
 import triton
@@ -49,19 +49,65 @@ def _partials_kernel(
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_pos = offs < n_pos
     pos = tl.load(pos_ptr + offs, mask=in_pos, other=0.0).to(ACC)
+    # Every column is written (an unused one with its identity): the buffer needs no fill.
+    neg_sum = tl.sum(tl.zeros((BLOCK,), ACC))
+    neg_lse = -float("inf") + neg_sum
     if EST == INFONCE:
         lse = _infonce_row_lse(pos, neg_ptr, offs, in_pos, n_pos, num_neg, ACC)
-        tl.store(partial_ptr + pid * 3, tl.sum(tl.where(in_pos, pos - lse, 0.0)))
+        pos_sum = tl.sum(tl.where(in_pos, pos - lse, 0.0))
     else:
-        tl.store(partial_ptr + pid * 3, tl.sum(tl.where(in_pos, positive_term(pos, EST), 0.0)))
+        pos_sum = tl.sum(tl.where(in_pos, positive_term(pos, EST), 0.0))
         in_neg = offs < n_neg
         neg = tl.load(neg_ptr + offs, mask=in_neg, other=0.0).to(ACC)
         if EST == DV:
             shift = lse_shift(tl.max(tl.where(in_neg, neg, -float("inf"))))
-            block_sum = tl.sum(tl.where(in_neg, tl.exp(neg - shift), 0.0))
-            tl.store(partial_ptr + pid * 3 + 2, shift + tl.log(block_sum))
+            neg_lse = shift + tl.log(tl.sum(tl.where(in_neg, tl.exp(neg - shift), 0.0)))
         else:
-            tl.store(partial_ptr + pid * 3 + 1, tl.sum(tl.where(in_neg, negative_term(neg, EST), 0.0)))
+            neg_sum = tl.sum(tl.where(in_neg, negative_term(neg, EST), 0.0))
+    tl.store(partial_ptr + pid * 3, pos_sum)
+    tl.store(partial_ptr + pid * 3 + 1, neg_sum)
+    tl.store(partial_ptr + pid * 3 + 2, neg_lse)
+
+
+@triton.jit
+def _merged(partial_ptr, n_partials, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """The partials merged in order: the sums of their first two columns and the
+    logsumexp of the third (inf-safe)."""
+    sums = tl.zeros((BLOCK,), ACC)
+    neg_sums = tl.zeros((BLOCK,), ACC)
+    lane_max = tl.full((BLOCK,), -float("inf"), ACC)
+    lane_sum = tl.zeros((BLOCK,), ACC)
+    for start in range(0, n_partials, BLOCK):
+        i = start + tl.arange(0, BLOCK)
+        row = partial_ptr + i * 3
+        sums += tl.load(row, mask=i < n_partials, other=0.0)
+        neg_sums += tl.load(row + 1, mask=i < n_partials, other=0.0)
+        x = tl.load(row + 2, mask=i < n_partials, other=-float("inf"))
+        new_max = tl.maximum(lane_max, x)
+        lane_sum = lse_rescaled(lane_sum, lane_max, new_max) + tl.exp(x - lse_shift(new_max))
+        lane_max = new_max
+    top = tl.max(lane_max, axis=0)
+    total = tl.sum(lse_rescaled(lane_sum, lane_max, top), axis=0)
+    # log(0) = -inf (no negatives, or all -inf) without the interpreter's divide-by-zero warning
+    lse = tl.where(total == 0, -float("inf"), lse_shift(top) + tl.log(tl.where(total == 0, 1.0, total)))
+    return tl.sum(sums, axis=0), tl.sum(neg_sums, axis=0), lse
+
+
+@triton.jit
+def _estimate_kernel(
+    partial_ptr, out_ptr, n_partials, n_pos, n_neg, num_neg, EST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr
+):
+    """One program: the estimate from the merged partials, in the scores' dtype."""
+    pos_sum, neg_sum, neg_lse = _merged(partial_ptr, n_partials, ACC, BLOCK)
+    pos_mean = pos_sum / n_pos
+    zero = tl.zeros((), ACC)  # counts as ACC (an int argument of 1 arrives as a Python int)
+    if EST == INFONCE:
+        estimate = pos_mean + tl.log(zero + (num_neg + 1))
+    elif EST == DV:
+        estimate = pos_mean - (neg_lse - tl.log(zero + n_neg))
+    else:
+        estimate = pos_mean - neg_sum / n_neg
+    tl.store(out_ptr, estimate.to(out_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -69,16 +115,19 @@ def _gradient_kernel(
     pos_ptr,
     neg_ptr,
     grad_ptr,
-    lse_ptr,
+    partial_ptr,
     dpos_ptr,
     dneg_ptr,
     n_pos,
     n_neg,
     num_neg,
+    n_partials,
     EST: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """d(estimate)/d(scores) times the incoming gradient (DV's normaliser: the forward's
+    partials, merged by every program: a few thousand at most, read from cache)."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     g = tl.load(grad_ptr).to(ACC)
@@ -101,7 +150,7 @@ def _gradient_kernel(
         in_neg = offs < n_neg
         neg = tl.load(neg_ptr + offs, mask=in_neg, other=0.0).to(ACC)
         if EST == DV:  # d/dx of log mean exp(neg) is softmax(neg)
-            d = tl.exp(neg - tl.load(lse_ptr).to(ACC))
+            d = tl.exp(neg - _merged(partial_ptr, n_partials, ACC, BLOCK)[2])
         else:
             d = negative_term_grad(neg, EST) / n_neg
         dneg = -g * d
@@ -122,37 +171,48 @@ def _launch_args(pos: torch.Tensor, neg: torch.Tensor, estimator: str):
 
 def _partials(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Tensor:
     grid, num_neg, meta = _launch_args(pos, neg, estimator)
-    acc = accumulation_dtype(pos.dtype)
-    # Columns: sum of Ep (or of pos - lse), sum of Eq, logsumexp of neg; unused ones stay at their identity.
-    partial = torch.zeros(grid[0], 3, dtype=acc, device=pos.device)
-    partial[:, 2] = -math.inf
+    # Columns: sum of Ep (or of pos - lse), sum of Eq, logsumexp of neg.
+    partial = torch.empty(grid[0], 3, dtype=accumulation_dtype(pos.dtype), device=pos.device)
     with device_of(pos):
         _partials_kernel[grid](pos, neg, partial, pos.numel(), neg.numel(), num_neg, **meta)
     return partial
 
 
+def estimate(pos: torch.Tensor, neg: torch.Tensor, estimator: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The bound of contiguous, checked scores: a 0-dim tensor of ``dtype`` (default: the
+    scores'), in 2 launches."""
+    partial = _partials(pos, neg, estimator)
+    _, num_neg, meta = _launch_args(pos, neg, estimator)
+    out = torch.empty((), dtype=dtype or pos.dtype, device=pos.device)
+    with device_of(pos):
+        _estimate_kernel[(1,)](partial, out, partial.shape[0], pos.numel(), neg.numel(), num_neg, **meta)
+    return out
+
+
+def gradient(
+    grad: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, estimator: str, dpos: torch.Tensor, dneg: torch.Tensor
+) -> None:
+    """Writes d(bound)/d(scores) times ``grad`` (one element) into ``dpos`` and ``dneg``
+    (contiguous, shaped like the scores): one launch, DV two."""
+    grid, num_neg, meta = _launch_args(pos, neg, estimator)
+    partial = _partials(pos, neg, estimator) if estimator == "dv" else grad
+    n_partials = partial.shape[0] if estimator == "dv" else 0
+    with device_of(pos):
+        _gradient_kernel[grid](
+            pos, neg, grad, partial, dpos, dneg, pos.numel(), neg.numel(), num_neg, n_partials, **meta
+        )
+
+
 @no_autocast
 def forward(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Tensor:
     torch.ops.dim_fused.check_mi_bound(pos, neg, estimator, None)  # the C++ kernels' checks
-    pos, neg = pos.contiguous(), neg.contiguous()
-    partial = _partials(pos, neg, estimator)
-    pos_mean = partial[:, 0].sum() / pos.numel()
-    if estimator == "infonce":
-        estimate = pos_mean + math.log(neg.shape[0] + 1)
-    elif estimator == "dv":
-        estimate = pos_mean - (torch.logsumexp(partial[:, 2], dim=0) - math.log(neg.numel()))
-    else:
-        estimate = pos_mean - partial[:, 1].sum() / neg.numel()
-    return estimate.to(pos.dtype)
+    return estimate(pos.contiguous(), neg.contiguous(), estimator)
 
 
 @no_autocast
 def backward(grad: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, estimator: str):
     torch.ops.dim_fused.check_mi_bound(pos, neg, estimator, grad)
     pos, neg = pos.contiguous(), neg.contiguous()
-    grid, num_neg, meta = _launch_args(pos, neg, estimator)
-    lse = torch.logsumexp(_partials(pos, neg, estimator)[:, 2], dim=0) if estimator == "dv" else grad
     dpos, dneg = torch.empty_like(pos), torch.empty_like(neg)
-    with device_of(pos):
-        _gradient_kernel[grid](pos, neg, grad.reshape(()), lse, dpos, dneg, pos.numel(), neg.numel(), num_neg, **meta)
+    gradient(grad, pos, neg, estimator, dpos, dneg)
     return dpos, dneg
