@@ -12,8 +12,9 @@
 # memcheck on it (autotuning off); the headline timings of the three CIFAR settings in
 # bfloat16 and float32 (IEEE), without the torch.compile peer; whole DIM training steps/s.
 # Call 2: the build; the tests named in GPU_CHECK_RERUN (what failed in call 1 and was fixed);
-# racecheck on one case per kernel; the torch.compile peer (bfloat16) and TF32 at the CIFAR
-# settings; the large and STL-10 concat settings.
+# racecheck on one case per kernel; the torch.compile peer (bfloat16); the kernels each op
+# runs per forward+backward on the GPU (what tests/benchmarks/test_launches.py counts on a
+# CPU); TF32 at the CIFAR settings; the large and STL-10 concat settings.
 #
 # OUT receives four files, rewritten after every step so that a run cut short still says how
 # far it got: summary.md (environment, every step's status, the headline tables), log.txt
@@ -77,7 +78,7 @@ summary() {
     echo "| step | rc | seconds | last line of its log |"
     echo "|---|---:|---:|---|"
     printf '%s\n' "${rows[@]}"
-    for table in "$WORK"/*/summary.md "$WORK"/train-speed/table.md; do
+    for table in "$WORK"/*/summary.md "$WORK"/train-speed/table.md "$WORK"/launches.md; do
       [ -f "$table" ] && { echo; echo "## ${table#"$WORK"/}"; echo; grep -v '^Command:' "$table"; }
     done
   } >"$OUT/summary.md"
@@ -168,6 +169,7 @@ else
   DIM_FUSED_AUTOTUNE=0 step racecheck 40 sanitized racecheck "${smoke[@]}" --one-per-kernel --dtypes float32
   step compiled-bf16 60 report "${SIZE[@]}" --dtype bfloat16 --peers reference compiled $BACKENDS \
     --out "$WORK/compiled-bf16"
+  DIM_FUSED_AUTOTUNE=0 step launches 25 "$PY" -m benchmarks.launches --device "$DEVICE" --out "$WORK/launches.md"
   step tf32 30 report "${SIZE[@]}" --dtype float32 --fp32-precision tf32 "${NO_COMPILE[@]}" --out "$WORK/tf32"
   step large-bf16 45 report "${LARGE[@]}" --ops concat_conv_mi --dtype bfloat16 "${NO_COMPILE[@]}" \
     --out "$WORK/large-bf16"

@@ -20,6 +20,7 @@ counted as host syncs: each stalls the host until the device is done. The C++ pl
 values on the CPU only (a permutation's range check; free there), which the counts name.
 
     TRITON_INTERPRET=1 python -m benchmarks.launches [--out FILE.md]
+    python -m benchmarks.launches --device cuda      # on a GPU: the kernels it runs (gpu_check.sh)
 """
 
 import argparse
@@ -142,15 +143,41 @@ def count(fn: Callable[[], object]) -> Launches:
     return launches
 
 
-def host_overhead_us(fn: Callable[[], object], *, repeats: int = 200, rounds: int = 5) -> float:
-    """Microseconds of host time per ``fn()``, the median of ``rounds`` means over ``repeats``
-    calls: with tiny inputs, the Python and dispatcher cost of a call."""
+def count_on_gpu(fn: Callable[[], object]) -> Launches:
+    """The kernels (and memsets and copies) one ``fn()`` runs on a CUDA device, from
+    torch.profiler's device events, and its host syncs, from torch's sync debug mode (the
+    GPU run's check of what ``count`` predicts on the CPU)."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    launches = Launches()
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            launches.kernels[event.name[:60]] += 1
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError as error:  # the first sync a call makes
+        launches.syncs[str(error).splitlines()[0][:80]] += 1
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    return launches
+
+
+def host_overhead_us(fn: Callable[[], object], device: torch.device, *, repeats: int = 50, rounds: int = 3) -> float:
+    """Microseconds per ``fn()``, the median of ``rounds`` means over ``repeats`` calls: with
+    tiny inputs, the Python and dispatcher cost of a call (on a GPU the launches queue
+    asynchronously; the device is waited for once per round)."""
     fn()
     means = []
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         means.append((time.perf_counter() - start) / repeats * 1e6)
     return sorted(means)[len(means) // 2]
 
@@ -175,41 +202,46 @@ SETTINGS = [
 ]
 
 
-def paths() -> list[str]:
-    """The peers counted here: the reference and the fused backends that run on this
-    machine's CPU (the Triton backend only under the interpreter)."""
-    return ["reference", *(b for b in cases.FUSED if b in dim_fused.available_backends("cpu"))]
+def paths(device: torch.device | str = "cpu") -> list[str]:
+    """The peers counted on ``device``: the reference and the fused backends that run there
+    (on a CPU the Triton backend only under the interpreter)."""
+    return ["reference", *(b for b in cases.FUSED if b in dim_fused.available_backends(device))]
 
 
-def forward_backward(config: Config, peer: str, estimator: str) -> Callable[[], object]:
-    """One forward+backward of ``peer`` on fresh CPU inputs of ``config``, the seed
-    gradient given (making it, a fill, is the caller's launch, once per loss)."""
-    leaves, wrt = cases.differentiable(cases.make_inputs(config, torch.device("cpu"), torch.float32))
-    fn, seed = cases.peer_fn(config.op, peer), torch.ones(())
+def forward_backward(
+    config: Config, peer: str, estimator: str, device: torch.device | str = "cpu"
+) -> Callable[[], object]:
+    """One forward+backward of ``peer`` on fresh inputs of ``config`` on ``device``, the
+    seed gradient given (making it, a fill, is the caller's launch, once per loss)."""
+    device = torch.device(device)
+    leaves, wrt = cases.differentiable(cases.make_inputs(config, device, torch.float32))
+    fn, seed = cases.peer_fn(config.op, peer), torch.ones((), device=device)
     return lambda: torch.autograd.grad(fn(*leaves, estimator), wrt, grad_outputs=seed)
 
 
-def table(settings: list[Config] = SETTINGS) -> list[dict]:
-    """A row per (op, estimator, peer): launches, host syncs and host time per call."""
+def table(settings: list[Config] = SETTINGS, device: torch.device | str = "cpu") -> list[dict]:
+    """A row per (op, estimator, peer): launches (counted on the CPU, or the kernels a CUDA
+    device ran), host syncs and time per call."""
+    device = torch.device(device)
     rows = []
     for config in settings:
-        for estimator, peer in itertools.product(config.estimators, paths()):
-            fn = forward_backward(config, peer, estimator)
+        for estimator, peer in itertools.product(config.estimators, paths(device)):
+            fn = forward_backward(config, peer, estimator, device)
             fn()  # compiles what compiles once
-            launches = count(fn)
-            interpreted = peer == "triton"  # the interpreter's host time is not a GPU's
+            launches = count_on_gpu(fn) if device.type == "cuda" else count(fn)
+            interpreted = peer == "triton" and device.type == "cpu"  # not a GPU's host time
             rows.append({
                 "op": config.op, "estimator": estimator, "peer": peer, "launches": launches.total,
                 "budget": BUDGET[config.op] if peer == "triton" else None,
                 "syncs": sum(launches.syncs.values()), "detail": launches.describe(),
-                "host_us": None if interpreted else host_overhead_us(fn),
+                "host_us": None if interpreted else host_overhead_us(fn, device),
             })  # fmt: skip
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| op | estimator | peer | launches | budget | host syncs | host us / call | launches by kernel |",
+        "| op | estimator | peer | launches | budget | host syncs | us / call (tiny inputs) | launches by kernel |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -227,8 +259,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "CPU (run with TRITON_INTERPRET=1 to count the Triton backend's GPU path too)."
     )
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
+    parser.add_argument(
+        "--device", default="cpu", help="cuda: count the kernels a GPU runs (the profiler's device events) instead"
+    )
     args = parser.parse_args(argv)
-    rows = table()
+    rows = table(device=args.device)
     text = markdown(rows)
     print(text, end="")
     if args.out is not None:

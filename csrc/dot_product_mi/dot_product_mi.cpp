@@ -1,6 +1,6 @@
 // dot_product_mi's schemas, argument checks and tile plan, shared by the CPU and CUDA
-// backends; the Triton backend reuses its statistics finish, gradient coefficients and
-// tile backward (registered as ops). ATen GEMMs compute a (G, n) tile of scores for the
+// backends; the Triton backend shares the checks and, for the merge across ranks, the row
+// totals (registered as ops). ATen GEMMs compute a (G, n) tile of scores for the
 // n = images x L columns of a group of images, in the accumulation dtype, reading the
 // codes in their own layout (one GEMM for channels-last codes, a batched GEMM over the
 // images' (E, L) matrices otherwise); the device's epilogue reduces it (forward) or
@@ -275,44 +275,6 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
 
 namespace {
 
-// The pieces of the plan the Triton backend shares, as ops. The statistics finish:
-// row_stats (G, S, kRowStats) holds S partial Totals per global row.
-std::tuple<at::Tensor, at::Tensor> finish_op(const at::Tensor& row_stats,
-                                             const at::Tensor& positives,
-                                             c10::string_view estimator, bool official,
-                                             int64_t batch, int64_t locations) {
-  const NoAutocast no_autocast;
-  return finish(row_stats, positives, parse_estimator(estimator), official, batch, locations);
-}
-
-// The backward's per-row coefficients (G, kCoefs), times the gradient scale B * L.
-at::Tensor coefficients_op(const at::Tensor& grad, const at::Tensor& stats,
-                           c10::string_view estimator, int64_t batch, int64_t locations) {
-  const NoAutocast no_autocast;
-  return coefficients(grad, stats, parse_estimator(estimator), batch, locations);
-}
-
-void tile_backward_op(const at::Tensor& d_scores, const at::Tensor& local, const at::Tensor& global,
-                      int64_t first, at::Tensor& d_local, at::Tensor& d_global) {
-  const DotProductProblem p = check_dot_product_inputs(local, global, "jsd", false, 0, 1);
-  const char* op = "dim_fused.dot_product_mi_tile_backward: ";
-  const auto acc = acc_dtype(local.scalar_type());
-  TORCH_CHECK_VALUE(
-      d_scores.dim() == 2 && d_scores.size(0) == p.globals && d_scores.size(1) % p.locations == 0 &&
-          first >= 0 && first <= p.batch - d_scores.size(1) / p.locations &&
-          d_scores.scalar_type() == acc && d_scores.device() == local.device(),
-      op, "d_scores must be a (G, images * L) ", acc, " tile of images within the batch");
-  TORCH_CHECK_VALUE(
-      d_local.sizes() == local.sizes() && d_local.scalar_type() == local.scalar_type() &&
-          d_local.device() == local.device() && d_local.is_non_overlapping_and_dense(),
-      op, "d_local must be a dense tensor like local_codes");
-  TORCH_CHECK_VALUE(d_global.dim() == 2 && d_global.size(0) == p.globals &&
-                        d_global.size(1) == p.units && d_global.scalar_type() == acc &&
-                        d_global.device() == local.device(),
-                    op, "d_global must be a (G, E) ", acc, " tensor");
-  dot_product_tile_backward(p, d_scores.contiguous(), first, d_local, d_global);
-}
-
 // The checks as an op, so that the Triton kernels are guarded by the very checks the
 // C++ kernels run (they read metadata only).
 void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
@@ -325,6 +287,7 @@ void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
   if (grad && stats) check_dot_product_stats(*grad, *stats, p);
 }
 
+// The statistics' per-row totals, for the merge across ranks of the Triton backend's.
 at::Tensor row_totals_op(const at::Tensor& row_stats) {
   const NoAutocast no_autocast;
   return row_totals(row_stats);
@@ -346,23 +309,11 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
       "check_dot_product(Tensor local_codes, Tensor global_codes, str estimator,"
       " int positive_offset, int tile_scores, bool finishable, Tensor? grad, Tensor? stats) -> ()");
   m.def("dot_product_mi_row_totals(Tensor row_stats) -> Tensor");
-  m.def(
-      "dot_product_mi_finish(Tensor row_stats, Tensor positives, str estimator, bool official,"
-      " int batch, int locations) -> (Tensor, Tensor)");
-  m.def(
-      "dot_product_mi_coefficients(Tensor grad, Tensor stats, str estimator, int batch,"
-      " int locations) -> Tensor");
-  m.def(
-      "dot_product_mi_tile_backward(Tensor d_scores, Tensor local_codes, Tensor global_codes,"
-      " int first, Tensor(a!) d_local, Tensor(b!) d_global) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {
   m.impl("check_dot_product", &check_dot_product_op);
-  m.impl("dot_product_mi_finish", &finish_op);
   m.impl("dot_product_mi_row_totals", &row_totals_op);
-  m.impl("dot_product_mi_coefficients", &coefficients_op);
-  m.impl("dot_product_mi_tile_backward", &tile_backward_op);
 }
 
 }  // namespace dim_fused

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = {
     "1": ("build", "backends", "tests", "smoke", "memcheck", "headline-bf16", "headline-fp32", "train-speed"),
-    "2": ("build", "backends", "rerun", "racecheck", "compiled-bf16", "tf32", "large-bf16"),
+    "2": ("build", "backends", "rerun", "racecheck", "compiled-bf16", "launches", "tf32", "large-bf16"),
 }
 
 
@@ -45,6 +45,7 @@ def test_each_call_runs_end_to_end_in_dry_run_mode(tmp_path, call):
     assert sorted(p.name for p in files) == ["log.txt", "rows.json", "summary.md", "tests.xml"]
     assert all(p.stat().st_size < 16 << 20 for p in files)
     assert f"--dry-run --call {call}" in summary
+    assert ("## launches.md" in summary and "| concat_conv_mi | jsd | reference |" in summary) == (call == "2")
     reports = json.loads((out / "rows.json").read_text())
     expected = {"1": {"headline-bf16", "headline-fp32", "train-speed"}, "2": {"compiled-bf16", "tf32", "large-bf16"}}
     assert set(reports) == expected[call]

@@ -120,7 +120,11 @@ def launch_everything(full: bool) -> None:
 
     def dot(estimator, dtype, tf32, configs, rows_layout=True, shape=(6, 40, 7, 6, 0)):
         batch, units, locations, num_globals, offset = shape
-        for kernel in (dot_product_mi._reduce_kernel, dot_product_mi._gradient_kernel):
+        for kernel in (
+            dot_product_mi._reduce_kernel,
+            dot_product_mi._gradient_kernel,
+            dot_product_mi._tile_gradients_kernel,
+        ):
             kernel.only = configs  # then pruned for the dtype and architecture as in a real run
         dot_product_mi.tf32_allowed = lambda tensor: tf32 and dtype == torch.float32
         local = torch.randn(batch, units, locations, dtype=dtype)

@@ -37,6 +37,7 @@ def test_every_tuned_kernel_is_covered():
         "concat_conv_mi._split_kernel",
         "dot_product_mi._gradient_kernel",
         "dot_product_mi._reduce_kernel",
+        "dot_product_mi._tile_gradients_kernel",
     ]
 
 

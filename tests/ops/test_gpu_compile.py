@@ -68,6 +68,8 @@ def test_every_triton_kernel_compiles_for_sm80_and_sm90_without_spills(triton_pa
         "_estimate_kernel",
         "_gradient_kernel",
         "_reduce_kernel",
+        "_finish_kernel",
+        "_tile_gradients_kernel",
         "_score_kernel",
         "_dz2_kernel",
         "_dw2_kernel",

@@ -67,7 +67,8 @@ class Tuned:
     writes only in part (``reset_to_zero``: zeroed before each timing run and before the
     real one), so the timing runs leave exactly one launch's result. With
     DIM_FUSED_AUTOTUNE=0 and under the interpreter there is no autotuner at all: the first
-    candidate tile. ``key`` names the arguments whose values decide the best tile (with the
+    candidate tile. ``last_config`` is the tile the last launch ran (for a launcher whose
+    buffers depend on the tile). ``key`` names the arguments whose values decide the best tile (with the
     dtypes); ``spills(tile, dtype)`` names the tiles this kernel cannot hold in registers.
     """
 
@@ -79,6 +80,7 @@ class Tuned:
         if unknown:
             raise ValueError(f"{kernel.__name__}: {sorted(unknown)} name no argument of the kernel")
         self.only: list[triton.Config] | None = None  # the tests' restriction to some tiles
+        self.last_config: triton.Config | None = None  # the tile of the last launch (a host read, no sync)
         self._autotuner = None
 
     def candidates(self, named_args: dict, tf32: bool) -> list[triton.Config]:
@@ -114,7 +116,13 @@ class Tuned:
         if self.use_autotuner():
             if self._autotuner is None:
                 self._autotuner = self.autotuner()
-            return self._autotuner[grid]
+
+            def tuned_launch(*args, **kwargs):
+                result = self._autotuner[grid](*args, **kwargs)
+                self.last_config = getattr(self._autotuner, "best_config", None)  # set by its run()
+                return result
+
+            return tuned_launch
 
         def launch(*args, **kwargs):
             if tunables.triton_interpreted():
@@ -122,6 +130,7 @@ class Tuned:
             else:
                 named = dict(zip(self.kernel.arg_names, args, strict=False))
                 config = self.candidates(named, bool(kwargs.get("ALLOW_TF32")))[0]
+            self.last_config = config
             return self.kernel[grid](*args, **kwargs, **config.all_kwargs())
 
         return launch
@@ -141,6 +150,21 @@ def dot(a, b, ACC: tl.constexpr, ALLOW_TF32: tl.constexpr):
     else:
         product = tl.dot(a, b, input_precision="ieee", out_dtype=ACC)
     return product
+
+
+@triton.jit
+def product(a_ptrs, a_step, b_ptrs, b_step, a_mask, b_mask, depth, ACC, ALLOW_TF32, BLOCK_K: tl.constexpr):
+    """sum over k < depth of A[:, k] B[k, :], A's column k at a_ptrs + k * a_step (a
+    (rows, 1) block of pointers) and B's row k at b_ptrs + k * b_step ((1, cols)), on B's
+    dtype (A a float32 gradient, B the inputs or weights), accumulated in ACC."""
+    ks = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((a_ptrs.shape[0], b_ptrs.shape[1]), dtype=ACC)
+    for k0 in range(0, depth, BLOCK_K):
+        k = k0 + ks
+        a = tl.load(a_ptrs + k[None, :] * a_step, mask=a_mask & (k < depth)[None, :], other=0.0)
+        b = tl.load(b_ptrs + k[:, None] * b_step, mask=(k < depth)[:, None] & b_mask, other=0.0)
+        acc += dot(a.to(b.dtype), b, ACC, ALLOW_TF32)  # a float32 gradient meets B's dtype (as cuBLAS would)
+    return acc
 
 
 @triton.jit

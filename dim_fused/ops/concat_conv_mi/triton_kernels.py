@@ -10,29 +10,28 @@ Forward, 4 launches: (1) P and Q, one kernel for both GEMMs; (2) per block of ro
 score: h1 = relu(P[src] + Q[i]) built in registers one block of the first layer's units at
 a time, multiplied by W2 with tensor-core dots, bias, ReLU and the dot with the score
 layer's weights, over all of the second layer's units; only the (1 + K) B L scores reach
-memory; (3, 4) the estimate (mi_bound's partials and merge).
+memory; (3, 4) the estimate (the bound's partials and merge, ops/common/triton_bound.py).
+P and Q are kept for the backward.
 
-Backward, 6 launches + 1 per negative pair (1 for all of them unless deterministic
-algorithms are on), recomputing h1 and z2 on chip, never storing h1: (1) d(score) (mi_bound's
-gradient; DV one more); (2) dZ2 = d(score) w3 relu'(z2), with per-row-block partial sums of
+Backward, 7 launches (DV 8), recomputing h1 and z2 on chip, never storing h1: (1) d(score)
+(the bound's gradient); (2) dZ2 = d(score) w3 relu'(z2), with per-row-block partial sums of
 dW3, db2 and db3; (3) dW2 = dZ2^T h1, a GEMM whose prologue rebuilds h1, split over row
-ranges; (4) per pair set, dZ1 = (dZ2 W2) relu'(h1), stored (positives) or added
-(negatives, atomically) into dP through src and summed per image into dQ; (5) the first
+ranges; (4, 5) dZ1 = (dZ2 W2) relu'(h1) per image, stored for the positives into dP
+(each row once) and dQ, then added for all the negatives (dP atomically); (6) the first
 layer's and the inputs' gradients from dP and dQ, one kernel for its four GEMMs (W1's
-split over images); (6) every split and partial merged in order, unscaled and cast. No
-float atomics but the negatives' adds into dP: one add onto a stored value per launch is
-deterministic, several are not (hence one launch per pair under
-torch.use_deterministic_algorithms). Other depths run the C++ plan on the device
+split over images); (7) every split and partial merged in order, unscaled and cast. No
+float atomics but the negatives' adds into dP: one add onto a stored value is
+deterministic (K = 1), several are not, so under torch.use_deterministic_algorithms each
+negative pair set gets a launch of its own. Other depths run the C++ plan on the device
 (dim_fused.resolve_backend says so). See docs/design.md ("Concat-and-conv")."""
 
 import torch
 import triton
 import triton.language as tl
 
-from ..common import dispatch, library
+from ..common import dispatch, library, triton_bound
 from ..common.precision import accumulation_dtype, tf32_allowed
-from ..common.triton_launch import device_of, dot, no_autocast, relu, tl_dtype, tuned
-from ..mi_bound import triton_kernels as mi_bound
+from ..common.triton_launch import device_of, dot, no_autocast, product, relu, tl_dtype, tuned
 
 TUNING_KEY = ["rows", "hidden1", "hidden2", "ALLOW_TF32", "WIDE"]  # + the dtypes
 FIRST_LAYER_KEY = ["rows", "images", "channels", "dim", "hidden1", "ALLOW_TF32", "WIDE"]
@@ -97,21 +96,6 @@ def _second_layer(
     return z2
 
 
-@triton.jit
-def _product(a_ptrs, a_step, b_ptrs, b_step, a_mask, b_mask, depth, ACC, ALLOW_TF32, BLOCK_K: tl.constexpr):
-    """sum over k < depth of A[:, k] B[k, :], A's column k at a_ptrs + k * a_step (a
-    (rows, 1) block of pointers) and B's row k at b_ptrs + k * b_step ((1, cols)), on B's
-    dtype (A a float32 gradient, B the inputs or weights), accumulated in ACC."""
-    ks = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((a_ptrs.shape[0], b_ptrs.shape[1]), dtype=ACC)
-    for k0 in range(0, depth, BLOCK_K):
-        k = k0 + ks
-        a = tl.load(a_ptrs + k[None, :] * a_step, mask=a_mask & (k < depth)[None, :], other=0.0)
-        b = tl.load(b_ptrs + k[:, None] * b_step, mask=(k < depth)[:, None] & b_mask, other=0.0)
-        acc += dot(a.to(b.dtype), b, ACC, ALLOW_TF32)  # a float32 gradient meets B's dtype (as cuBLAS would)
-    return acc
-
-
 @tuned(key=FIRST_LAYER_KEY, dtype_arg="f_ptr")  # writes every element
 @triton.jit
 def _split_kernel(
@@ -129,14 +113,14 @@ def _split_kernel(
     if pid < p_blocks:
         m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         at = _wide(m // locations, WIDE) * stride_fb + _wide(m % locations, WIDE) * stride_fl
-        acc = _product(
+        acc = product(
             f_ptr + at[:, None], stride_fc, w1_ptr + units[None, :] * stride_wo, stride_wi,
             (m < rows)[:, None], in_units, channels, ACC, ALLOW_TF32, BLOCK_K,
         )  # fmt: skip
         tl.store(P_ptr + _wide(m[:, None], WIDE) * hidden1 + units[None, :], acc, mask=(m < rows)[:, None] & in_units)
     else:
         m = (pid - p_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-        acc = _product(
+        acc = product(
             y_ptr + _wide(m[:, None], WIDE) * stride_yb, stride_yd,
             w1_ptr + units[None, :] * stride_wo + channels * stride_wi, stride_wi,
             (m < images)[:, None], in_units, dim, ACC, ALLOW_TF32, BLOCK_K,
@@ -355,7 +339,7 @@ def _first_layer_gradients_kernel(
             in_columns = inputs < channels
         else:  # dQ^T y over the split's images
             inputs = (column_block - tl.cdiv(channels, BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
-            acc = _product(
+            acc = product(
                 dQ_ptr + first_image * hidden1 + units[:, None], hidden1,
                 y_ptr + first_image * stride_yb + inputs[None, :] * stride_yd, stride_yb,
                 in_units, (inputs < dim)[None, :], split_images, ACC, ALLOW_TF32, BLOCK_K,
@@ -369,7 +353,7 @@ def _first_layer_gradients_kernel(
         tile = pid - weight_programs
         m = (tile // tl.cdiv(channels, BLOCK_N)) * BLOCK_M + tl.arange(0, BLOCK_M)
         inputs = (tile % tl.cdiv(channels, BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = _product(
+        acc = product(
             dP_features_ptr + _wide(m[:, None], WIDE) * hidden1, 1, w1_ptr + inputs[None, :] * stride_wi, stride_wo,
             (m < rows)[:, None], (inputs < channels)[None, :], hidden1, ACC, ALLOW_TF32, BLOCK_K,
         )  # fmt: skip
@@ -380,7 +364,7 @@ def _first_layer_gradients_kernel(
         tile = pid - weight_programs - map_programs
         b = (tile // tl.cdiv(dim, BLOCK_N)) * BLOCK_M + tl.arange(0, BLOCK_M)
         inputs = (tile % tl.cdiv(dim, BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
-        acc = _product(
+        acc = product(
             dQ_ptr + b[:, None] * hidden1, 1, w1_ptr + (channels + inputs[None, :]) * stride_wi, stride_wo,
             (b < images)[:, None], (inputs < dim)[None, :], hidden1, ACC, ALLOW_TF32, BLOCK_K,
         )  # fmt: skip
@@ -530,7 +514,7 @@ def forward(
             P, Q, p.perm, p.w2, p.any_bias(p.b2), p.w3, p.any_bias(p.b3), scores, p.rows, **p.sizes,
             hidden2=p.hidden2, HAS_B2=p.b2 is not None, HAS_B3=p.b3 is not None, **p.meta,
         )  # fmt: skip
-        estimate = mi_bound.estimate(scores[0], scores[1:], estimator, dtype=p.dtype)
+        estimate = triton_bound.estimate(scores[0], scores[1:], estimator, dtype=p.dtype)
     return estimate, scores, [P, Q]
 
 
@@ -565,7 +549,7 @@ def backward(
     d_code = torch.empty(p.batch, p.dim, dtype=p.dtype, device=device)
     with device_of(feature_map):
         d3 = d_scores.view(scores.shape)
-        mi_bound.gradient(grad, scores[0], scores[1:], estimator, d3[0], d3[1:])
+        triton_bound.gradient(grad, scores[0], scores[1:], estimator, d3[0], d3[1:])
         common = {**p.sizes, "hidden2": p.hidden2, **p.meta}
         _dz2_kernel[lambda meta: (triton.cdiv(p.rows, meta["BLOCK_M"]), triton.cdiv(p.hidden2, meta["BLOCK_N"]))](
             P, Q, p.perm, p.w2, p.any_bias(p.b2), p.w3, d_scores, dz2, later, scale, p.rows,

@@ -1,13 +1,15 @@
-"""dot_product_mi in Triton. Forward: one fused kernel per (row block, split of the
-column blocks) of the score matrix — tl.dot over E, then the estimator epilogue
-with running sums and an online logsumexp — writes per-row partial statistics;
-nothing of size G x B x L reaches memory. Backward: the same score tile, recomputed
-exactly as the forward computed it (so its softmax weights match the forward's
-statistics at any magnitude), becomes d(estimate)/d(score) for a group of images.
-The statistics finish, the gradient coefficients and the tile backward (the GEMMs
-that turn a gradient tile into the inputs' gradients, for either layout of the
-codes) are the C++ plan's ops (csrc/dot_product_mi/), and so are the argument
-checks, so they exist once (docs/design.md, "Encode-and-dot")."""
+"""dot_product_mi in Triton, 4 launches forward+backward at one score tile. Forward: one
+fused kernel per (row block, split of the column blocks) of the score matrix — tl.dot over
+E, then the estimator epilogue with running sums and an online logsumexp — writes per-row
+partial statistics (nothing of size G x B x L reaches memory), and one program merges
+them into the estimate and the (G, 2) statistics the backward reads. Backward: the same
+score tile, recomputed exactly as the forward computed it (so its softmax weights match the
+forward's statistics at any magnitude), becomes d(estimate)/d(score), with the
+coefficients read from those statistics in the kernel; one kernel, two families of
+programs, turns it into both inputs' gradients (the GEMMs dSᵀ global and dS local, for
+either layout of the codes). The argument checks are the C++ plan's (check_dot_product);
+the statistics of the across-ranks merge are its row totals (docs/design.md,
+"Encode-and-dot")."""
 
 import torch
 import triton
@@ -16,7 +18,7 @@ import triton.language as tl
 from ..common import tunables
 from ..common.estimators import ESTIMATORS
 from ..common.precision import accumulation_dtype, tf32_allowed
-from ..common.triton_launch import ALL_TILES, device_of, no_autocast, tl_dtype, tuned
+from ..common.triton_launch import ALL_TILES, device_of, dot, no_autocast, product, tl_dtype, tuned
 from ..common.triton_math import (
     DV,
     INFONCE,
@@ -36,10 +38,7 @@ from ..common.triton_math import (
 from .layout import gradient_like
 
 TUNING_KEY = ["num_globals", "num_columns", "units", "EST", "ALLOW_TF32", "AFFINE", "WIDE"]  # + the dtypes
-
-
-# Columns of the coefficients the backward reads per row, as csrc/common/estimators.h's DotCoef.
-POS_SCALE, NEG_SCALE, NEG_LSE, SHIFT, COEFS = (tl.constexpr(i) for i in range(5))
+FINISH_ROWS, FINISH_LOCATIONS = 32, 32  # the merge's block of rows and of an InfoNCE row's positives
 
 
 @triton.jit
@@ -84,18 +83,15 @@ def _score_tile(
         in_units = ks < units - k0
         g = tl.load(g_ptrs, mask=in_rows[:, None] & in_units[None, :], other=0.0)
         x = tl.load(x_ptrs, mask=in_units[:, None] & in_cols[None, :], other=0.0)
-        if ALLOW_TF32:
-            scores += tl.dot(g, x, out_dtype=ACC)
-        else:
-            scores += tl.dot(g, x, input_precision="ieee", out_dtype=ACC)
+        scores += dot(g, x, ACC, ALLOW_TF32)
         g_ptrs += BLOCK_K * stride_global_unit
         x_ptrs += BLOCK_K * stride_unit
     return scores
 
 
-# The partials hold as many splits as the tile with the most (identity where a tile has fewer):
-# restored after every timing run, so that only the winner's splits remain.
-@tuned(key=TUNING_KEY, dtype_arg="global_ptr", restore_value=["partial_ptr"])
+# The partials have room for as many splits as the tile with the most; the merge reads the
+# splits of the tile that ran (nothing filled first, nothing to restore after timing runs).
+@tuned(key=TUNING_KEY, dtype_arg="global_ptr")
 @triton.jit(do_not_specialize=["partial_splits"])  # a stride: 1 would compile another kernel
 def _reduce_kernel(
     global_ptr,
@@ -182,7 +178,8 @@ def _reduce_kernel(
 def _gradient_kernel(
     global_ptr,
     local_ptr,
-    coef_ptr,
+    grad_ptr,
+    stats_ptr,
     out_ptr,
     first,
     num_globals,
@@ -205,9 +202,11 @@ def _gradient_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """The (G, tile_columns) tile of d(estimate)/d(score), times the coefficients'
-    gradient scale, for the columns [first, first + tile_columns). The column blocks are on
-    the grid's first axis, whose extent is not limited to 65535: B * L can be millions."""
+    """The (G, tile_columns) tile of d(estimate)/d(score) times the gradient scale B * L
+    (so that a half-precision tile holds values near 1), for the columns [first, first +
+    tile_columns), from the incoming gradient and the forward's per-row statistics (the
+    negatives' logsumexp and InfoNCE's shift). The column blocks are on the grid's first
+    axis, whose extent is not limited to 65535: B * L can be millions."""
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     tile_cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = first + tile_cols
@@ -232,11 +231,17 @@ def _gradient_kernel(
         BLOCK_K,
     )
     in_rows = rows < num_globals
-    coef = coef_ptr + rows * COEFS
-    pos_scale = tl.load(coef + POS_SCALE, mask=in_rows, other=0.0)[:, None]
-    neg_scale = tl.load(coef + NEG_SCALE, mask=in_rows, other=0.0)[:, None]
-    neg_lse = tl.load(coef + NEG_LSE, mask=in_rows, other=0.0)[:, None]
-    shift = tl.load(coef + SHIFT, mask=in_rows, other=0.0)[:, None]
+    # Per row, as csrc/dot_product_mi's coefficients: the positives' scale grad / #positives
+    # and the negatives' (f-measures: grad / #negatives; DV: grad, over its softmax), times B * L.
+    pos_scale = tl.load(grad_ptr).to(ACC)
+    neg_lse = tl.load(stats_ptr + rows * 2, mask=in_rows, other=0.0)[:, None]
+    shift = tl.load(stats_ptr + rows * 2 + 1, mask=in_rows, other=0.0)[:, None]
+    if EST == DV:
+        neg_scale = pos_scale * num_columns
+    elif EST == INFONCE:
+        neg_scale = pos_scale
+    else:
+        neg_scale = pos_scale / (num_globals - 1)
     if EST == INFONCE:
         d_pos = pos_scale * sigmoid(neg_lse - scores)
     elif EST == DV:
@@ -251,6 +256,168 @@ def _gradient_kernel(
     valid = in_rows[:, None] & (tile_cols < tile_columns)[None, :]
     out = out_ptr + rows.to(tl.int64)[:, None] * tile_columns + tile_cols[None, :]
     tl.store(out, tl.where(positive, d_pos, d_neg).to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit
+def _logaddexp(a, b):
+    top = tl.maximum(a, b)
+    return lse_shift(top) + tl.log(tl.exp(a - lse_shift(top)) + tl.exp(b - lse_shift(top)))
+
+
+@triton.jit
+def _lse_of(total, top):
+    """shift(top) + log(total), -inf for an empty sum."""
+    return tl.where(total == 0, -float("inf"), lse_shift(top) + tl.log(tl.where(total == 0, 1.0, total)))
+
+
+@triton.jit
+def _row_totals(partial_ptr, rows, in_rows, partial_splits, splits, ACC: tl.constexpr):
+    """Each row's first `splits` partials (of room for `partial_splits`) merged in order:
+    (sum Ep, sum Eq, the negatives' logsumexp)."""
+    pos = tl.zeros(rows.shape, dtype=ACC)
+    neg = tl.zeros(rows.shape, dtype=ACC)
+    top = tl.full(rows.shape, -float("inf"), dtype=ACC)
+    total = tl.zeros(rows.shape, dtype=ACC)
+    at = partial_ptr + rows.to(tl.int64) * partial_splits * ROW_STATS
+    for _ in range(0, splits):
+        pos += tl.load(at + POS_SUM, mask=in_rows, other=0.0)
+        neg += tl.load(at + NEG_SUM, mask=in_rows, other=0.0)
+        split_max = tl.load(at + NEG_MAX, mask=in_rows, other=-float("inf"))
+        split_sum = tl.load(at + NEG_SUM_EXP, mask=in_rows, other=0.0)
+        new_top = tl.maximum(top, split_max)
+        total = lse_rescaled(total, top, new_top) + lse_rescaled(split_sum, split_max, new_top)
+        top = new_top
+        at += ROW_STATS
+    return pos, neg, _lse_of(total, top)
+
+
+@triton.jit
+def _finish_kernel(
+    partial_ptr, positives_ptr, out_ptr, stats_ptr, num_globals, partial_splits, splits, batch, locations,
+    EST: tl.constexpr, OFFICIAL: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+):  # fmt: skip
+    """One program: the estimate (in out's dtype) and the (G, 2) statistics the backward
+    reads (the negatives' logsumexp per row, or DV's over all; InfoNCE's shift
+    log sum_p exp(lse - lse_p)), from the per-row partials, as csrc/dot_product_mi's finish."""
+    zero = tl.zeros((), ACC)
+    num_pos = zero + batch * locations
+    num_neg = num_pos * (num_globals - 1)
+    row_block = tl.arange(0, BLOCK_R)
+    sums = tl.zeros((BLOCK_R,), dtype=ACC)
+    neg_sums = tl.zeros((BLOCK_R,), dtype=ACC)
+    lane_top = tl.full((BLOCK_R,), -float("inf"), dtype=ACC)
+    lane_total = tl.zeros((BLOCK_R,), dtype=ACC)
+    for r0 in range(0, num_globals, BLOCK_R):
+        rows = r0 + row_block
+        in_rows = rows < num_globals
+        pos, neg, neg_lse = _row_totals(partial_ptr, rows, in_rows, partial_splits, splits, ACC)
+        if EST == INFONCE:  # G == B: row b's positives are image b's L scores
+            row_lse = neg_lse
+            if OFFICIAL:  # the official code keeps the L self pairs at score -10
+                row_lse = _logaddexp(row_lse, -10.0 + tl.log(zero + locations))
+            top = tl.full((BLOCK_R,), -float("inf"), dtype=ACC)
+            total = tl.zeros((BLOCK_R,), dtype=ACC)
+            for l0 in range(0, locations, BLOCK_L):
+                ls = l0 + tl.arange(0, BLOCK_L)
+                valid = in_rows[:, None] & (ls < locations)[None, :]
+                p = tl.load(positives_ptr + rows[:, None] * locations + ls[None, :], mask=valid, other=0.0)
+                candidates = _logaddexp(p, row_lse[:, None])
+                sums += tl.sum(tl.where(valid, p - candidates, 0.0), axis=1)
+                x = tl.where(valid, row_lse[:, None] - candidates, -float("inf"))
+                new_top = tl.maximum(top, tl.max(x, axis=1))
+                total = lse_rescaled(total, top, new_top) + tl.sum(tl.exp(x - lse_shift(new_top)[:, None]), axis=1)
+                top = new_top
+            tl.store(stats_ptr + rows * 2, row_lse, mask=in_rows)
+            tl.store(stats_ptr + rows * 2 + 1, _lse_of(total, top), mask=in_rows)
+        else:
+            sums += tl.where(in_rows, pos, 0.0)
+            neg_sums += tl.where(in_rows, neg, 0.0)
+            x = tl.where(in_rows, neg_lse, -float("inf"))
+            new_top = tl.maximum(lane_top, x)
+            lane_total = lse_rescaled(lane_total, lane_top, new_top) + tl.exp(x - lse_shift(new_top))
+            lane_top = new_top
+    pos_mean = tl.sum(sums, axis=0) / num_pos
+    if EST == INFONCE:
+        estimate = pos_mean
+        if not OFFICIAL:
+            estimate += tl.log(zero + 1 + (batch - 1) * locations)
+    elif EST == DV:
+        top = tl.max(lane_top, axis=0)
+        lse = _lse_of(tl.sum(lse_rescaled(lane_total, lane_top, top), axis=0), top)
+        estimate = pos_mean - (lse - tl.log(num_neg))
+        if OFFICIAL:
+            estimate -= tl.log(zero + locations)
+        for r0 in range(0, num_globals, BLOCK_R):
+            rows = r0 + row_block
+            tl.store(stats_ptr + rows * 2, tl.zeros((BLOCK_R,), dtype=ACC) + lse, mask=rows < num_globals)
+            tl.store(stats_ptr + rows * 2 + 1, tl.zeros((BLOCK_R,), dtype=ACC), mask=rows < num_globals)
+    else:
+        estimate = pos_mean - tl.sum(neg_sums, axis=0) / num_neg
+        for r0 in range(0, num_globals, BLOCK_R):
+            rows = r0 + row_block
+            tl.store(stats_ptr + rows * 2, tl.zeros((BLOCK_R,), dtype=ACC), mask=rows < num_globals)
+            tl.store(stats_ptr + rows * 2 + 1, tl.zeros((BLOCK_R,), dtype=ACC), mask=rows < num_globals)
+    tl.store(out_ptr, estimate.to(out_ptr.dtype.element_ty))
+
+
+@tuned(key=["num_globals", "tile_columns", "units", "ALLOW_TF32", "AFFINE", "WIDE"], dtype_arg="global_ptr")
+@triton.jit
+def _tile_gradients_kernel(
+    tile_ptr, global_ptr, local_ptr, d_local_ptr, d_global_ptr, unscale, first, num_globals, tile_columns, units,
+    locations, stride_global, stride_global_unit, stride_image, stride_unit, stride_location,
+    stride_d_image, stride_d_unit, stride_d_location,
+    ACCUMULATE: tl.constexpr, ACC: tl.constexpr, ALLOW_TF32: tl.constexpr, AFFINE: tl.constexpr, WIDE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """A tile of dS (G, tile_columns; columns [first, first + tile_columns)) into both
+    gradients, unscaled, one launch, two families of programs: d local[:, :, column] =
+    dSᵀ global (written in the gradient's strides, in its dtype) for (BLOCK_M columns,
+    BLOCK_N units) blocks, then d global += dS local for (BLOCK_M rows, BLOCK_N units)
+    blocks (ACCUMULATE: added to what earlier tiles wrote)."""
+    pid = tl.program_id(0)
+    unit_blocks = tl.cdiv(units, BLOCK_N)
+    local_programs = tl.cdiv(tile_columns, BLOCK_M) * unit_blocks
+    us = (pid % unit_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    in_units = us < units
+    if pid < local_programs:
+        cs = (pid // unit_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        in_cs = cs < tile_columns
+        acc = product(
+            tile_ptr + cs[:, None], tile_columns, global_ptr + us[None, :] * stride_global_unit, stride_global,
+            in_cs[:, None], in_units[None, :], num_globals, ACC, ALLOW_TF32, BLOCK_K,
+        )  # fmt: skip
+        cols = first + cs
+        if WIDE:
+            cols = cols.to(tl.int64)
+        at = (cols // locations) * stride_d_image + (cols % locations) * stride_d_location
+        d_local_out = d_local_ptr + at[:, None] + us[None, :] * stride_d_unit
+        tl.store(d_local_out, (acc * unscale).to(d_local_ptr.dtype.element_ty), mask=in_cs[:, None] & in_units[None, :])
+    else:
+        rows = ((pid - local_programs) // unit_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        in_rows = rows < num_globals
+        ks = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+        d_ptrs = tile_ptr + rows[:, None].to(tl.int64) * tile_columns + ks[None, :]
+        for k0 in range(0, tile_columns, BLOCK_K):
+            in_k = ks < tile_columns - k0
+            d = tl.load(d_ptrs, mask=in_rows[:, None] & in_k[None, :], other=0.0)
+            d_ptrs += BLOCK_K
+            cols = first + k0 + ks
+            if WIDE:
+                cols = cols.to(tl.int64)
+            if AFFINE:
+                x_at = cols * (stride_location if locations > 1 else stride_image)
+            else:
+                x_at = (cols // locations) * stride_image + (cols % locations) * stride_location
+            x_mask = in_k[:, None] & in_units[None, :]
+            x = tl.load(local_ptr + x_at[:, None] + us[None, :] * stride_unit, mask=x_mask, other=0.0)
+            acc += dot(d.to(x.dtype), x, ACC, ALLOW_TF32)
+        d_global_out = d_global_ptr + rows[:, None] * units + us[None, :]
+        keep = in_rows[:, None] & in_units[None, :]
+        acc = acc * unscale
+        if ACCUMULATE:
+            acc += tl.load(d_global_out, mask=keep, other=0.0).to(ACC)
+        tl.store(d_global_out, acc.to(d_global_ptr.dtype.element_ty), mask=keep)
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -320,16 +487,16 @@ class _Problem:
 
 def _reduce(p: _Problem, local: torch.Tensor, global_codes: torch.Tensor):
     """(per-row partial statistics (G, splits, ROW_STATS), positives (B * L; InfoNCE only))."""
-    # Each tile splits its row blocks' column blocks its own way (_splits); the partials hold
-    # the most any tile takes, the rest at the identity, which the finish merges harmlessly.
+    # Each tile splits its row blocks' column blocks its own way: room for the most any tile
+    # takes, and the view of the splits the tile that ran wrote.
     grid = reduce_grid(p.num_globals, p.num_columns, _multiprocessors(local.device), tunables.triton_programs())
     most = max(grid(t.kwargs)[1] for t in ALL_TILES)
-    partial = torch.zeros(p.num_globals, most, ROW_STATS.value, dtype=p.acc, device=local.device)
-    partial[:, :, NEG_MAX.value] = -float("inf")
+    partial = torch.empty(p.num_globals, most, ROW_STATS.value, dtype=p.acc, device=local.device)
     positives = torch.empty(p.num_columns, dtype=p.acc, device=local.device)
     with device_of(local):
         _reduce_kernel[grid](global_codes, p.local, partial, positives, most, **p.shape, **p.meta)
-    return partial, positives
+    ran = _reduce_kernel.last_config  # None only when a compile-only harness ran no tile
+    return partial[:, : grid(ran.kwargs)[1] if ran is not None else most], positives
 
 
 @no_autocast
@@ -337,10 +504,15 @@ def forward(local, global_codes, estimator: str, official: bool, offset: int, ti
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, True, None, None)
     p = _Problem(local, global_codes, estimator, offset)
     partial, positives = _reduce(p, local, global_codes)
-    estimate, stats = torch.ops.dim_fused.dot_product_mi_finish(
-        partial, positives, estimator, official, p.batch, p.locations
-    )
-    return estimate.to(local.dtype), stats
+    estimate = torch.empty((), dtype=local.dtype, device=local.device)
+    stats = torch.empty(p.num_globals, 2, dtype=p.acc, device=local.device)
+    with device_of(local):
+        _finish_kernel[(1,)](
+            partial, positives, estimate, stats, p.num_globals, partial.stride(0) // ROW_STATS.value,
+            partial.shape[1], p.batch, p.locations,
+            EST=p.meta["EST"], OFFICIAL=official, ACC=p.meta["ACC"], BLOCK_R=FINISH_ROWS, BLOCK_L=FINISH_LOCATIONS,
+        )  # fmt: skip
+    return estimate, stats
 
 
 @no_autocast
@@ -359,18 +531,30 @@ def statistics(local, global_codes, estimator: str, offset: int, tile_scores: in
 def backward(grad, local, global_codes, stats, estimator: str, official: bool, offset: int, tile_scores: int):
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, False, grad, stats)
     p = _Problem(local, global_codes, estimator, offset)
-    ops = torch.ops.dim_fused
-    coef = ops.dot_product_mi_coefficients(grad, stats, estimator, p.batch, p.locations)
-    d_global = torch.zeros(p.num_globals, p.units, dtype=p.acc, device=local.device)
     d_local = gradient_like(local)
+    d_flat = d_local.view(p.batch, p.units, p.locations)
     step = max(1, min(p.batch, tile_scores // (p.num_globals * p.locations)))  # whole images per tile
+    # One tile: d global written in its dtype at once; several: summed over the tiles in the
+    # accumulation dtype, cast at the end.
+    one_tile = step >= p.batch
+    d_global = torch.empty(p.num_globals, p.units, dtype=global_codes.dtype if one_tile else p.acc, device=local.device)
+    unscale = 1.0 / p.num_columns  # the tile carries the gradient scale B * L
+    strides = {f"stride_d_{k}": v for k, v in zip(("image", "unit", "location"), d_flat.stride(), strict=True)}
     with device_of(local):
         for first in range(0, p.batch, step):
             n = min(step, p.batch - first) * p.locations
             tile = torch.empty(p.num_globals, n, dtype=p.acc, device=local.device)
             _gradient_kernel[gradient_grid(p.num_globals, n)](
-                global_codes, p.local, coef, tile, first * p.locations, tile_columns=n, **p.shape, **p.meta
+                global_codes, p.local, grad, stats, tile, first * p.locations, tile_columns=n, **p.shape, **p.meta
             )
-            ops.dot_product_mi_tile_backward(tile, local, global_codes, first, d_local, d_global)
-    unscale = 1.0 / p.num_columns  # the coefficients carry the gradient scale B * L
-    return d_local.mul_(unscale), d_global.mul_(unscale).to(global_codes.dtype)
+            grid = lambda meta, n=n: (  # noqa: E731
+                (triton.cdiv(n, meta["BLOCK_M"]) + triton.cdiv(p.num_globals, meta["BLOCK_M"]))
+                * triton.cdiv(p.units, meta["BLOCK_N"]),
+            )
+            _tile_gradients_kernel[grid](
+                tile, global_codes, p.local, d_flat, d_global, unscale, first * p.locations, p.num_globals, n,
+                p.units, p.locations, **{k: v for k, v in p.shape.items() if k.startswith("stride")}, **strides,
+                ACCUMULATE=first > 0, ACC=p.meta["ACC"], ALLOW_TF32=p.meta["ALLOW_TF32"], AFFINE=p.meta["AFFINE"],
+                WIDE=p.meta["WIDE"],
+            )  # fmt: skip
+    return d_local, d_global if one_tile else d_global.to(global_codes.dtype)
