@@ -139,7 +139,7 @@ gpu_tests() {
 smoke=("$PY" -m benchmarks.gpu_smoke --device "$DEVICE" --backends $BACKENDS)
 # The sanitizer where there is one (a dry run has none: the same command runs without it).
 sanitized() { if [ -n "$SANITIZER" ]; then "$SANITIZER" --tool "$1" --error-exitcode 1 "${@:2}"; else "${@:2}"; fi; }
-report() { "$PY" -m benchmarks.report --device "$DEVICE" --modes forward+backward "$@"; }
+report() { "$PY" -m benchmarks.report --device "$DEVICE" --modes forward+backward --no-launches "$@"; }
 if [ $DRY = 1 ]; then
   SIZE=(--tiny) LARGE=(--configs tiny) SPEED=(--critics concat --backends reference cpu --batch-size 8 --warmup 1 --min-time 0.2)
   TESTS=(tests/ops/test_safety.py tests/ops/mi_bound -k "(double_backward or opcheck) and cpu-cpu")

@@ -11,10 +11,11 @@ runs out of memory is recorded as such.
 Every peer runs at one precision: in float32, cuBLAS matmuls and cuDNN convolutions are both
 set to --fp32-precision (ieee by default, or tf32), and the tables say which.
 
-Prints a summary (per op and setting, the best fused backend against each peer) and
-writes to --out (default runs/report-quick, -full or -tiny): summary.md, table.md
-(every row), results.json and results.csv (raw numbers with device, versions, date
-and command) and PNG plots (time and memory against batch size and feature-map size;
+Prints a summary (per op and setting, the best fused backend against each peer) and the
+device launches, host syncs and time per call of each op on tiny inputs, and writes to
+--out (default runs/report-quick, -full or -tiny): summary.md, table.md (every row),
+launches.md, results.json and results.csv (raw numbers with device, versions, date and
+command) and PNG plots (time and memory against batch size and feature-map size;
 the speed-ups of the summary).
 """
 
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 import dim_fused
 
-from . import cases, configs, memory
+from . import cases, configs, launches, memory
 from .ceilings import measure_ceilings
 from .configs import Config
 from .timing import measure, measure_interleaved
@@ -453,6 +454,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--min-time", type=float, default=0.2, help="seconds of interleaved rounds per peer and case, at least"
     )
     parser.add_argument(
+        "--no-launches",
+        action="store_true",
+        help="leave out the table of device launches, host syncs and time per call on tiny inputs "
+        "(benchmarks/launches.py; launches.md)",
+    )
+    parser.add_argument(
         "--cpu-memory-gb", type=float, default=12.0, help="on the CPU, allocations beyond this count as out of memory"
     )
     args = parser.parse_args(argv)
@@ -500,6 +507,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("measured ceilings: " + ", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
     print(summary(rows))
     write(rows, meta, out)
+    if not (interrupted or args.no_launches):
+        # What a call costs beyond its arithmetic: launches and the host's time per call at tiny sizes.
+        table = launches.markdown(launches.table(device=device))
+        (out / "launches.md").write_text(f"Command: `{command}`\n\n{meta['device']}, float32, tiny inputs\n\n{table}")
+        print(table)
     print(f"every row (all peers, both modes, throughputs) in {out / 'table.md'}; plots and raw numbers in {out}/")
     return rows
 

@@ -117,17 +117,31 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One step on ``images``: its random draws (the concat critics' negatives from this
+        rank's generator, the prior's samples from the shared one), then ``update``."""
+        config = self.config.model
+        negatives = self.model.negatives(images.shape[0] // config.views, self.local, self.device)
+        samples = None
+        if self.prior_optimizer is not None:
+            batch = images.shape[0]
+            samples = torch.rand(self.world * batch, config.code_dim, generator=self.shared, device=self.device)
+            samples = samples[self.rank * batch : (self.rank + 1) * batch]
+        return self.update(images, negatives, samples)
+
+    def update(
+        self, images: torch.Tensor, negatives: dict[str, list[torch.Tensor]], samples: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """The step without randomness: the encoder's and the critics' update on the loss,
+        then the prior discriminator's on ``samples``; its metrics stay on the device (no
+        host sync: the loop reads them once per logging window)."""
         self.model.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
-            out = self.trainable(images, generator=self.local)
+            out = self.trainable(images, negatives=negatives)
         self.encoder_optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.encoder_optimizer.step()
         metrics = {"loss": out.loss, "global_mi": out.global_mi, "local_mi": out.local_mi, "prior": out.prior}
         if self.prior_optimizer is not None:
-            batch, dim = out.code.shape
-            samples = torch.rand(self.world * batch, dim, generator=self.shared, device=self.device)
-            samples = samples[self.rank * batch : (self.rank + 1) * batch]
             loss, stats = self.model.prior_loss(out.code, samples)
             self.prior_optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -40,6 +40,9 @@ def test_report_end_to_end(tmp_path):
     assert len(lines) == 1 + len(configs.TINY)  # one line per op and setting, + the header
     assert "time / FLOPs at peak" in summary and data["meta"]["ceilings"]["gemm_tflop_per_s"] > 0
     assert str(tmp_path) in result.stdout  # the user is told where the files are
+    launches_table = (tmp_path / "launches.md").read_text()
+    assert "| concat_conv_mi | jsd | reference |" in launches_table and "| mi_bound | jsd | cpu |" in launches_table
+    assert "us / call (tiny inputs)" in result.stdout
     assert "| op | config |" in result.stdout and "\n| mi_bound | tiny | jsd | cpu |" in result.stdout
     for name in ("dot_product_mi-batch-jsd.png", "speedup.png"):
         image = matplotlib.image.imread(tmp_path / name)

@@ -363,3 +363,26 @@ def test_evaluate_refuses_what_is_not_a_checkpoint(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert evaluate.main([str(tmp_path / "junk.pt")]) == 2
     assert "is not a dim_fused training checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+def test_a_training_step_reads_no_value_on_the_host(tmp_path, critic):
+    """The update after the draws (forward, backward, both optimizers' steps, the prior's
+    gradient penalty) runs on the meta device, where reading any tensor's value on the host
+    (item, a branch on data, nonzero, a data-dependent shape) raises: what on a GPU would
+    be a host sync, and what a CUDA graph of the step cannot hold. The ops resolve to the
+    reference there: their own host code is held to no sync by tests/benchmarks/test_launches.py."""
+    images = torch.randint(0, 256, (24, 1, 36, 36), dtype=torch.uint8)
+    mine = ImageData.from_tensors("mine", images[:16], torch.arange(16) % 4, images[16:], torch.arange(8) % 4)
+    model = {"critic": critic, "alpha": 0.5, "global_critic": "flat", "views": 2}
+    trainer = Trainer(config(steps=1, data="mine", batch_size=4, model=model), tmp_path / "run", data=mine)
+    trainer.model.to("meta")  # the optimizers hold the same parameters, now on meta
+    metrics = trainer.update(
+        torch.empty(8, 1, 32, 32, device="meta"),
+        trainer.model.negatives(4, device="meta"),
+        torch.empty(8, 64, device="meta"),
+    )
+    assert sorted(metrics) == ["global_mi", "local_mi", "loss", "prior", "prior_accuracy", "prior_bound"]
+    assert all(m.device.type == "meta" for m in metrics.values())
+    with pytest.raises((RuntimeError, NotImplementedError)):  # the check is live: a read raises there
+        metrics["loss"].item()

@@ -25,11 +25,14 @@ def dot_product_mi(
     full G x B x L score tensor; official DV without the official 1e-6 epsilon."""
     u = dot_product_scores(local_codes, global_codes)
     num_globals, batch, locations = u.shape
+    flat = u.reshape(num_globals * batch, locations)
     images = torch.arange(batch, device=u.device)
-    positive = torch.zeros(num_globals, batch, dtype=torch.bool, device=u.device)
-    positive[images + positive_offset, images] = True
-    pos = u[positive]  # (B, L), row j = local image j
-    neg = u[~positive]  # ((G - 1) * B, L)
+    positives = (images + positive_offset) * batch + images  # flat (global, image) rows, increasing
+    pos = flat[positives]  # (B, L), row j = local image j
+    # The k-th negative row, in (global, image) order, skips the positives before it: an
+    # index, not a boolean mask (which would read the mask on the host).
+    k = torch.arange(num_globals * batch - batch, device=u.device)
+    neg = flat[k + torch.searchsorted(positives - images, k, right=True)]  # ((G - 1) * B, L)
     if estimator in F_MEASURES:
         return mi_bound(pos, neg, estimator)
     if estimator == "dv":
