@@ -14,6 +14,7 @@ from .triton_launch import device_of, tl_dtype
 from .triton_math import (
     DV,
     INFONCE,
+    lse_of,
     lse_rescaled,
     lse_shift,
     negative_term,
@@ -86,9 +87,7 @@ def _merged(partial_ptr, n_partials, ACC: tl.constexpr, BLOCK: tl.constexpr):
         lane_sum = lse_rescaled(lane_sum, lane_max, new_max) + tl.exp(x - lse_shift(new_max))
         lane_max = new_max
     top = tl.max(lane_max, axis=0)
-    total = tl.sum(lse_rescaled(lane_sum, lane_max, top), axis=0)
-    # log(0) = -inf (no negatives, or all -inf) without the interpreter's divide-by-zero warning
-    lse = tl.where(total == 0, -float("inf"), lse_shift(top) + tl.log(tl.where(total == 0, 1.0, total)))
+    lse = lse_of(tl.sum(lse_rescaled(lane_sum, lane_max, top), axis=0), top)
     return tl.sum(sums, axis=0), tl.sum(neg_sums, axis=0), lse
 
 

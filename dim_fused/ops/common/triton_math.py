@@ -42,6 +42,13 @@ def lse_rescaled(s, old_max, new_max):
 
 
 @triton.jit
+def lse_of(total, top):
+    """A running logsumexp's value, shift(top) + log(total): -inf for an empty sum (without
+    the interpreter's log(0) warning), NaN kept."""
+    return tl.where(total == 0, -float("inf"), lse_shift(top) + tl.log(tl.where(total == 0, 1.0, total)))
+
+
+@triton.jit
 def softplus(x):
     return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
 

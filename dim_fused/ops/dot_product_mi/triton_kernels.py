@@ -27,6 +27,7 @@ from ..common.triton_math import (
     NEG_SUM_EXP,
     POS_SUM,
     ROW_STATS,
+    lse_of,
     lse_rescaled,
     lse_shift,
     negative_term,
@@ -265,12 +266,6 @@ def _logaddexp(a, b):
 
 
 @triton.jit
-def _lse_of(total, top):
-    """shift(top) + log(total), -inf for an empty sum."""
-    return tl.where(total == 0, -float("inf"), lse_shift(top) + tl.log(tl.where(total == 0, 1.0, total)))
-
-
-@triton.jit
 def _row_totals(partial_ptr, rows, in_rows, partial_splits, splits, ACC: tl.constexpr):
     """Each row's first `splits` partials (of room for `partial_splits`) merged in order:
     (sum Ep, sum Eq, the negatives' logsumexp)."""
@@ -288,7 +283,7 @@ def _row_totals(partial_ptr, rows, in_rows, partial_splits, splits, ACC: tl.cons
         total = lse_rescaled(total, top, new_top) + lse_rescaled(split_sum, split_max, new_top)
         top = new_top
         at += ROW_STATS
-    return pos, neg, _lse_of(total, top)
+    return pos, neg, lse_of(total, top)
 
 
 @triton.jit
@@ -328,7 +323,7 @@ def _finish_kernel(
                 total = lse_rescaled(total, top, new_top) + tl.sum(tl.exp(x - lse_shift(new_top)[:, None]), axis=1)
                 top = new_top
             tl.store(stats_ptr + rows * 2, row_lse, mask=in_rows)
-            tl.store(stats_ptr + rows * 2 + 1, _lse_of(total, top), mask=in_rows)
+            tl.store(stats_ptr + rows * 2 + 1, lse_of(total, top), mask=in_rows)
         else:
             sums += tl.where(in_rows, pos, 0.0)
             neg_sums += tl.where(in_rows, neg, 0.0)
@@ -343,7 +338,7 @@ def _finish_kernel(
             estimate += tl.log(zero + 1 + (batch - 1) * locations)
     elif EST == DV:
         top = tl.max(lane_top, axis=0)
-        lse = _lse_of(tl.sum(lse_rescaled(lane_total, lane_top, top), axis=0), top)
+        lse = lse_of(tl.sum(lse_rescaled(lane_total, lane_top, top), axis=0), top)
         estimate = pos_mean - (lse - tl.log(num_neg))
         if OFFICIAL:
             estimate -= tl.log(zero + locations)
