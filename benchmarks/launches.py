@@ -197,7 +197,7 @@ SETTINGS = [
         channels=3,
         global_dim=2,
         hidden=(8, 8),
-        estimators=("jsd", "infonce"),
+        estimators=("jsd", "dv", "infonce"),
     ),  # fmt: skip
 ]
 

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <optional>
 
 namespace dim_fused {
 namespace {
@@ -170,23 +171,26 @@ int64_t ConcatConvProblem::chunk_images() const {
 
 namespace {
 
+// The estimate of dim_fused::mi_bound (its normaliser is not kept: the backward
+// below passes none, and DV's is recomputed there).
 at::Tensor mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string_view estimator) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("dim_fused::mi_bound", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view)>();
-  return op.call(pos, neg, estimator);
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, c10::string_view)>();
+  return std::get<0>(op.call(pos, neg, estimator));
 }
 
 std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad,
                                                         const at::Tensor& pos,
                                                         const at::Tensor& neg,
                                                         c10::string_view estimator) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("dim_fused::mi_bound_backward", "")
-          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                    const at::Tensor&, c10::string_view)>();
-  return op.call(grad, pos, neg, estimator);
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("dim_fused::mi_bound_backward", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(
+                           const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const std::optional<at::Tensor>&, c10::string_view)>();
+  return op.call(grad, pos, neg, std::nullopt, estimator);
 }
 
 // First-layer halves: P (B * L, H1) per location, Q (B, H1) per image.

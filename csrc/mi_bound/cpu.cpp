@@ -53,18 +53,23 @@ Totals<T> reduce_totals(const Scores<scalar_t>& s) {
   return total;
 }
 
-at::Tensor estimate_cpu(const MiBoundProblem& p) {
+std::tuple<at::Tensor, at::Tensor> estimate_cpu(const MiBoundProblem& p) {
   DIM_FUSED_DEVICE_PIECE("mi_bound_estimate");
   at::Tensor out = at::empty({}, p.pos.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.pos.scalar_type(), "mi_bound_cpu",
-                                  [&] {
-                                    const auto s = scores_of<scalar_t>(p);
-                                    out.fill_(s.estimate(reduce_totals(s)));
-                                  });
-  return out;
+  at::Tensor normaliser = at::empty({}, p.pos.options().dtype(acc_dtype(p.pos.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, p.pos.scalar_type(), "mi_bound_cpu", [&] {
+        const auto s = scores_of<scalar_t>(p);
+        const auto totals = reduce_totals(s);
+        out.fill_(s.estimate(totals));
+        normaliser.fill_(p.estimator == Estimator::DV ? totals.neg_lse.value() : 0);
+      });
+  return {out, normaliser};
 }
 
-std::tuple<at::Tensor, at::Tensor> gradient_cpu(const at::Tensor& grad, const MiBoundProblem& p) {
+std::tuple<at::Tensor, at::Tensor> gradient_cpu(const at::Tensor& grad,
+                                                const std::optional<at::Tensor>& normaliser,
+                                                const MiBoundProblem& p) {
   DIM_FUSED_DEVICE_PIECE("mi_bound_gradient");
   at::Tensor dpos = at::empty(p.pos.sizes(), p.pos.options());
   at::Tensor dneg = at::empty(p.neg.sizes(), p.neg.options());
@@ -74,7 +79,9 @@ std::tuple<at::Tensor, at::Tensor> gradient_cpu(const at::Tensor& grad, const Mi
         using V = vector_type<scalar_t>;
         const auto s = scores_of<scalar_t>(p);
         const T g = grad.item<T>();
-        const T neg_lse = p.estimator == Estimator::DV ? reduce_totals(s).neg_lse.value() : T(0);
+        T neg_lse = T(0);
+        if (p.estimator == Estimator::DV)
+          neg_lse = normaliser ? normaliser->item<T>() : reduce_totals(s).neg_lse.value();
         scalar_t* dp = dpos.data_ptr<scalar_t>();
         scalar_t* dn = dneg.data_ptr<scalar_t>();
         at::parallel_for(0, s.n_pos, kChunk, [&](int64_t begin, int64_t end) {

@@ -37,24 +37,41 @@ void check_mi_bound_grad(const at::Tensor& grad, const at::Tensor& pos) {
       ", got ", grad.sizes(), " on ", grad.device());
 }
 
+void check_mi_bound_normaliser(const std::optional<at::Tensor>& normaliser, const at::Tensor& pos) {
+  if (!normaliser) return;
+  const auto acc = acc_dtype(pos.scalar_type());
+  TORCH_CHECK_VALUE(
+      normaliser->numel() == 1 && normaliser->device() == pos.device() &&
+          normaliser->scalar_type() == acc,
+      "dim_fused.mi_bound_backward: normaliser (the forward's second output) must be one ", acc,
+      " element on ", pos.device(), ", got ", normaliser->scalar_type(), " ", normaliser->sizes(),
+      " on ", normaliser->device());
+}
+
 namespace {
 
 // The checks as an op, so that the Triton kernels are guarded by the very checks the
 // C++ kernels run (they read metadata only).
 void check_mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string_view estimator,
-                       const std::optional<at::Tensor>& grad) {
+                       const std::optional<at::Tensor>& grad,
+                       const std::optional<at::Tensor>& normaliser) {
   check_mi_bound_inputs(pos, neg, estimator);
   if (grad) check_mi_bound_grad(*grad, pos);
+  check_mi_bound_normaliser(normaliser, pos);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
-  m.def("mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator) -> Tensor");
+  // The normaliser: DV's logsumexp of the negatives (0 for the other estimators), kept for
+  // the backward so that it does not reduce the negatives again.
+  m.def("mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator) -> (Tensor, Tensor)");
   m.def(
-      "mi_bound_backward(Tensor grad, Tensor pos_scores, Tensor neg_scores, str estimator)"
-      " -> (Tensor, Tensor)");
-  m.def("check_mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator, Tensor? grad) -> ()");
+      "mi_bound_backward(Tensor grad, Tensor pos_scores, Tensor neg_scores, Tensor? normaliser,"
+      " str estimator) -> (Tensor, Tensor)");
+  m.def(
+      "check_mi_bound(Tensor pos_scores, Tensor neg_scores, str estimator, Tensor? grad,"
+      " Tensor? normaliser) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(dim_fused, CompositeExplicitAutograd, m) {

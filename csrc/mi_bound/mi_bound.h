@@ -7,6 +7,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "../common/common.h"
@@ -26,6 +27,9 @@ MiBoundProblem check_mi_bound_inputs(const at::Tensor& pos, const at::Tensor& ne
                                      c10::string_view estimator);
 // The backward's incoming gradient: one element on the scores' device.
 void check_mi_bound_grad(const at::Tensor& grad, const at::Tensor& pos);
+// The forward's normaliser, when the backward is given one: one element of the scores'
+// accumulation dtype on their device.
+void check_mi_bound_normaliser(const std::optional<at::Tensor>& normaliser, const at::Tensor& pos);
 
 template <typename scalar_t>
 Scores<scalar_t> scores_of(const MiBoundProblem& p) {
@@ -37,15 +41,20 @@ Scores<scalar_t> scores_of(const MiBoundProblem& p) {
                           p.estimator};
 }
 
-// What a device supplies: the estimate (a 0-dim tensor of the scores' dtype) and the
-// gradients of checked scores.
+// What a device supplies: the estimate (a 0-dim tensor of the scores' dtype) with its
+// normaliser (DV's logsumexp of the negatives, 0 for the other estimators: 0-dim, in the
+// accumulation dtype), and the gradients of checked scores (DV's normaliser: the
+// forward's when given, else recomputed).
 struct MiBoundKernels {
-  at::Tensor (*estimate)(const MiBoundProblem& p);
-  std::tuple<at::Tensor, at::Tensor> (*gradient)(const at::Tensor& grad, const MiBoundProblem& p);
+  std::tuple<at::Tensor, at::Tensor> (*estimate)(const MiBoundProblem& p);
+  std::tuple<at::Tensor, at::Tensor> (*gradient)(const at::Tensor& grad,
+                                                 const std::optional<at::Tensor>& normaliser,
+                                                 const MiBoundProblem& p);
 };
 
 template <const MiBoundKernels& kKernels>
-at::Tensor mi_bound_op(const at::Tensor& pos, const at::Tensor& neg, c10::string_view estimator) {
+std::tuple<at::Tensor, at::Tensor> mi_bound_op(const at::Tensor& pos, const at::Tensor& neg,
+                                               c10::string_view estimator) {
   const MiBoundProblem p = check_mi_bound_inputs(pos, neg, estimator);
   const c10::DeviceGuard guard(pos.device());
   return kKernels.estimate(p);
@@ -55,11 +64,13 @@ template <const MiBoundKernels& kKernels>
 std::tuple<at::Tensor, at::Tensor> mi_bound_backward_op(const at::Tensor& grad,
                                                         const at::Tensor& pos,
                                                         const at::Tensor& neg,
+                                                        const std::optional<at::Tensor>& normaliser,
                                                         c10::string_view estimator) {
   const MiBoundProblem p = check_mi_bound_inputs(pos, neg, estimator);
   check_mi_bound_grad(grad, pos);
+  check_mi_bound_normaliser(normaliser, pos);
   const c10::DeviceGuard guard(pos.device());
-  return kKernels.gradient(grad, p);
+  return kKernels.gradient(grad, normaliser, p);
 }
 
 // In a TORCH_LIBRARY_IMPL(dim_fused, <device>, m) block.

@@ -15,19 +15,11 @@ from dim_fused.ops.common import checks
 TRITON = "triton" in dim_fused.available_backends("cpu")
 needs_triton = pytest.mark.skipif(not TRITON, reason="the Triton backend runs on the CPU only under the interpreter")
 
-# Over budget today (issue 21): each case with the count it has, so that one that meets its
-# budget fails here as an unexpected pass and moves up to the met ones.
-OVER_BUDGET = {
-    ("mi_bound", "dv"): "4 launches: the backward merges the forward's partials again for the normaliser",
-}
-
 
 def _cases():
     for config in launches.SETTINGS:
         for estimator in config.estimators:
-            why = OVER_BUDGET.get((config.op, estimator))
-            marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
-            yield pytest.param(config, estimator, marks=marks, id=f"{config.op}-{estimator}")
+            yield pytest.param(config, estimator, id=f"{config.op}-{estimator}")
 
 
 def _larger(config: Config) -> Config:

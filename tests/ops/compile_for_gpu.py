@@ -115,8 +115,9 @@ def launch_everything(full: bool) -> None:
     def scores(estimator, dtype, shape=(33, 17), k=3):
         pos = torch.randn(shape, dtype=dtype)
         neg = torch.randn((k, *shape) if estimator == "infonce" else shape, dtype=dtype)
-        mi_bound.forward(pos, neg, estimator)
-        mi_bound.backward(torch.tensor(1.0, dtype=dtype), pos, neg, estimator)
+        _, normaliser = mi_bound.forward(pos, neg, estimator)
+        for kept in (normaliser, None):  # the forward's normaliser, and DV's recomputed one
+            mi_bound.backward(torch.tensor(1.0, dtype=dtype), pos, neg, kept, estimator)
 
     def dot(estimator, dtype, tf32, configs, rows_layout=True, shape=(6, 40, 7, 6, 0)):
         batch, units, locations, num_globals, offset = shape

@@ -106,7 +106,11 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
         case("mi_bound meta", lambda: ops.mi_bound(torch.randn(3), torch.randn(3, device="meta"), "jsd"))
         ints = torch.ones(3, dtype=torch.long)
         case("mi_bound integer", lambda: ops.mi_bound(ints, ints, "jsd"))
-        case("mi_bound backward grad", lambda: ops.mi_bound_backward(torch.ones(3), l[0, 0], l[0, 1], "jsd"))
+        case("mi_bound backward grad", lambda: ops.mi_bound_backward(torch.ones(3), l[0, 0], l[0, 1], None, "jsd"))
+        one, pos = torch.tensor(1.0), torch.randn(5)
+        case("mi_bound normaliser", lambda: ops.mi_bound_backward(one, pos, pos, torch.zeros(2), "dv"))
+        wide = torch.zeros((), dtype=torch.float64)
+        case("mi_bound normaliser dtype", lambda: ops.mi_bound_backward(one, pos, pos, wide, "dv"))
         for kind, dtype in (("integer", torch.long), ("bool", torch.bool), ("complex", torch.cfloat)):
             case(f"dot {kind}", lambda dtype=dtype: ops.dot_product_mi(l.to(dtype), g.to(dtype), "jsd", False, 0, TILE))
         """
@@ -121,6 +125,8 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
     for name in ("mi_bound integer", "dot integer", "dot bool", "dot complex"):
         assert "ValueError" in results[name] and "float64, float32, bfloat16 or float16" in results[name], results[name]
     assert "grad must be one" in results["mi_bound backward grad"]
+    for name in ("mi_bound normaliser", "mi_bound normaliser dtype"):
+        assert "normaliser (the forward's second output) must be one Float element" in results[name], results[name]
 
 
 def test_triton_ops_check_what_the_cpp_ops_check():
@@ -132,7 +138,9 @@ def test_triton_ops_check_what_the_cpp_ops_check():
         l, g = torch.randn(4, 3, 5), torch.randn(4, 3)
         case("mi_bound shapes", lambda: ops.mi_bound_triton(torch.randn(1 << 20), torch.randn(200, 1), "infonce"))
         case("mi_bound backward shapes", lambda: ops.mi_bound_triton_backward(
-            torch.tensor(1.0), torch.randn(1000), torch.randn(4, 1), "infonce"))
+            torch.tensor(1.0), torch.randn(1000), torch.randn(4, 1), None, "infonce"))
+        case("mi_bound normaliser", lambda: ops.mi_bound_triton_backward(
+            torch.tensor(1.0), torch.randn(5), torch.randn(5), torch.zeros(3), "dv"))
         case("G < B", lambda: ops.dot_product_mi_triton(l, torch.randn(3, 3), "jsd", False, 0, TILE))
         case("offset", lambda: ops.dot_product_mi_triton(l, torch.randn(6, 3), "jsd", False, 3, TILE))
         case("B = 1", lambda: ops.dot_product_mi_triton(l[:1], g[:1], "jsd", False, 0, TILE))
@@ -146,6 +154,7 @@ def test_triton_ops_check_what_the_cpp_ops_check():
     )
     assert "infonce needs neg_scores of shape" in results["mi_bound shapes"]
     assert "infonce needs neg_scores of shape" in results["mi_bound backward shapes"]
+    assert "normaliser (the forward's second output) must be one" in results["mi_bound normaliser"]
     for name in ("G < B", "offset", "B = 1", "L = 0", "E differs", "stats broadcast"):
         assert results[name].startswith("ValueError"), (name, results[name])
 

@@ -1,8 +1,9 @@
 """The bound of a set of scores in Triton, what mi_bound is and what concat_conv_mi ends
-with: two launches for the estimate, one pass writing per-program partial sums (and DV's
-per-program logsumexp) and one program merging them in order; one elementwise pass for
-its gradient (DV's first merges the forward's partials again for its normaliser). No
-checks here: the callers' ops check their arguments."""
+with: two launches for the estimate and its normaliser (DV's logsumexp of the negatives),
+one pass writing per-program partial sums (and DV's per-program logsumexp) and one
+program merging them in order; one elementwise pass for its gradient, which reads the
+forward's normaliser (without it, DV's recomputes the partials first and every program
+merges them). No checks here: the callers' ops check their arguments."""
 
 import torch
 import triton
@@ -93,19 +94,32 @@ def _merged(partial_ptr, n_partials, ACC: tl.constexpr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _estimate_kernel(
-    partial_ptr, out_ptr, n_partials, n_pos, n_neg, num_neg, EST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr
+    partial_ptr,
+    out_ptr,
+    normaliser_ptr,
+    n_partials,
+    n_pos,
+    n_neg,
+    num_neg,
+    EST: tl.constexpr,
+    ACC: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
-    """One program: the estimate from the merged partials, in the scores' dtype."""
+    """One program: the estimate from the merged partials, in the scores' dtype, and its
+    normaliser (DV's logsumexp of the negatives, else 0) in ACC."""
     pos_sum, neg_sum, neg_lse = _merged(partial_ptr, n_partials, ACC, BLOCK)
     pos_mean = pos_sum / n_pos
     zero = tl.zeros((), ACC)  # counts as ACC (an int argument of 1 arrives as a Python int)
+    normaliser = zero
     if EST == INFONCE:
         estimate = pos_mean + tl.log(zero + (num_neg + 1))
     elif EST == DV:
         estimate = pos_mean - (neg_lse - tl.log(zero + n_neg))
+        normaliser = neg_lse
     else:
         estimate = pos_mean - neg_sum / n_neg
     tl.store(out_ptr, estimate.to(out_ptr.dtype.element_ty))
+    tl.store(normaliser_ptr, normaliser)
 
 
 @triton.jit
@@ -113,7 +127,7 @@ def _gradient_kernel(
     pos_ptr,
     neg_ptr,
     grad_ptr,
-    partial_ptr,
+    normaliser_ptr,
     dpos_ptr,
     dneg_ptr,
     n_pos,
@@ -123,9 +137,11 @@ def _gradient_kernel(
     EST: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
+    MERGE: tl.constexpr,
 ):
-    """d(estimate)/d(scores) times the incoming gradient (DV's normaliser: the forward's
-    partials, merged by every program: a few thousand at most, read from cache)."""
+    """d(estimate)/d(scores) times the incoming gradient (DV's normaliser: the forward's,
+    or with MERGE, recomputed partials at ``normaliser_ptr`` merged by every program: a few
+    thousand at most, read from cache)."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     g = tl.load(grad_ptr).to(ACC)
@@ -148,7 +164,11 @@ def _gradient_kernel(
         in_neg = offs < n_neg
         neg = tl.load(neg_ptr + offs, mask=in_neg, other=0.0).to(ACC)
         if EST == DV:  # d/dx of log mean exp(neg) is softmax(neg)
-            d = tl.exp(neg - _merged(partial_ptr, n_partials, ACC, BLOCK)[2])
+            if MERGE:
+                lse = _merged(normaliser_ptr, n_partials, ACC, BLOCK)[2]
+            else:
+                lse = tl.load(normaliser_ptr)
+            d = tl.exp(neg - lse)
         else:
             d = negative_term_grad(neg, EST) / n_neg
         dneg = -g * d
@@ -176,26 +196,38 @@ def _partials(pos: torch.Tensor, neg: torch.Tensor, estimator: str) -> torch.Ten
     return partial
 
 
-def estimate(pos: torch.Tensor, neg: torch.Tensor, estimator: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The bound of contiguous, checked scores: a 0-dim tensor of ``dtype`` (default: the
-    scores'), in 2 launches."""
+def estimate(
+    pos: torch.Tensor, neg: torch.Tensor, estimator: str, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bound of contiguous, checked scores, a 0-dim tensor of ``dtype`` (default: the
+    scores'), and its normaliser (0-dim, the accumulation dtype; what ``gradient`` reads),
+    in 2 launches."""
     partial = _partials(pos, neg, estimator)
     _, num_neg, meta = _launch_args(pos, neg, estimator)
     out = torch.empty((), dtype=dtype or pos.dtype, device=pos.device)
+    normaliser = torch.empty((), dtype=partial.dtype, device=pos.device)
     with device_of(pos):
-        _estimate_kernel[(1,)](partial, out, partial.shape[0], pos.numel(), neg.numel(), num_neg, **meta)
-    return out
+        _estimate_kernel[(1,)](partial, out, normaliser, partial.shape[0], pos.numel(), neg.numel(), num_neg, **meta)
+    return out, normaliser
 
 
 def gradient(
-    grad: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, estimator: str, dpos: torch.Tensor, dneg: torch.Tensor
+    grad: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    estimator: str,
+    dpos: torch.Tensor,
+    dneg: torch.Tensor,
+    normaliser: torch.Tensor | None = None,
 ) -> None:
     """Writes d(bound)/d(scores) times ``grad`` (one element) into ``dpos`` and ``dneg``
-    (contiguous, shaped like the scores): one launch, DV two."""
+    (contiguous, shaped like the scores): one launch given the forward's ``normaliser``
+    (DV without it: two)."""
     grid, num_neg, meta = _launch_args(pos, neg, estimator)
-    partial = _partials(pos, neg, estimator) if estimator == "dv" else grad
-    n_partials = partial.shape[0] if estimator == "dv" else 0
+    merge = estimator == "dv" and normaliser is None
+    source = _partials(pos, neg, estimator) if merge else grad if normaliser is None else normaliser
+    n_partials = source.shape[0] if merge else 0
     with device_of(pos):
         _gradient_kernel[grid](
-            pos, neg, grad, partial, dpos, dneg, pos.numel(), neg.numel(), num_neg, n_partials, **meta
+            pos, neg, grad, source, dpos, dneg, pos.numel(), neg.numel(), num_neg, n_partials, MERGE=merge, **meta
         )

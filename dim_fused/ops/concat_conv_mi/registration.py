@@ -26,16 +26,18 @@ def _fake(feature_map, global_code, weights, biases, perm, estimator, detach_neg
 
 
 def _triton_fake(feature_map, global_code, weights, biases, perm, estimator, detach_negatives, keep_activations, chunk):
-    """The Triton op keeps the first layer's halves P (B L, H1) and Q (B, H1) instead."""
+    """The Triton op keeps the first layer's halves P (B L, H1) and Q (B, H1) and the
+    bound's normaliser (0-dim, in the scores' dtype) instead."""
     estimate, scores, _ = _fake(
         feature_map, global_code, weights, biases, perm, estimator, detach_negatives, False, chunk
     )
     batch, hidden = feature_map.shape[0], weights[0].shape[0]
-    halves = [
+    kept = [
         feature_map.new_empty((batch * feature_map[0, 0].numel(), hidden)),
         feature_map.new_empty((batch, hidden)),
+        scores.new_empty(()),
     ]
-    return estimate, scores, halves
+    return estimate, scores, kept
 
 
 def _backward_fake(

@@ -464,22 +464,27 @@ class _Problem:
             )
         )
 
-    def check_halves(self, activations) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward's P and Q, which the backward reads: checked, they are pointers."""
-        shapes = [(self.rows_per_pair, self.hidden1), (self.batch, self.hidden1)]
+    def check_kept(self, activations) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The forward's P, Q and the bound's normaliser, which the backward reads: checked,
+        they are pointers."""
+        kinds = [
+            ((self.rows_per_pair, self.hidden1), self.dtype),
+            ((self.batch, self.hidden1), self.dtype),
+            ((), self.acc),
+        ]
         torch._check_value(
-            len(activations) == 2
+            len(activations) == 3
             and all(
-                a.shape == shape and a.dtype == self.dtype and a.device == self.fmap.device and a.is_contiguous()
-                for a, shape in zip(activations, shapes, strict=True)
+                a.shape == shape and a.dtype == dtype and a.device == self.fmap.device and a.is_contiguous()
+                for a, (shape, dtype) in zip(activations, kinds, strict=True)
             ),
             lambda: (
-                "dim_fused.concat_conv_mi_triton_backward: activations must be the forward's [P, Q], contiguous "
-                f"{self.dtype} tensors of shapes {shapes}, got "
+                "dim_fused.concat_conv_mi_triton_backward: activations must be the forward's [P, Q, normaliser], "
+                f"contiguous tensors of shapes and dtypes {kinds}, got "
                 f"{[(tuple(a.shape), a.dtype, a.is_contiguous()) for a in activations]}"
             ),
         )
-        return activations[0], activations[1]
+        return activations[0], activations[1], activations[2]
 
     def split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """P (B * L, H1) and Q (B, H1), in the inputs' dtype."""
@@ -502,8 +507,9 @@ class _Problem:
 def forward(
     feature_map, global_code, weights, biases, perm, estimator: str, detach_negatives: bool, keep: bool, chunk: int
 ):
-    """(estimate, scores, [P, Q]): the kernels keep the first layer's halves for the
-    backward (B L x H1 + B x H1 values) and recompute the rest on chip, so `keep` (the C++
+    """(estimate, scores, [P, Q, normaliser]): the kernels keep the first layer's halves
+    for the backward (B L x H1 + B x H1 values) and the bound's normaliser (one value), and
+    recompute the rest on chip, so `keep` (the C++
     plan's later activations) must be False; `chunk` (its row chunks) does not apply."""
     torch._check_value(not keep, lambda: "dim_fused.concat_conv_mi_triton keeps no later activations: pass False")
     p = _Problem(feature_map, global_code, weights, biases, perm, estimator)
@@ -514,8 +520,8 @@ def forward(
             P, Q, p.perm, p.w2, p.any_bias(p.b2), p.w3, p.any_bias(p.b3), scores, p.rows, **p.sizes,
             hidden2=p.hidden2, HAS_B2=p.b2 is not None, HAS_B3=p.b3 is not None, **p.meta,
         )  # fmt: skip
-        estimate = triton_bound.estimate(scores[0], scores[1:], estimator, dtype=p.dtype)
-    return estimate, scores, [P, Q]
+        estimate, normaliser = triton_bound.estimate(scores[0], scores[1:], estimator, dtype=p.dtype)
+    return estimate, scores, [P, Q, normaliser]
 
 
 @no_autocast
@@ -523,7 +529,7 @@ def backward(
     grad, feature_map, global_code, weights, biases, perm, scores, activations, estimator, detach_negatives, chunk
 ):
     p = _Problem(feature_map, global_code, weights, biases, perm, estimator, grad, scores)
-    P, Q = p.check_halves(activations)
+    P, Q, normaliser = p.check_kept(activations)
     device, acc = feature_map.device, p.acc
     pairs = p.rows // p.rows_per_pair
     # d(score) times the gradient scale B * L, undone at the end (as in the C++ plan):
@@ -549,7 +555,7 @@ def backward(
     d_code = torch.empty(p.batch, p.dim, dtype=p.dtype, device=device)
     with device_of(feature_map):
         d3 = d_scores.view(scores.shape)
-        triton_bound.gradient(grad, scores[0], scores[1:], estimator, d3[0], d3[1:])
+        triton_bound.gradient(grad, scores[0], scores[1:], estimator, d3[0], d3[1:], normaliser)
         common = {**p.sizes, "hidden2": p.hidden2, **p.meta}
         _dz2_kernel[lambda meta: (triton.cdiv(p.rows, meta["BLOCK_M"]), triton.cdiv(p.hidden2, meta["BLOCK_N"]))](
             P, Q, p.perm, p.w2, p.any_bias(p.b2), p.w3, d_scores, dz2, later, scale, p.rows,

@@ -41,7 +41,7 @@ def mi_bound(
     name = dispatch.resolve_backend(backend, pos_scores.device, "mi_bound")
     if name == "reference":
         return reference.mi_bound(pos_scores, neg_scores, estimator)
-    return library.registered("mi_bound", name)(pos_scores, neg_scores, estimator)
+    return library.registered("mi_bound", name)(pos_scores, neg_scores, estimator)[0]
 
 
 def check_scores(pos_scores: torch.Tensor, neg_scores: torch.Tensor, estimator: str) -> None:

@@ -171,13 +171,13 @@ def test_opcheck(fused, requires_grad, keep):
     weights = [w.float().reshape(w.shape[0], -1).to(device).requires_grad_(requires_grad) for w in weights]
     biases = [b.float().to(device) if b is not None else fmap.new_empty(0) for b in biases]  # empty: no bias
     op, backward_op = _ops_for(backend)
-    keep = keep and backend != "triton"  # the fused kernels keep the first layer's halves P, Q instead
+    keep = keep and backend != "triton"  # the fused kernels keep P, Q and the bound's normaliser instead
     args = (fmap.requires_grad_(requires_grad), code, weights, biases, perm.to(device), "jsd", False, keep, CHUNK)
     torch.library.opcheck(op, args)
     detached = [w.detach() for w in weights]
     with torch.no_grad():
         _, scores, activations = op(fmap, code, detached, biases, perm.to(device), "jsd", False, keep, CHUNK)
-    assert len(activations) == (2 if backend == "triton" else 1 if keep else 0)
+    assert len(activations) == (3 if backend == "triton" else 1 if keep else 0)
     one = torch.tensor(0.5, device=device)
     backward_args = (
         one,

@@ -138,7 +138,30 @@ def test_opcheck(fused, estimator, requires_grad):
     )
     torch.library.opcheck(_op_for(backend), (pos, neg, estimator))
     grad = torch.tensor(0.7, device=device)
-    torch.library.opcheck(_backward_op_for(backend), (grad, pos.detach(), neg.detach(), estimator))
+    _, normaliser = _op_for(backend)(pos.detach(), neg.detach(), estimator)
+    for kept in (normaliser, None):  # the forward's normaliser, or none (DV recomputes it)
+        torch.library.opcheck(_backward_op_for(backend), (grad, pos.detach(), neg.detach(), kept, estimator))
+
+
+@pytest.mark.parametrize("estimator", ["jsd", "dv", "infonce"])
+def test_the_backward_reads_the_forwards_normaliser(fused, estimator):
+    """DV's normaliser (the negatives' logsumexp) comes back from the forward, 0 for the
+    other estimators; the backward given it and the backward recomputing it agree."""
+    backend, device = fused
+    pos, neg = make_scores((4, 5), (3, 4, 5), estimator)
+    pos, neg = pos.double().to(device), neg.double().to(device)
+    estimate, normaliser = _op_for(backend)(pos, neg, estimator)
+    assert normaliser.shape == () and normaliser.dtype == torch.float64
+    expected = torch.logsumexp(neg.flatten(), 0) if estimator == "dv" else torch.zeros((), dtype=torch.float64)
+    torch.testing.assert_close(normaliser, expected.to(device))
+    grad = torch.tensor(0.7, dtype=torch.float64, device=device)
+    given = _backward_op_for(backend)(grad, pos, neg, normaliser, estimator)
+    recomputed = _backward_op_for(backend)(grad, pos, neg, None, estimator)
+    for a, b in zip(given, recomputed, strict=True):
+        torch.testing.assert_close(a, b)
+    if estimator == "dv":  # the backward does use it: a shifted normaliser scales d neg by e^-1
+        shifted = _backward_op_for(backend)(grad, pos, neg, normaliser + 1, estimator)
+        torch.testing.assert_close(shifted[1], recomputed[1] / torch.e)
 
 
 @pytest.mark.parametrize("estimator", ["jsd", "infonce"])
