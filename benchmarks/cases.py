@@ -65,6 +65,15 @@ def unavailable(peer: str, device: torch.device) -> str | None:
     return None
 
 
+def ungraphable(peer: str, device: torch.device) -> str | None:
+    """Why `peer`'s step cannot be timed captured as a CUDA graph on `device`, or None."""
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA GPU"
+    if peer in COMPILED:
+        return "torch.compile's own graph mode is mode='reduce-overhead'; not captured by hand"
+    return None
+
+
 def make_inputs(config: Config, device: torch.device, dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Fresh random inputs (never zeros) at scales where every estimator is finite."""
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -10,11 +10,13 @@
 # Call 1: the build for sm_90 with every core; the GPU tests of the cuda and triton backends
 # (pytest -n 8, a per-test timeout, autotuning off); the smoke run and compute-sanitizer
 # memcheck on it (autotuning off); the headline timings of the three CIFAR settings in
-# bfloat16 and float32 (IEEE), without the torch.compile peer; whole DIM training steps/s.
+# bfloat16 and float32 (IEEE), without the torch.compile peer; whole DIM training steps/s,
+# each step replayed as a CUDA graph and eagerly; the targets those rows measure.
 # Call 2: the build; the tests named in GPU_CHECK_RERUN (what failed in call 1 and was fixed);
-# racecheck on one case per kernel; the torch.compile peer (bfloat16); the kernels each op
-# runs per forward+backward on the GPU (what tests/benchmarks/test_launches.py counts on a
-# CPU); TF32 at the CIFAR settings; the large and STL-10 concat settings.
+# racecheck on one case per kernel; the CIFAR settings with every peer's step captured as a
+# CUDA graph (bfloat16); the kernels each op runs per forward+backward on the GPU (what
+# tests/benchmarks/test_launches.py counts on a CPU); the large and STL-10 concat settings;
+# the torch.compile peer (bfloat16); TF32 at the CIFAR settings; the targets measured.
 #
 # OUT receives four files, rewritten after every step so that a run cut short still says how
 # far it got: summary.md (environment, every step's status, the headline tables), log.txt
@@ -78,7 +80,7 @@ summary() {
     echo "| step | rc | seconds | last line of its log |"
     echo "|---|---:|---:|---|"
     printf '%s\n' "${rows[@]}"
-    for table in "$WORK"/*/summary.md "$WORK"/train-speed/table.md "$WORK"/launches.md; do
+    for table in "$WORK"/targets.md "$WORK"/*/summary.md "$WORK"/train-speed/table.md "$WORK"/launches.md; do
       [ -f "$table" ] && { echo; echo "## ${table#"$WORK"/}"; echo; grep -v '^Command:' "$table"; }
     done
   } >"$OUT/summary.md"
@@ -144,11 +146,12 @@ if [ $DRY = 1 ]; then
   SIZE=(--tiny) LARGE=(--configs tiny) SPEED=(--critics concat --backends reference cpu --batch-size 8 --warmup 1 --min-time 0.2)
   TESTS=(tests/ops/test_safety.py tests/ops/mi_bound -k "(double_backward or opcheck) and cpu-cpu")
 else
-  SIZE=(--quick) LARGE=(--configs large stl10) SPEED=(--min-time 1)
-  TESTS=(tests/ops -k "cuda or triton")
+  SIZE=(--quick) LARGE=(--configs large stl10) SPEED=(--min-time 0.5)
+  TESTS=(tests/ops tests/training/test_trainer.py -k "cuda or triton")
 fi
 NO_COMPILE=(--peers reference official seed matmuls $BACKENDS)
-export -f gpu_tests sanitized report
+targets() { "$PY" -m benchmarks.targets "$WORK" --out "$WORK/targets.md"; }
+export -f gpu_tests sanitized report targets
 export PY WORK WORKERS DEVICE SANITIZER
 
 if [ "$CALL" = 1 ]; then
@@ -159,6 +162,7 @@ if [ "$CALL" = 1 ]; then
   step headline-fp32 40 report "${SIZE[@]}" --dtype float32 --fp32-precision ieee "${NO_COMPILE[@]}" \
     --out "$WORK/headline-fp32"
   step train-speed 40 "$PY" -m benchmarks.train_speed --device "$DEVICE" "${SPEED[@]}" --out "$WORK/train-speed"
+  step targets 15 targets
 else
   if [ -n "${GPU_CHECK_RERUN:-}" ]; then
     # shellcheck disable=SC2086  # the node ids are separate words
@@ -167,12 +171,15 @@ else
     note rerun "nothing to rerun (GPU_CHECK_RERUN is empty)"
   fi
   DIM_FUSED_AUTOTUNE=0 step racecheck 40 sanitized racecheck "${smoke[@]}" --one-per-kernel --dtypes float32
-  step compiled-bf16 60 report "${SIZE[@]}" --dtype bfloat16 --peers reference compiled $BACKENDS \
-    --out "$WORK/compiled-bf16"
+  step graphs-bf16 30 report "${SIZE[@]}" --ops concat_conv_mi dot_product_mi --dtype bfloat16 --cuda-graphs \
+    --peers reference official $BACKENDS --out "$WORK/graphs-bf16"
   DIM_FUSED_AUTOTUNE=0 step launches 25 "$PY" -m benchmarks.launches --device "$DEVICE" --out "$WORK/launches.md"
-  step tf32 30 report "${SIZE[@]}" --dtype float32 --fp32-precision tf32 "${NO_COMPILE[@]}" --out "$WORK/tf32"
   step large-bf16 45 report "${LARGE[@]}" --ops concat_conv_mi --dtype bfloat16 "${NO_COMPILE[@]}" \
     --out "$WORK/large-bf16"
+  step compiled-bf16 60 report "${SIZE[@]}" --dtype bfloat16 --peers reference compiled $BACKENDS \
+    --out "$WORK/compiled-bf16"
+  step tf32 30 report "${SIZE[@]}" --dtype float32 --fp32-precision tf32 "${NO_COMPILE[@]}" --out "$WORK/tf32"
+  step targets 15 targets
 fi
 summary
 cat "$OUT/summary.md"

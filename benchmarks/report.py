@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 import dim_fused
+from dim_fused.training.graphs import GraphedStep
 
 from . import cases, configs, launches, memory
 from .ceilings import measure_ceilings
@@ -63,11 +64,16 @@ def input_sets(config: Config, device: torch.device, dtype: torch.dtype) -> list
     return [first, *[cases.make_inputs(config, device, dtype, seed=i) for i in range(1, copies)]]
 
 
-def prepare_peer(config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict):
+def prepare_peer(
+    config: Config, peer: str, estimator: str, mode: str, inputs, device, dtype, checked: dict, graphs: bool = False
+):
     """A peer ready to time (its step, run once to warm up and compile), or the row's status:
     "skipped" / "wrong result" / "out of memory" with the reason. `inputs` is a list of
-    input sets, used in turn."""
+    input sets, used in turn. ``graphs``: each input set's step captured as a CUDA graph
+    (after one eager call) and replayed."""
     reason = cases.unavailable(peer, device)
+    if graphs and reason is None:
+        reason = cases.ungraphable(peer, device)
     if reason is not None:
         return {"status": "skipped", "reason": reason}
     try:
@@ -81,7 +87,12 @@ def prepare_peer(config: Config, peer: str, estimator: str, mode: str, inputs, d
                     checked[key] = str(wrong)
             if checked[key] is not None:
                 return {"status": "wrong result", "reason": checked[key]}
-        fn = _rotating([cases.step(config.op, peer, x, estimator, mode) for x in inputs])
+        steps = [cases.step(config.op, peer, x, estimator, mode) for x in inputs]
+        if graphs:
+            steps = [GraphedStep(step, device, warmup=1) for step in steps]
+            for step in steps:  # the eager call, then the capture and a replay
+                step(), step()
+        fn = _rotating(steps)
         for _ in range(2):  # warm-up; compiles the torch.compile peers
             fn()
     except Exception as error:  # noqa: BLE001 - only out-of-memory is an outcome; the rest propagates
@@ -135,13 +146,15 @@ def run(
     peers: list[str] | None = None,
     modes: list[str] | None = None,
     min_time_s: float = 0.2,
+    graphs: bool = False,
 ) -> list[dict]:
     """Every case of the configs. Timings come first, in a process whose allocator is
     left as users run it; peak memory is measured afterwards (on the CPU that needs
     glibc to map every large block on its own, which slows materialising peers down
     and must not touch their timings). Rows are appended to `rows` as each case's
     timings complete, so an interrupted run still leaves the finished cases there. `peers`
-    and `modes` narrow what is timed (default: every peer, both passes)."""
+    and `modes` narrow what is timed (default: every peer, both passes); ``graphs`` times
+    every peer's step replayed as a CUDA graph."""
     jobs = [(c, e, m) for c in config_list for e in c.estimators for m in (modes or cases.MODES)]
     rows = [] if rows is None else rows
     checked = {}
@@ -150,7 +163,7 @@ def run(
     for config, estimator, mode in tqdm(jobs, desc="timings", unit="case", file=sys.stderr, disable=not progress):
         inputs = input_sets(config, device, dtype)
         chosen = [p for p in cases.PEERS[config.op] if peers is None or p in peers]
-        prepared = {p: prepare_peer(config, p, estimator, mode, inputs, device, dtype, checked) for p in chosen}
+        prepared = {p: prepare_peer(config, p, estimator, mode, inputs, device, dtype, checked, graphs) for p in chosen}
         ready = {p: fn for p, fn in prepared.items() if not isinstance(fn, dict)}
         outcome = {p: v for p, v in prepared.items() if isinstance(v, dict)}
         outcome.update(time_peers(ready, device, min_time_s))
@@ -460,6 +473,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "(benchmarks/launches.py; launches.md)",
     )
     parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="time every peer's step captured as a CUDA graph and replayed (GPU only; no torch.compile peers)",
+    )
+    parser.add_argument(
         "--cpu-memory-gb", type=float, default=12.0, help="on the CPU, allocations beyond this count as out of memory"
     )
     args = parser.parse_args(argv)
@@ -488,6 +506,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 peers=args.peers,
                 modes=args.modes,
                 min_time_s=args.min_time,
+                graphs=args.cuda_graphs,
             )
         interrupted = False
     except KeyboardInterrupt:
@@ -495,6 +514,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     finally:
         signal.signal(signal.SIGTERM, previous)
     meta = {**metadata(device, dtype, command, ceilings), "interrupted": interrupted}
+    meta["cuda_graphs"] = args.cuda_graphs
     if dtype == torch.float32:
         meta["fp32_precision"] = args.fp32_precision
     if interrupted:
@@ -502,7 +522,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = args.out or Path("runs") / f"report-{'tiny' if args.tiny else 'quick' if args.quick else 'full'}"
     print(
         f"dim_fused benchmark report: {meta['device']}, torch {meta['torch']}, {meta['dtype']} "
-        f"{meta.get('fp32_precision', '')}, {meta['date']}"
+        f"{meta.get('fp32_precision', '')}, {meta['date']}{', CUDA graphs' if args.cuda_graphs else ''}"
     )
     print("measured ceilings: " + ", ".join(f"{k} = {v:.1f}" for k, v in ceilings.items()))
     print(summary(rows))

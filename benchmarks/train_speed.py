@@ -1,9 +1,12 @@
 """Training steps per second of the DIM trainer, reference vs fused backends, side by side
 in one process on the same data: ``python -m benchmarks.train_speed [--out FOLDER]``.
 
-Each (critic, backend) case builds the trainer (same seed, same batches), runs warm-up
-steps, then times whole optimizer steps (encoder + critics + prior discriminator) with
-the report's ``timing.measure``. Default data: random CIFAR-sized images (``synthetic``).
+Each (critic, backend, CUDA graphs) case builds the trainer (same seed, same batches),
+runs warm-up steps (under CUDA graphs they include the capture), then times whole
+optimizer steps (encoder + critics + prior discriminator) with the report's
+``timing.measure``. On a GPU every case runs with the step replayed as a CUDA graph (the
+trainer's default there) and eagerly, and each is compared with the reference backend in
+the same mode. Default data: random CIFAR-sized images (``synthetic``).
 """
 
 import argparse
@@ -44,7 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="bfloat16 autocast (default: on CUDA)")
     parser.add_argument("--units", type=int, default=2048, help="the encode-and-dot critic's width")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--cuda-graphs",
+        choices=["both", "on", "off"],
+        help="time steps replayed as CUDA graphs, eager ones, or both (default: both on a GPU, off on a CPU)",
+    )
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (a graph's capture is the 4th)")
     parser.add_argument("--min-time", type=float, default=3.0, help="seconds of timed steps per case, at least")
     parser.add_argument(
         "--fp32-precision",
@@ -64,29 +72,36 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if device.type == "cpu":
         backends = [b for b in backends if b != "triton"]  # the interpreter is not a speed path
     amp = device.type == "cuda" if args.amp is None else args.amp
+    graphs = args.cuda_graphs or ("both" if device.type == "cuda" else "off")
+    modes = {"both": [True, False], "on": [True], "off": [False]}[graphs]
+    if any(modes) and device.type != "cuda":
+        raise SystemExit(f"--cuda-graphs {graphs}: CUDA graphs need a CUDA device, not {device}")
     rows = []
     for critic in args.critics:
-        for backend in backends:
-            model = DIMConfig.preset(
-                args.preset, critic=critic, backend=backend, estimator=args.estimator, units=args.units
-            )
-            config = TrainConfig(model=model, data=args.data, batch_size=args.batch_size, amp=amp)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            trainer = Trainer(config, "unused", device=str(device))
-            timing = time_steps(trainer, args.warmup, args.min_time)
-            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-            rows.append(
-                {
-                    "critic": critic,
-                    "backend": backend,
-                    "steps_per_s": 1e3 / timing.median_ms,
-                    "step_ms": dataclasses.asdict(timing),
-                    "peak_mib": peak,
-                }
-            )
-            print(f"{critic:>6} {backend:>9}: {1e3 / timing.median_ms:7.2f} steps/s", file=sys.stderr)
-            del trainer
+        for graphed in modes:
+            for backend in backends:
+                model = DIMConfig.preset(
+                    args.preset, critic=critic, backend=backend, estimator=args.estimator, units=args.units
+                )
+                config = TrainConfig(model=model, data=args.data, batch_size=args.batch_size, amp=amp)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                trainer = Trainer(config, "unused", device=str(device), cuda_graphs=graphed)
+                timing = time_steps(trainer, args.warmup, args.min_time)
+                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+                rows.append(
+                    {
+                        "critic": critic,
+                        "backend": backend,
+                        "cuda_graphs": graphed,
+                        "steps_per_s": 1e3 / timing.median_ms,
+                        "step_ms": dataclasses.asdict(timing),
+                        "peak_mib": peak,
+                    }
+                )
+                mode = "graphed" if graphed else "eager"
+                print(f"{critic:>6} {backend:>9} {mode:>7}: {1e3 / timing.median_ms:7.2f} steps/s", file=sys.stderr)
+                del trainer
 
     name = (
         torch.cuda.get_device_name(device)
@@ -101,16 +116,21 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     )
     lines = [
         header,
-        "| critic | backend | steps/s (median) | step ms (IQR) | x vs reference | peak GPU MiB |",
-        "|---|---|---:|---:|---:|---:|",
+        "| critic | backend | CUDA graphs | steps/s (median) | step ms (IQR) | x vs reference | peak GPU MiB |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
     for row in rows:
-        base = [r for r in rows if r["critic"] == row["critic"] and r["backend"] == "reference"]
+        base = [
+            r
+            for r in rows
+            if (r["critic"], r["cuda_graphs"], r["backend"]) == (row["critic"], row["cuda_graphs"], "reference")
+        ]
         ratio = f"{row['steps_per_s'] / base[0]['steps_per_s']:.2f}" if base else ""
         peak = "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f}"
         ms = row["step_ms"]
         spread = f"{ms['median_ms']:.0f} ({ms['q1_ms']:.0f}-{ms['q3_ms']:.0f})"
-        lines.append(f"| {row['critic']} | {row['backend']} | {row['steps_per_s']:.2f} | {spread} | {ratio} | {peak} |")
+        cells = [row["critic"], row["backend"], "on" if row["cuda_graphs"] else "off", f"{row['steps_per_s']:.2f}"]
+        lines.append("| " + " | ".join([*cells, spread, ratio, peak]) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -172,6 +172,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: this rank's GPU, else cpu)")
+    parser.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        help="replay each training step as one CUDA graph (default: on a CUDA GPU in one process; "
+        "--no-cuda-graphs to run it eagerly)",
+    )
     option("--log-every", "steps per metrics record", type=int)
     option("--checkpoint-every", "steps per checkpoint", type=int)
     option("--probe-samples", "most training images the probes fit on (Fashion-MNIST has 60000, CIFAR 50000)", type=int)
@@ -385,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if not _all_ranks_agree(lock_error is None):
         return _fail(*lock_error) if lock_error else 2
     try:
-        trainer = Trainer(config, out, device=args.device)
+        trainer = Trainer(config, out, device=args.device, cuda_graphs=args.cuda_graphs)
         if not args.no_eval:  # the probes' sizes are known now: refused before training, not after
             check_probe_samples(trainer.data, config.probe_samples, config.seed)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

@@ -20,6 +20,7 @@ from dim_fused import distributed
 from . import data as datasets
 from .checkpoint import CheckpointError, append_text, save_atomically
 from .config import ENCODERS, TrainConfig
+from .graphs import GraphedStep
 from .models import build_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -42,9 +43,14 @@ class Trainer:
         out: str | os.PathLike,
         device: str | None = None,
         data: datasets.ImageData | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         """``data``: any ``ImageData`` (e.g. ``ImageData.from_tensors``) named ``config.data``,
-        instead of loading the built-in dataset of that name."""
+        instead of loading the built-in dataset of that name. ``cuda_graphs``: replay each
+        step's update as one CUDA graph (``graphs.GraphedStep``); default: on a CUDA device
+        in a single process, off elsewhere (several processes: DDP's gradient all-reduce is
+        not captured here). The same steps either way; a setting of the run, not of the
+        checkpoint."""
         self.config, self.out = config, Path(out)
         self.rank, self.world = distributed.world()
         if device is None:
@@ -76,15 +82,28 @@ class Trainer:
                 f"({config.batch_size} x {self.world} processes)"
             )
         dim_fused.resolve_backend(config.model.backend, self.device)  # an unavailable backend fails here, with its fix
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda" and self.world == 1
+        elif cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device; this run is on {self.device} (turn them off)")
+        elif cuda_graphs and self.world > 1:
+            raise ValueError(f"CUDA graphs are for one process; this run has {self.world} (turn them off)")
+        self.cuda_graphs = cuda_graphs
         self.model = build_model(config.model, config.seed).to(self.device)
         if self.world > 1:
             distributed.convert_batchnorm(self.model)
-        self.encoder_optimizer = torch.optim.Adam(self.model.encoder_parameters(), lr=config.lr, betas=config.betas)
+        # capturable: Adam keeps its step count on the device, so a graph replays the whole step.
+        self.encoder_optimizer = torch.optim.Adam(
+            self.model.encoder_parameters(), lr=config.lr, betas=config.betas, capturable=cuda_graphs
+        )
         self.prior_optimizer = (
-            torch.optim.Adam(self.model.prior_parameters(), lr=config.prior_lr, betas=config.betas)
+            torch.optim.Adam(
+                self.model.prior_parameters(), lr=config.prior_lr, betas=config.betas, capturable=cuda_graphs
+            )
             if self.model.prior is not None
             else None
         )
+        self._update = GraphedStep(self.update, self.device) if cuda_graphs else self.update
         self.trainable = self.model
         if self.world > 1:
             # The prior discriminator plays its own game; its gradients are averaged by hand.
@@ -126,16 +145,20 @@ class Trainer:
             batch = images.shape[0]
             samples = torch.rand(self.world * batch, config.code_dim, generator=self.shared, device=self.device)
             samples = samples[self.rank * batch : (self.rank + 1) * batch]
-        return self.update(images, negatives, samples)
+        return self._update(images, negatives, samples)
 
     def update(
         self, images: torch.Tensor, negatives: dict[str, list[torch.Tensor]], samples: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """The step without randomness: the encoder's and the critics' update on the loss,
         then the prior discriminator's on ``samples``; its metrics stay on the device (no
-        host sync: the loop reads them once per logging window)."""
+        host sync: the loop reads them once per logging window). Under CUDA graphs, what
+        ``graphs.GraphedStep`` replays."""
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
+        # Autocast's cache of cast weights must not outlive a captured step.
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.config.amp, cache_enabled=not self.cuda_graphs
+        ):
             out = self.trainable(images, negatives=negatives)
         self.encoder_optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -215,13 +238,14 @@ class Trainer:
                 self._window_sums = {k: v.to(self.device) for k, v in window["sums"].items()}
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
             raise CheckpointError(f"the checkpoint's {part} does not fit this run: {error}") from error
-        # The restored param_groups carry the saved learning rates; a resumed run may change
-        # them (--lr, --prior-lr), and the config holds the ones to use from here on.
-        for group in self.encoder_optimizer.param_groups:
-            group["lr"] = self.config.lr
+        # The restored param_groups carry the saved learning rates and capturable flag; a
+        # resumed run may change the rates (--lr, --prior-lr) and its device and CUDA-graph
+        # setting: the config and this trainer hold the ones to use from here on.
+        _set_groups(self.encoder_optimizer, lr=self.config.lr, capturable=self.cuda_graphs)
         if self.prior_optimizer is not None:
-            for group in self.prior_optimizer.param_groups:
-                group["lr"] = self.config.prior_lr
+            _set_groups(self.prior_optimizer, lr=self.config.prior_lr, capturable=self.cuda_graphs)
+        if isinstance(self._update, GraphedStep):
+            self._update.reset()  # the optimisers' state tensors are new ones
         if len(local) != self.world and self.rank == 0:
             print(
                 f"note: checkpoint from {len(local)} processes, resuming on {self.world}: negatives differ",
@@ -329,6 +353,17 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+
+
+def _set_groups(optimizer: torch.optim.Optimizer, lr: float, capturable: bool) -> None:
+    """Every param group's learning rate and capturable flag, with Adam's step counts where
+    that flag wants them: on the parameter's device when capturable, else on the CPU."""
+    for group in optimizer.param_groups:
+        group["lr"], group["capturable"] = lr, capturable
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(parameter.device if capturable else "cpu", torch.float32)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

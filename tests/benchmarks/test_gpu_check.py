@@ -13,8 +13,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = {
-    "1": ("build", "backends", "tests", "smoke", "memcheck", "headline-bf16", "headline-fp32", "train-speed"),
-    "2": ("build", "backends", "rerun", "racecheck", "compiled-bf16", "launches", "tf32", "large-bf16"),
+    "1": (
+        "build",
+        "backends",
+        "tests",
+        "smoke",
+        "memcheck",
+        "headline-bf16",
+        "headline-fp32",
+        "train-speed",
+        "targets",
+    ),
+    "2": (
+        "build",
+        "backends",
+        "rerun",
+        "racecheck",
+        "graphs-bf16",
+        "launches",
+        "large-bf16",
+        "compiled-bf16",
+        "tf32",
+        "targets",
+    ),
 }
 
 
@@ -46,8 +67,12 @@ def test_each_call_runs_end_to_end_in_dry_run_mode(tmp_path, call):
     assert all(p.stat().st_size < 16 << 20 for p in files)
     assert f"--dry-run --call {call}" in summary
     assert ("## launches.md" in summary and "| concat_conv_mi | jsd | reference |" in summary) == (call == "2")
+    assert "## targets.md" in summary and "| target | wanted | found |" in summary
     reports = json.loads((out / "rows.json").read_text())
-    expected = {"1": {"headline-bf16", "headline-fp32", "train-speed"}, "2": {"compiled-bf16", "tf32", "large-bf16"}}
+    expected = {
+        "1": {"headline-bf16", "headline-fp32", "train-speed"},
+        "2": {"graphs-bf16", "compiled-bf16", "tf32", "large-bf16"},
+    }
     assert set(reports) == expected[call]
     assert all(run["rows"] for run in reports.values())
     log = (out / "log.txt").read_text()

@@ -1,5 +1,6 @@
 """The trainer: checkpoints, resume, backends, several processes, the probe, the CLI."""
 
+import copy
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import torch.multiprocessing as mp
 import dim_fused
 from dim_fused.training import DIMConfig, ImageData, TrainConfig, Trainer, checkpoint, evaluate, train
 from dim_fused.training.data import to_inputs
+from dim_fused.training.graphs import GraphedStep
 from dim_fused.training.trainer import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -343,6 +345,7 @@ def test_one_step_on_stl10_with_the_alexnet_encoder(tmp_path, monkeypatch):
         (["--data", "imagenet"], "data must be one of digits, fashion-mnist, cifar10"),
         (["--data", "cifar10", "--data-dir", "/nonexistent/folder"], "cifar-10-batches-py"),
         (["--backend", "tpu"], "backend must be one of"),
+        (["--device", "cpu", "--cuda-graphs"], "CUDA graphs need a CUDA device"),
     ],
 )
 def test_bad_configurations_exit_with_a_clear_message(tmp_path, capsys, args, message):
@@ -386,3 +389,85 @@ def test_a_training_step_reads_no_value_on_the_host(tmp_path, critic):
     assert all(m.device.type == "meta" for m in metrics.values())
     with pytest.raises((RuntimeError, NotImplementedError)):  # the check is live: a read raises there
         metrics["loss"].item()
+
+
+# ---- CUDA graphs -------------------------------------------------------------------------------------------------
+def test_cuda_graphs_are_the_default_on_a_gpu_only(tmp_path):
+    assert not Trainer(config(), tmp_path, device="cpu").cuda_graphs
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        Trainer(config(), tmp_path, device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        GraphedStep(lambda: None, "cpu")
+    if torch.cuda.is_available():
+        assert Trainer(config(), tmp_path, device="cuda").cuda_graphs
+
+
+def test_a_checkpoint_of_a_graphed_run_resumes_without_graphs(tmp_path):
+    """A GPU run's optimisers are capturable (step counts on the device); resumed where graphs
+    are off (a CPU, --no-cuda-graphs) they continue as plain Adam, from the same state."""
+    trainer = Trainer(config(steps=4), tmp_path / "a")
+    batches = trainer.batches()
+    for _ in range(2):
+        trainer.train_step(next(batches))
+    state = copy.deepcopy(trainer.state())  # as saved: no tensor shared with the trainer
+    for name in ("encoder_optimizer", "prior_optimizer"):  # as a capturable optimiser saves itself
+        for group in state[name]["param_groups"]:
+            group["capturable"] = True
+    resumed = Trainer(config(steps=4), tmp_path / "b")
+    resumed.load(state)
+    for optimizer in (resumed.encoder_optimizer, resumed.prior_optimizer):
+        assert all(not group["capturable"] for group in optimizer.param_groups)
+        assert all(s["step"].device.type == "cpu" and float(s["step"]) == 2 for s in optimizer.state.values())
+    mine, theirs = resumed.batches(), trainer.batches()
+    assert resumed.train_step(next(mine))["loss"] == trainer.train_step(next(theirs))["loss"]
+
+
+def _cuda_trainers(tmp_path, critic: str, backend: str) -> dict[bool, Trainer]:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if backend not in dim_fused.available_backends("cuda"):
+        pytest.skip(f"backend {backend} is not available on this GPU")
+    model = {"critic": critic, "backend": backend, "alpha": 0.5, "global_critic": "flat"}
+    return {
+        g: Trainer(config(steps=8, model=model), tmp_path / str(g), device="cuda", cuda_graphs=g) for g in (False, True)
+    }
+
+
+@pytest.mark.parametrize("backend", ["reference", "cuda", "triton"])
+@pytest.mark.parametrize("critic", ["concat", "dot"])
+def test_cuda_graphed_steps_follow_the_eager_ones(tmp_path, critic, backend):
+    """Warm-up, capture and replays (static inputs refreshed every step, capturable Adam)
+    take the eager trainer's steps: the same metrics at every step, the same weights."""
+    trainers = _cuda_trainers(tmp_path, critic, backend)
+    curves = {}
+    for graphed, trainer in trainers.items():
+        batches = trainer.batches()
+        curves[graphed] = [
+            {k: float(v) for k, v in trainer.train_step(next(batches)).items()} for _ in range(trainer.config.steps)
+        ]
+    assert trainers[True]._update.captured
+    for step, (eager, graphed) in enumerate(zip(curves[False], curves[True], strict=True)):
+        for key in eager:
+            assert graphed[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), (step, key)
+    weights = [t.model.state_dict() for t in trainers.values()]
+    for key, value in weights[0].items():
+        torch.testing.assert_close(weights[1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_cuda_training_step_syncs_no_host(tmp_path, backend):
+    """The whole step (draws, forward, backward, both optimisers) eagerly and replayed, under
+    torch.cuda.set_sync_debug_mode("error"): a host sync raises. After 4 steps: the warm-up
+    and the capture (which synchronises by design) come first."""
+    for trainer in _cuda_trainers(tmp_path, "concat", backend).values():
+        batches = trainer.batches()
+        images = [next(batches) for _ in range(8)]
+        for batch in images[:4]:
+            trainer.train_step(batch)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for batch in images[4:]:
+                trainer.train_step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
