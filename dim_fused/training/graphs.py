@@ -10,8 +10,8 @@ call's inputs into those and replays. What a step must be for that to be exact (
 trainer's ``update`` is, and its tests check it): no host syncs and no CPU-side decision
 that depends on tensor values, no randomness of its own (the trainer draws negatives and
 prior samples before it), optimisers built with ``capturable=True``, and inputs of the
-same shapes, dtypes and structure at every call (a call that differs runs eagerly and
-the graph is captured again at the next)."""
+same shapes, dtypes and structure at every call (a call that differs drops the graph: it
+and the next calls run eagerly, warming up again, and the graph is captured afresh)."""
 
 from collections.abc import Callable
 from typing import Any
