@@ -90,8 +90,9 @@ def prepare_peer(
         steps = [cases.step(config.op, peer, x, estimator, mode) for x in inputs]
         if graphs:
             steps = [GraphedStep(step, device, warmup=1) for step in steps]
-            for step in steps:  # the eager call, then the capture and a replay
-                step(), step()
+            for step in steps:
+                step()  # eager
+                step()  # captured, then replayed
         fn = _rotating(steps)
         for _ in range(2):  # warm-up; compiles the torch.compile peers
             fn()

@@ -2,8 +2,8 @@
 with: two launches for the estimate and its normaliser (DV's logsumexp of the negatives),
 one pass writing per-program partial sums (and DV's per-program logsumexp) and one
 program merging them in order; one elementwise pass for its gradient, which reads the
-forward's normaliser (without it, DV's recomputes the partials first and every program
-merges them). No checks here: the callers' ops check their arguments."""
+forward's normaliser (a caller without it has DV's recomputed first). No checks here: the
+callers' ops check their arguments."""
 
 import torch
 import triton
@@ -133,15 +133,12 @@ def _gradient_kernel(
     n_pos,
     n_neg,
     num_neg,
-    n_partials,
     EST: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
-    MERGE: tl.constexpr,
 ):
-    """d(estimate)/d(scores) times the incoming gradient (DV's normaliser: the forward's,
-    or with MERGE, recomputed partials at ``normaliser_ptr`` merged by every program: a few
-    thousand at most, read from cache)."""
+    """d(estimate)/d(scores) times the incoming gradient (DV's normaliser: one value, read
+    by every program)."""
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     g = tl.load(grad_ptr).to(ACC)
@@ -164,11 +161,7 @@ def _gradient_kernel(
         in_neg = offs < n_neg
         neg = tl.load(neg_ptr + offs, mask=in_neg, other=0.0).to(ACC)
         if EST == DV:  # d/dx of log mean exp(neg) is softmax(neg)
-            if MERGE:
-                lse = _merged(normaliser_ptr, n_partials, ACC, BLOCK)[2]
-            else:
-                lse = tl.load(normaliser_ptr)
-            d = tl.exp(neg - lse)
+            d = tl.exp(neg - tl.load(normaliser_ptr))
         else:
             d = negative_term_grad(neg, EST) / n_neg
         dneg = -g * d
@@ -221,13 +214,10 @@ def gradient(
     normaliser: torch.Tensor | None = None,
 ) -> None:
     """Writes d(bound)/d(scores) times ``grad`` (one element) into ``dpos`` and ``dneg``
-    (contiguous, shaped like the scores): one launch given the forward's ``normaliser``
-    (DV without it: two)."""
+    (contiguous, shaped like the scores): one launch given the forward's ``normaliser``.
+    Only DV reads it: without it, DV's is recomputed first (the estimate's 2 launches)."""
     grid, num_neg, meta = _launch_args(pos, neg, estimator)
-    merge = estimator == "dv" and normaliser is None
-    source = _partials(pos, neg, estimator) if merge else grad if normaliser is None else normaliser
-    n_partials = source.shape[0] if merge else 0
+    if normaliser is None:
+        normaliser = estimate(pos, neg, estimator)[1] if estimator == "dv" else grad  # grad: never read
     with device_of(pos):
-        _gradient_kernel[grid](
-            pos, neg, grad, source, dpos, dneg, pos.numel(), neg.numel(), num_neg, n_partials, MERGE=merge, **meta
-        )
+        _gradient_kernel[grid](pos, neg, grad, normaliser, dpos, dneg, pos.numel(), neg.numel(), num_neg, **meta)
