@@ -19,12 +19,14 @@ FUSED = ("cpu", "cuda", "triton")
 MODES = ("forward", "forward+backward")
 # "compiled": torch.compile(reference); "compiled-max": the same with mode="max-autotune" (a
 # peer gets its best shot: the summary compares with the faster of the two).
+# "reference-fp32": in a half-precision run, the reference eager on the same inputs in float32
+# (what a user who leaves fp32 for bf16 compares with); skipped in an fp32 run.
 PEERS = {
     "mi_bound": ("reference", "compiled", *FUSED),
     # "seed": the seed's tile-and-concat formulation; "matmuls": the op's unavoidable GEMMs.
-    "concat_conv_mi": ("seed", "reference", "compiled", "compiled-max", "matmuls", *FUSED),
+    "concat_conv_mi": ("seed", "reference", "reference-fp32", "compiled", "compiled-max", "matmuls", *FUSED),
     # "matmuls": only the op's unavoidable GEMMs (scores; and both gradients), no estimator at all.
-    "dot_product_mi": ("official", "reference", "compiled", "compiled-max", "matmuls", *FUSED),
+    "dot_product_mi": ("official", "reference", "reference-fp32", "compiled", "compiled-max", "matmuls", *FUSED),
 }
 COMPILED = ("compiled", "compiled-max")
 
@@ -152,7 +154,7 @@ def _concat_conv_matmuls(feature_map, global_code, perm, *params, backward: bool
 
 def peer_fn(op: str, peer: str) -> Callable:
     """The peer as a function of (*inputs, estimator) returning the estimate."""
-    if peer == "reference":
+    if peer in ("reference", "reference-fp32"):  # step() hands the latter float32 inputs
         return REFERENCE_FN[op]
     if peer == "compiled":
         return _compiled(op)
@@ -175,6 +177,10 @@ def peer_fn(op: str, peer: str) -> Callable:
     )
 
 
+def _half(x: object) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)
+
+
 def differentiable(inputs: tuple[torch.Tensor, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Leaf copies of the inputs (floating ones requiring grad), and those that do."""
     leaves = [x.detach().requires_grad_() if x.is_floating_point() else x for x in inputs]
@@ -187,6 +193,8 @@ def step(op: str, peer: str, inputs: tuple[torch.Tensor, ...], estimator: str, m
     if peer == "matmuls":
         matmuls = _concat_conv_matmuls if op == "concat_conv_mi" else _dot_product_matmuls
         return matmuls(*inputs, backward=backward)
+    if peer == "reference-fp32":  # converted once, outside the timed step
+        inputs = tuple(x.float() if _half(x) else x for x in inputs)
     fn = peer_fn(op, peer)
     if not backward:
         return lambda: fn(*inputs, estimator)

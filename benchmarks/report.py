@@ -72,6 +72,8 @@ def prepare_peer(
     input sets, used in turn. ``graphs``: each input set's step captured as a CUDA graph
     (after one eager call) and replayed."""
     reason = cases.unavailable(peer, device)
+    if peer == "reference-fp32" and dtype not in (torch.float16, torch.bfloat16):
+        reason = "a half-precision run's peer: this run's reference is the fp32 one"
     if graphs and reason is None:
         reason = cases.ungraphable(peer, device)
     if reason is not None:
@@ -222,7 +224,7 @@ def _derive(group: list[dict], ceilings: dict) -> None:
         if compiled:
             row["speedup_vs_best_compiled"] = by_peer_best["median_ms"] / row["median_ms"]
             row["best_compiled"] = by_peer_best["peer"]
-        for peer in ("reference", *cases.COMPILED, "official", "seed", "matmuls"):
+        for peer in ("reference", "reference-fp32", *cases.COMPILED, "official", "seed", "matmuls"):
             if peer in by_peer:
                 row[f"speedup_vs_{peer}"] = by_peer[peer]["median_ms"] / row["median_ms"]
                 peer_peak, own_peak = by_peer[peer]["peak_bytes"], row["peak_bytes"]
@@ -321,18 +323,23 @@ def summary(rows: list[dict]) -> str:
     against each peer (forward+backward), the faster torch.compile mode, its time against
     the op's FLOPs at the best GEMM rate measured here, and a warning row wherever a fused
     backend loses to the reference on this machine. The full table is in table.md."""
+    best = best_fused(rows)
+    fp32 = any(r.get("speedup_vs_reference-fp32") for r in best)  # a half-precision run
     lines = [
-        "| op | config | estimator | best fused | ms | x reference | x torch.compile (mode) | x official/seed "
-        "| memory / reference | time / FLOPs at peak |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| op | config | estimator | best fused | ms | x reference"
+        + (" | x fp32 reference" if fp32 else "")
+        + " | x torch.compile (mode) | x official/seed | memory / reference | time / FLOPs at peak |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if fp32 else ""),
     ]
-    for r in best_fused(rows):
+    for r in best:
         materialising = r.get("speedup_vs_official", r.get("speedup_vs_seed"))
         compiled = r.get("speedup_vs_best_compiled")
         mode = {"compiled": "default", "compiled-max": "max-autotune"}.get(r.get("best_compiled"), "")
         lines.append(
             f"| {r['op']} | {r['config']} | {r['estimator']} | {r['peer']} | {r['median_ms']:.2f}"
-            f" | {_fmt(r.get('speedup_vs_reference'), '.2f')} | {_fmt(compiled, '.2f')}{f' ({mode})' if mode else ''}"
+            f" | {_fmt(r.get('speedup_vs_reference'), '.2f')}"
+            + (f" | {_fmt(r.get('speedup_vs_reference-fp32'), '.2f')}" if fp32 else "")
+            + f" | {_fmt(compiled, '.2f')}{f' ({mode})' if mode else ''}"
             f" | {_fmt(materialising, '.2f')} | {_fmt(r.get('memory_vs_reference'), '.2f')}"
             f" | {_fmt(r.get('floor_ratio'), '.2f')} |"
         )
@@ -412,6 +419,9 @@ def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: d
         "cpu_threads": torch.get_num_threads(),
         "cpu_model": cpu_model(),
         "cpu_gemm": torch.ops.dim_fused.cpu_gemm() if hasattr(torch.ops.dim_fused, "cpu_gemm") else None,
+        "cpu_gemm_choices": (
+            list(torch.ops.dim_fused.cpu_gemm_choices()) if hasattr(torch.ops.dim_fused, "cpu_gemm_choices") else []
+        ),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -428,7 +438,10 @@ def write(rows: list[dict], meta: dict, out: Path) -> list[Path]:
     dtype = meta["dtype"] + (f" ({precision} matmuls and convolutions)" if precision else "")
     header = f"{meta['date']}, {meta['device']}, torch {meta['torch']}, {dtype}; measured ceilings: {ceilings}"
     (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{markdown(rows)}\n")
-    (out / "summary.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{summary(rows)}\n")
+    choices = "".join(f"\n- {line}" for line in meta.get("cpu_gemm_choices", []))
+    if choices:
+        choices = f"\nThe CPU plans' fp32 GEMM provider per shape class (DIM_FUSED_CPU_GEMM=auto, measured):{choices}\n"
+    (out / "summary.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{summary(rows)}\n{choices}")
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "results.csv", "w", newline="") as f:

@@ -48,6 +48,7 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
   // The CPU GEMM provider (gemm.h): set from DIM_FUSED_CPU_GEMM by the Python layer.
   m.def("set_cpu_gemm(str provider) -> str", &set_cpu_gemm);
   m.def("cpu_gemm() -> str", &cpu_gemm);
+  m.def("cpu_gemm_choices() -> str[]", &cpu_gemm_choices);
 }
 
 }  // namespace dim_fused

@@ -5,12 +5,19 @@
 #include "gemm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <functional>
+#include <limits>
+#include <map>
 #include <mutex>
+#include <tuple>
 
 namespace dim_fused {
 namespace {
@@ -72,11 +79,15 @@ bool broadcast(const at::Tensor& t) {
   return false;
 }
 
+bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b);
+
 // Whether a product of these operands goes to oneDNN.
 bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
-  return g_provider.load() != Provider::Blas && a.is_cpu() && a.scalar_type() == b.scalar_type() &&
+  const Provider provider = g_provider.load();
+  return provider != Provider::Blas && a.is_cpu() && a.scalar_type() == b.scalar_type() &&
          a.numel() > 0 && b.numel() > 0 && !broadcast(a) && !broadcast(b) &&
-         onednn_runs(a.scalar_type());
+         onednn_runs(a.scalar_type()) &&
+         (provider == Provider::OneDnn || onednn_measured_faster(a, b));
 }
 
 // out = beta * out + a @ b on oneDNN (a range of its own in torch.profiler: the product is
@@ -142,6 +153,95 @@ at::Tensor onednn_transposed(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+// out = a @ b on oneDNN, in the formulation the plans use for these operands.
+void onednn_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (few_rows(a, b)) {
+    out.copy_(onednn_transposed(a, b).t());
+  } else {
+    onednn(out, a, b, 0.0f);
+  }
+}
+
+// auto's choice for fp32 (MKL is the alternative there; ATen itself sends bf16 products to
+// oneDNN): per shape class, whichever provider computed one product of the class faster on
+// this machine, measured once at the first such product and kept. Neither provider wins
+// everywhere: on the project's AMD EPYC oneDNN runs most products at twice MKL's rate but
+// those of inner dimension 64 at half of it. Products of under kMeasuredFlops run on oneDNN
+// unmeasured (their timing would be noise), and BLAS must be 10% faster to be chosen.
+constexpr double kMeasuredFlops = double(int64_t(1) << 24);
+
+// ceil(log2(n)): the shape classes are powers of two.
+int64_t size_class(int64_t n) {
+  int64_t c = 0;
+  while ((int64_t(1) << c) < n) ++c;
+  return c;
+}
+
+// (batch, M, K, N classes, each operand's rows contiguous, a broadcast operand, threads).
+using ShapeClass = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int>;
+
+struct Measured {
+  bool onednn;
+  double onednn_ms, blas_ms;
+  std::string shape;
+};
+
+std::mutex g_measured_mutex;
+std::map<ShapeClass, Measured> g_measured;
+
+// The best of two timed calls after one untimed (oneDNN builds its primitive, MKL its
+// buffers, on a first call).
+double best_ms(const std::function<void()>& product) {
+  product();
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < 2; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    product();
+    const std::chrono::duration<double, std::milli> took = std::chrono::steady_clock::now() - start;
+    best = std::min(best, took.count());
+  }
+  return best;
+}
+
+bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != at::kFloat) return true;
+  const bool batched = a.dim() == 3;
+  const int64_t batch = batched ? a.size(0) : 1;
+  if (2.0 * double(batch * a.size(-2)) * double(a.size(-1) * b.size(-1)) < kMeasuredFlops) {
+    return true;
+  }
+  const ShapeClass key{batched ? size_class(batch) : -1,
+                       size_class(a.size(-2)),
+                       size_class(a.size(-1)),
+                       size_class(b.size(-1)),
+                       a.stride(-1) == 1,
+                       b.stride(-1) == 1,
+                       batch_broadcast(a) || batch_broadcast(b),
+                       at::get_num_threads()};
+  {
+    const std::lock_guard<std::mutex> lock(g_measured_mutex);
+    const auto found = g_measured.find(key);
+    if (found != g_measured.end()) return found->second.onednn;
+  }
+  const at::Tensor out = batched ? at::empty({batch, a.size(1), b.size(2)}, a.options())
+                                 : at::empty({a.size(0), b.size(1)}, a.options());
+  Measured m;
+  m.onednn_ms = best_ms([&] { onednn_product(out, a, b); });
+  m.blas_ms = best_ms([&] {
+    at::Tensor result = out;
+    batched ? at::bmm_out(result, a, b) : at::mm_out(result, a, b);
+  });
+  m.onednn = !(m.blas_ms < 0.9 * m.onednn_ms);
+  const auto layout = [](const at::Tensor& t) {
+    return batch_broadcast(t) ? "broadcast" : (t.stride(-1) == 1 ? "rows" : "columns");
+  };
+  m.shape = c10::str(batched ? c10::str(batch, " x ") : std::string(), a.size(-2), " x ",
+                     a.size(-1), " @ ", b.size(-2), " x ", b.size(-1), " (", layout(a), ", ",
+                     layout(b), "), ", at::get_num_threads(), " threads");
+  const std::lock_guard<std::mutex> lock(g_measured_mutex);
+  return g_measured.emplace(key, m).first->second.onednn;
+}
+
 }  // namespace
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
@@ -169,7 +269,7 @@ void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
     return;
   }
   if (few_rows(a, b)) {
-    out.copy_(onednn_transposed(a, b).t());
+    onednn_product(out, a, b);
     if (bias) out.add_(*bias);
     return;
   }
@@ -221,7 +321,18 @@ void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at:
 
 std::string cpu_gemm() {
   const Provider p = g_provider.load();
-  return p != Provider::Blas && onednn_runs(at::kFloat) ? "onednn" : "blas";
+  if (p == Provider::Blas || !onednn_runs(at::kFloat)) return "blas";
+  return p == Provider::OneDnn ? "onednn" : "auto";
+}
+
+std::vector<std::string> cpu_gemm_choices() {
+  const std::lock_guard<std::mutex> lock(g_measured_mutex);
+  std::vector<std::string> lines;
+  for (const auto& [key, m] : g_measured) {
+    lines.push_back(c10::str("fp32 ", m.shape, ": ", m.onednn ? "onednn" : "blas", " (onednn ",
+                             m.onednn_ms, " ms, blas ", m.blas_ms, " ms)"));
+  }
+  return lines;
 }
 
 std::string set_cpu_gemm(c10::string_view provider) {

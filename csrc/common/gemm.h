@@ -1,8 +1,9 @@
 // The matrix products of the host plans. On a CPU they run on the machine's fastest fp32 /
 // bf16 GEMM that ships inside torch: oneDNN's matmul (what ATen itself takes for bf16
 // matmuls; on some x86-64 CPUs MKL's fp32 sgemm runs at under half its rate), found at run
-// time, in IEEE fp32 (no down-conversion), else BLAS through at::mm. DIM_FUSED_CPU_GEMM
-// (read in Python, set with dim_fused::set_cpu_gemm) forces either. On CUDA: cuBLAS.
+// time, in IEEE fp32 (no down-conversion), else BLAS through at::mm; in fp32, per shape class,
+// whichever of the two was measured faster here. DIM_FUSED_CPU_GEMM (read in Python, set with
+// dim_fused::set_cpu_gemm) forces either. On CUDA: cuBLAS.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,6 +11,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace dim_fused {
 
@@ -33,9 +35,12 @@ void batched_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tens
 // rounded once, as gemm_accumulate), else in out's (gemm_to).
 void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
-// The CPU GEMM provider: "onednn" (when torch carries it) or "blas"; "auto" takes oneDNN where
-// it runs. set_cpu_gemm returns the provider now in use.
+// The CPU GEMM provider: "onednn" (when torch carries it), "blas", or "auto": per shape class
+// of fp32 products, the one measured faster here (oneDNN for the rest; BLAS where torch has no
+// oneDNN). set_cpu_gemm returns the provider now in use.
 std::string set_cpu_gemm(c10::string_view provider);
 std::string cpu_gemm();
+// auto's measured choices so far, one line per shape class: the shape, the provider, both times.
+std::vector<std::string> cpu_gemm_choices();
 
 }  // namespace dim_fused

@@ -6,9 +6,10 @@
 // (B, C + D, L) concat and its shuffled copies never exist; a negative row just
 // reads another row of P. Chunks of whole images run the hidden layers as ATen
 // GEMMs (cuBLAS / BLAS) and keep the scores, in the accumulation dtype, and
-// (when the caller's memory budget allows) the activations of hidden layers 2..;
+// (when the caller's memory budget allows) P, Q and the activations of hidden layers 2..;
 // the estimate is dim_fused::mi_bound of the scores. The backward recomputes each
-// chunk's first layer (a gather) and the later ones unless kept, back-propagates
+// chunk's first layer (a gather; P and Q too unless kept) and the later ones unless
+// kept, back-propagates
 // through them, and adds the first-layer gradient into dP (through each
 // permutation) and dQ; four GEMMs then give the first layer's and the inputs'
 // gradients. docs/design.md ("Concat-and-conv") has the algebra.
@@ -148,17 +149,19 @@ void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
                               const ConcatConvProblem& p, at::TensorList activations) {
   const int64_t rows = (p.num_negatives + 1) * p.rows();
   TORCH_CHECK_VALUE(
-      activations.empty() || activations.size() + 2 == p.weights.size(),
-      "dim_fused.concat_conv_mi_backward: activations must be the forward's (one per hidden "
-      "layer after the first) or none");
+      activations.empty() || activations.size() == p.weights.size(),
+      "dim_fused.concat_conv_mi_backward: activations must be the forward's (P, Q, then one per "
+      "hidden layer after the first) or none");
   for (size_t i = 0; i < activations.size(); ++i) {
     const at::Tensor& a = activations[i];
-    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == rows && a.size(1) == p.weights[i + 1].size(0) &&
+    const int64_t want_rows = i == 0 ? p.rows() : i == 1 ? p.batch : rows;
+    const int64_t units = p.weights[i < 2 ? 0 : i - 1].size(0);
+    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == want_rows && a.size(1) == units &&
                           a.scalar_type() == p.local_rows.scalar_type() &&
                           a.device() == p.local_rows.device() && a.is_contiguous(),
                       "dim_fused.concat_conv_mi_backward: activations[", i,
-                      "] must be the forward's (", rows, ", ", p.weights[i + 1].size(0),
-                      ") tensor, got ", a.sizes());
+                      "] must be the forward's (", want_rows, ", ", units, ") tensor, got ",
+                      a.sizes());
   }
   check_scores_shape(grad, scores, p.local_rows, p.num_negatives, p.batch, p.locations);
 }
@@ -285,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
   const at::Tensor flat_scores = scores.view({-1});
   std::vector<at::Tensor> kept;
   if (p.keep_activations) {
+    kept = {P, Q};
     for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
       kept.push_back(
           at::empty({(p.num_negatives + 1) * p.rows(), p.weights[i].size(0)}, P.options()));
@@ -293,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
   for_each_chunk(
       p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows, int64_t kept_row) {
         std::vector<at::Tensor> into;  // the chunk's rows of the kept activations: no copy
-        for (const auto& k : kept) into.push_back(k.narrow(0, kept_row, rows));
+        for (size_t i = 2; i < kept.size(); ++i) into.push_back(kept[i].narrow(0, kept_row, rows));
         const auto hidden =
             later_hidden(p, first_hidden(p, kernels, P, Q, pairs, first_row, rows), into);
         flat_scores.narrow(0, kept_row, rows).copy_(chunk_scores(p, hidden.back()));
@@ -318,7 +322,8 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   const double scale = double(p.rows());
   const at::Tensor d_scores = (at::cat({d_pos.unsqueeze(0), d_neg}, 0) * scale).view({-1});
 
-  const auto [P, Q] = split_first_layer(p);
+  const auto [P, Q] =
+      activations.empty() ? split_first_layer(p) : std::make_pair(activations[0], activations[1]);
   const auto acc = acc_dtype(dtype);
   const auto acc_options = P.options().dtype(acc);
   // dP feeds W1f's gradient (every pair) and the features' gradient (without the
@@ -341,7 +346,9 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     if (activations.empty()) {
       hidden = later_hidden(p, h1);
     } else {
-      for (const auto& a : activations) hidden.push_back(a.narrow(0, kept_row, rows));
+      for (size_t i = 2; i < activations.size(); ++i) {
+        hidden.push_back(activations[i].narrow(0, kept_row, rows));
+      }
     }
     // d_z: the gradient at layer i's output before its activation, from the score down.
     at::Tensor d_z = d_scores.narrow(0, kept_row, rows).unsqueeze(1).to(dtype);

@@ -52,7 +52,7 @@ void check_finishable(const DotProductProblem& p) {
 }
 
 void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
-                             const DotProductProblem& p) {
+                             const std::optional<at::Tensor>& scores, const DotProductProblem& p) {
   const auto acc = acc_dtype(p.local.scalar_type());
   TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == p.local.device(),
                     "dim_fused.dot_product_mi_backward: grad must be one element on ",
@@ -62,6 +62,14 @@ void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
                     "dim_fused.dot_product_mi_backward: stats must be the forward's (G, 2) = (",
                     p.globals, ", 2) ", acc, " tensor, got ", stats.sizes(), " ",
                     stats.scalar_type());
+  if (!scores || scores->numel() == 0) return;
+  TORCH_CHECK_VALUE(
+      scores->dim() == 2 && scores->size(0) == p.globals && scores->size(1) == p.columns() &&
+          scores->is_contiguous() && scores->scalar_type() == acc &&
+          scores->device() == p.local.device(),
+      "dim_fused.dot_product_mi_backward: scores must be the forward's kept (G, B * L) = (",
+      p.globals, ", ", p.columns(), ") contiguous ", acc, " tensor or empty, got ", scores->sizes(),
+      " ", scores->scalar_type());
 }
 
 int64_t DotProductProblem::tile_images() const {
@@ -70,11 +78,9 @@ int64_t DotProductProblem::tile_images() const {
 
 namespace {
 
-// The per-row coefficients of the gradient epilogue, (G, kCoefs), times the
-// gradient scale B * L: scaled, a half-precision gradient tile holds values
-// near 1 instead of underflowing (1 / (B L) is below fp16's normal range).
+// The per-row coefficients of the gradient epilogue, (G, kCoefs), times `scale`.
 at::Tensor coefficients(const at::Tensor& grad, const at::Tensor& stats, Estimator e, int64_t batch,
-                        int64_t locations) {
+                        int64_t locations, double scale) {
   const char* op = "dim_fused.dot_product_mi_coefficients: ";
   TORCH_CHECK_VALUE(grad.numel() == 1 && grad.device() == stats.device(), op,
                     "grad must be one element on ", stats.device());
@@ -83,7 +89,7 @@ at::Tensor coefficients(const at::Tensor& grad, const at::Tensor& stats, Estimat
                     op, "need stats (G >= B, 2) for B = ", batch, ", got ", stats.sizes());
   const int64_t globals = stats.size(0);
   const double positives = double(batch * locations);
-  const at::Tensor g = grad.to(stats.scalar_type()).reshape({}).expand({globals});
+  const at::Tensor g = (grad.to(stats.scalar_type()) * scale).reshape({}).expand({globals});
   at::Tensor coef = at::zeros({globals, kCoefs}, stats.options());
   coef.select(1, kPosScale).copy_(g);
   switch (e) {
@@ -220,15 +226,19 @@ void for_each_tile(const DotProductProblem& p, const Body& body) {
 
 namespace {
 
-// (row statistics (G, 1, kRowStats), positives (B * L; written for InfoNCE only)).
+// (row statistics (G, 1, kRowStats), positives (B * L; written for InfoNCE only)); each
+// tile is handed to `seen` once reduced.
+template <typename Seen>
 std::tuple<at::Tensor, at::Tensor> reduce_tiles(const DotProductProblem& p,
-                                                const DotProductEpilogue& epilogue) {
+                                                const DotProductEpilogue& epilogue,
+                                                const Seen& seen) {
   const auto acc = p.local.options().dtype(acc_dtype(p.local.scalar_type()));
   at::Tensor row_stats = at::zeros({p.globals, kRowStats}, acc);
   row_stats.select(1, kNegMax).fill_(-INFINITY);
   at::Tensor positives = at::empty({p.columns()}, acc);
   for_each_tile(p, [&](int64_t first, int64_t, const at::Tensor& tile) {
     epilogue.reduce(p, tile, first * p.locations, row_stats, positives);
+    seen(tile);
   });
   return {row_stats.unsqueeze(1), positives};
 }
@@ -238,26 +248,36 @@ std::tuple<at::Tensor, at::Tensor> reduce_tiles(const DotProductProblem& p,
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_statistics(const DotProductProblem& p,
                                                              const DotProductEpilogue& epilogue) {
   const NoAutocast no_autocast;
-  auto [row_stats, positives] = reduce_tiles(p, epilogue);
+  auto [row_stats, positives] = reduce_tiles(p, epilogue, [](const at::Tensor&) {});
   if (p.estimator != Estimator::InfoNCE) positives = at::zeros({0}, positives.options());
   return {row_totals(row_stats), positives};
 }
 
-std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
-                                                          const DotProductEpilogue& epilogue) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_product_mi_forward(
+    const DotProductProblem& p, const DotProductEpilogue& epilogue, bool keep_scores) {
   const NoAutocast no_autocast;
-  const auto [row_stats, positives] = reduce_tiles(p, epilogue);
+  at::Tensor kept;
+  const auto [row_stats, positives] = reduce_tiles(p, epilogue, [&](const at::Tensor& tile) {
+    if (keep_scores && tile.size(1) == p.columns()) kept = tile;
+  });
   auto [estimate, stats] =
       finish(row_stats, positives, p.estimator, p.official, p.batch, p.locations);
-  return {estimate.to(p.local.scalar_type()), stats};
+  if (!kept.defined()) kept = at::empty({0}, stats.options());
+  return {estimate.to(p.local.scalar_type()), stats, kept};
 }
 
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& grad,
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
+                                                           const std::optional<at::Tensor>& scores,
                                                            const DotProductEpilogue& epilogue) {
   const NoAutocast no_autocast;
-  const at::Tensor coef = coefficients(grad, stats, p.estimator, p.batch, p.locations);
+  // The gradient of a mean over the B * L positives: a float16 tile of d(estimate)/d(score)
+  // is kept times B * L (1 / (B L) is below fp16's normal range), the results divided after.
+  const bool scaled = p.local.scalar_type() == at::kHalf;
+  const double positives = double(p.positives());
+  const at::Tensor coef =
+      coefficients(grad, stats, p.estimator, p.batch, p.locations, scaled ? 1.0 : 1.0 / positives);
   at::Tensor d_global = at::zeros({p.globals, p.units}, stats.options());
   // Laid out like the codes where they are in the rows layout (written in place, no
   // transposing copy), contiguous otherwise.
@@ -265,12 +285,20 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
                                            .transpose(1, 2)
                                            .view(p.local_codes.sizes())
                                      : at::empty(p.local_codes.sizes(), p.local.options());
-  for_each_tile(p, [&](int64_t first, int64_t, at::Tensor tile) {
+  const auto tile_backward = [&](int64_t first, at::Tensor tile) {
     epilogue.gradient(p, tile, first * p.locations, coef);
     dot_product_tile_backward(p, tile, first, d_local, d_global);
-  });
-  const double unscale = 1.0 / double(p.positives());  // the coefficients' gradient scale
-  return {d_local.mul_(unscale), d_global.mul_(unscale).to(p.local.scalar_type())};
+  };
+  if (scores && scores->numel() > 0) {
+    tile_backward(0, scores->clone());  // the gradient overwrites its tile; a second backward
+  } else {                              // (retain_graph) reads the scores again
+    for_each_tile(p, [&](int64_t first, int64_t, at::Tensor tile) { tile_backward(first, tile); });
+  }
+  if (scaled) {
+    d_local.div_(positives);
+    d_global.div_(positives);
+  }
+  return {d_local, d_global.to(p.local.scalar_type())};
 }
 
 namespace {
@@ -284,7 +312,7 @@ void check_dot_product_op(const at::Tensor& local, const at::Tensor& global,
   const DotProductProblem p =
       check_dot_product_inputs(local, global, estimator, false, positive_offset, tile_scores);
   if (finishable) check_finishable(p);
-  if (grad && stats) check_dot_product_stats(*grad, *stats, p);
+  if (grad && stats) check_dot_product_stats(*grad, *stats, std::nullopt, p);
 }
 
 // The statistics' per-row totals, for the merge across ranks of the Triton backend's.
@@ -298,10 +326,11 @@ at::Tensor row_totals_op(const at::Tensor& row_stats) {
 TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
   m.def(
       "dot_product_mi(Tensor local_codes, Tensor global_codes, str estimator, bool official,"
-      " int positive_offset, int tile_scores) -> (Tensor, Tensor)");
+      " int positive_offset, int tile_scores, bool keep_scores=False) -> (Tensor, Tensor, Tensor)");
   m.def(
       "dot_product_mi_backward(Tensor grad, Tensor local_codes, Tensor global_codes, Tensor stats,"
-      " str estimator, bool official, int positive_offset, int tile_scores) -> (Tensor, Tensor)");
+      " str estimator, bool official, int positive_offset, int tile_scores, Tensor? scores=None)"
+      " -> (Tensor, Tensor)");
   m.def(
       "dot_product_mi_statistics(Tensor local_codes, Tensor global_codes, str estimator,"
       " int positive_offset, int tile_scores) -> (Tensor, Tensor)");

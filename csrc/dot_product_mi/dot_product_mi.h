@@ -8,6 +8,7 @@
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "../common/common.h"
@@ -47,9 +48,10 @@ DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Te
 // DV's and InfoNCE's normalisers couple every row: one process finishes them only when
 // it holds the whole batch (G == B).
 void check_finishable(const DotProductProblem& p);
-// The backward's grad (one element) and stats (G, 2) in the accumulation dtype.
+// The backward's grad (one element) and stats (G, 2) in the accumulation dtype, and the
+// forward's kept scores if given: (G, B * L) in the accumulation dtype.
 void check_dot_product_stats(const at::Tensor& grad, const at::Tensor& stats,
-                             const DotProductProblem& p);
+                             const std::optional<at::Tensor>& scores, const DotProductProblem& p);
 
 // The columns of a global row's totals (dot_product_mi_statistics): the sums of Ep over
 // its positives and of Eq over its negatives, and its negatives' logsumexp (-inf if
@@ -90,25 +92,28 @@ struct DotProductEpilogue {
 // positives (B * L): InfoNCE's positive scores, empty for the other estimators).
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_statistics(const DotProductProblem& p,
                                                              const DotProductEpilogue& epilogue);
-// (estimate, stats (G, 2)): stats are what the backward needs.
-std::tuple<at::Tensor, at::Tensor> dot_product_mi_forward(const DotProductProblem& p,
-                                                          const DotProductEpilogue& epilogue);
-// (d local_codes, laid out like them; d global_codes).
+// (estimate, stats (G, 2), scores): stats are what the backward needs; scores, the (G, B * L)
+// tile when keep_scores and the forward scored it as one tile (the backward then reads it
+// instead of computing it again: a third of its GEMM work), else empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_product_mi_forward(
+    const DotProductProblem& p, const DotProductEpilogue& epilogue, bool keep_scores);
+// (d local_codes, laid out like them; d global_codes). `scores`: the forward's kept ones, or
+// none (empty or absent): recomputed tile by tile.
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& grad,
                                                            const DotProductProblem& p,
                                                            const at::Tensor& stats,
+                                                           const std::optional<at::Tensor>& scores,
                                                            const DotProductEpilogue& epilogue);
 
 template <const DotProductEpilogue& kEpilogue>
-std::tuple<at::Tensor, at::Tensor> dot_product_mi_op(const at::Tensor& local,
-                                                     const at::Tensor& global,
-                                                     c10::string_view estimator, bool official,
-                                                     int64_t positive_offset, int64_t tile_scores) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_product_mi_op(
+    const at::Tensor& local, const at::Tensor& global, c10::string_view estimator, bool official,
+    int64_t positive_offset, int64_t tile_scores, bool keep_scores) {
   const DotProductProblem p =
       check_dot_product_inputs(local, global, estimator, official, positive_offset, tile_scores);
   check_finishable(p);
   const c10::DeviceGuard guard(local.device());
-  return dot_product_mi_forward(p, kEpilogue);
+  return dot_product_mi_forward(p, kEpilogue, keep_scores);
 }
 
 template <const DotProductEpilogue& kEpilogue>
@@ -127,12 +132,12 @@ template <const DotProductEpilogue& kEpilogue>
 std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward_op(
     const at::Tensor& grad, const at::Tensor& local, const at::Tensor& global,
     const at::Tensor& stats, c10::string_view estimator, bool official, int64_t positive_offset,
-    int64_t tile_scores) {
+    int64_t tile_scores, const std::optional<at::Tensor>& scores) {
   const DotProductProblem p =
       check_dot_product_inputs(local, global, estimator, official, positive_offset, tile_scores);
-  check_dot_product_stats(grad, stats, p);
+  check_dot_product_stats(grad, stats, scores, p);
   const c10::DeviceGuard guard(local.device());
-  return dot_product_mi_backward(grad, p, stats, kEpilogue);
+  return dot_product_mi_backward(grad, p, stats, scores, kEpilogue);
 }
 
 // In a TORCH_LIBRARY_IMPL(dim_fused, <device>, m) block.

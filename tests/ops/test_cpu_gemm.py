@@ -25,7 +25,39 @@ def test_the_provider_is_the_one_asked_for(monkeypatch, provider):
     _provider(monkeypatch, provider)
     assert library.cpu_gemm() == provider
     monkeypatch.setenv("DIM_FUSED_CPU_GEMM", "auto")
-    assert library.cpu_gemm() == ("onednn" if torch.backends.mkldnn.is_available() else "blas")
+    assert library.cpu_gemm() == ("auto" if torch.backends.mkldnn.is_available() else "blas")
+
+
+def test_auto_times_each_shape_class_once_and_stays_right(monkeypatch):
+    """auto's choice per shape class of fp32 products: both providers timed at the first
+    product of at least 2^24 FLOPs, listed with both times, reused after; the op's values
+    match the oracle whichever provider won."""
+    require("cpu", "cpu")
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN: auto is BLAS")
+    monkeypatch.setenv("DIM_FUSED_CPU_GEMM", "auto")
+    generator = torch.Generator().manual_seed(4)
+    # 16 images x 64 locations against 16 globals of E = 1024: score products of 2^25 FLOPs,
+    # d local = dS^T global of inner dimension 16.
+    local = torch.randn(16, 1024, 8, 8, generator=generator, dtype=torch.float64) * 0.1
+    global_codes = torch.randn(16, 1024, generator=generator, dtype=torch.float64) * 0.1
+
+    def fused(loc, glo):
+        return dim_fused.dot_product_mi(loc, glo, estimator="infonce", backend="cpu")
+
+    def oracle(loc, glo):
+        return reference.dot_product_mi(loc, glo, "infonce")
+
+    assert_matches_oracle(
+        fused, oracle, [local, global_codes], dtype=torch.float32, device="cpu", names=["local", "global"], what="auto"
+    )
+    choices = library.cpu_gemm_choices()
+    assert choices, "no fp32 product was timed"
+    for line in choices:
+        assert line.startswith("fp32 ") and (": onednn (" in line or ": blas (" in line), line
+        assert " ms, blas " in line, line
+    fused(local.float(), global_codes.float())
+    assert library.cpu_gemm_choices() == choices  # the same classes: nothing timed again
 
 
 def test_a_bad_provider_is_named(monkeypatch):

@@ -73,6 +73,8 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
             torch.ones(2), f, y, w, b, good, scores, [], "jsd", False, CHUNK))
         case("backward, wrong activations", lambda: ops.concat_conv_mi_backward(
             torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(3, 6)], "jsd", False, CHUNK))
+        case("backward, short Q", lambda: ops.concat_conv_mi_backward(  # P (B L, H1) fits, Q (B, H1) does not
+            torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(20, 6), torch.randn(3, 6)], "jsd", False, CHUNK))
         case("meta feature map", lambda: ops.concat_conv_mi(f.to("meta"), y, w, b, good, "jsd", False, False, CHUNK))
         longs = [t.long() for t in (f, y, *w, *b)]
         case("integer feature map", lambda: ops.concat_conv_mi(
@@ -86,6 +88,7 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
     assert "scores must be the forward's (1 + K, B, L)" in results["backward, scores broadcast"]
     assert "grad must be one element" in results["backward, two-element grad"]
     assert "activations must be the forward's" in results["backward, wrong activations"]
+    assert "activations[1] must be the forward's (4, 6)" in results["backward, short Q"], results["backward, short Q"]
     assert "several devices" in results["meta feature map"], results["meta feature map"]
     assert "float64, float32, bfloat16 or float16" in results["integer feature map"], results["integer feature map"]
 
@@ -97,10 +100,14 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
         l, g = torch.randn(4, 3, 5), torch.randn(4, 3)
         case("offset overflow", lambda: ops.dot_product_mi(l, torch.randn(6, 3), "jsd", False, 2**63 - 1, TILE))
         case("G < B", lambda: ops.dot_product_mi(l, torch.randn(3, 3), "jsd", False, 0, TILE))
-        _, stats = ops.dot_product_mi(l, g, "infonce", False, 0, TILE)
+        _, stats, kept = ops.dot_product_mi(l, g, "infonce", False, 0, TILE, True)
         one = torch.tensor(1.0)
         case("stats broadcast", lambda: ops.dot_product_mi_backward(one, l, g, stats[:1], "infonce", False, 0, TILE))
         case("stats float64", lambda: ops.dot_product_mi_backward(one, l, g, stats.double(), "infonce", False, 0, TILE))
+        args = (one, l, g, stats, "infonce", False, 0, TILE)
+        case("scores broadcast", lambda: ops.dot_product_mi_backward(*args, kept[:1].expand(4, 20)))
+        case("scores short", lambda: ops.dot_product_mi_backward(*args, torch.zeros(1)))
+        case("scores meta", lambda: ops.dot_product_mi_backward(*args, kept.to("meta")))
         case("meta globals", lambda: ops.dot_product_mi(l, g.to("meta"), "jsd", False, 0, TILE))
         case("mi_bound infonce shapes", lambda: ops.mi_bound(torch.randn(1 << 20), torch.randn(200, 1), "infonce"))
         case("mi_bound meta", lambda: ops.mi_bound(torch.randn(3), torch.randn(3, device="meta"), "jsd"))
@@ -119,6 +126,9 @@ def test_dot_product_and_mi_bound_ops_refuse_what_would_read_out_of_bounds():
     assert "ValueError" in results["G < B"]
     assert "stats must be the forward's (G, 2)" in results["stats broadcast"]
     assert "stats must be the forward's (G, 2)" in results["stats float64"]
+    for name in ("scores broadcast", "scores short"):
+        assert "scores must be the forward's kept (G, B * L) = (4, 20)" in results[name], results[name]
+    assert "Error" in results["scores meta"], results["scores meta"]
     assert "several devices" in results["meta globals"]
     assert "infonce needs neg_scores of shape" in results["mi_bound infonce shapes"]
     assert "several devices" in results["mi_bound meta"]
@@ -146,7 +156,7 @@ def test_triton_ops_check_what_the_cpp_ops_check():
         case("B = 1", lambda: ops.dot_product_mi_triton(l[:1], g[:1], "jsd", False, 0, TILE))
         case("L = 0", lambda: ops.dot_product_mi_triton(torch.randn(4, 3, 0), g, "jsd", False, 0, TILE))
         case("E differs", lambda: ops.dot_product_mi_triton(l, torch.randn(4, 2), "jsd", False, 0, TILE))
-        _, stats = ops.dot_product_mi_triton(l, g, "infonce", False, 0, TILE)
+        _, stats, _ = ops.dot_product_mi_triton(l, g, "infonce", False, 0, TILE)
         case("stats broadcast", lambda: ops.dot_product_mi_triton_backward(
             torch.tensor(1.0), l, g, stats[:1], "infonce", False, 0, TILE))
         """,

@@ -74,10 +74,17 @@ def _apply_cpu_gemm() -> None:
 
 
 def cpu_gemm() -> str:
-    """The GEMM provider the CPU plans run ('onednn' or 'blas'), after handing them
-    DIM_FUSED_CPU_GEMM (auto: oneDNN where this torch carries it). docs/design.md, "GEMMs"."""
+    """The GEMM provider the CPU plans run ('auto', 'onednn' or 'blas'), after handing them
+    DIM_FUSED_CPU_GEMM (auto: per shape class of fp32 products, whichever of oneDNN and BLAS
+    was measured faster on this machine; 'blas' where this torch has no oneDNN).
+    docs/design.md, "GEMMs"."""
     _apply_cpu_gemm()
     return torch.ops.dim_fused.cpu_gemm()
+
+
+def cpu_gemm_choices() -> list[str]:
+    """auto's measured choices so far: per shape class, the provider and both timings."""
+    return list(torch.ops.dim_fused.cpu_gemm_choices())
 
 
 def no_bias(like: torch.Tensor) -> torch.Tensor:

@@ -86,13 +86,15 @@ def concat_conv_mi(
 
 
 def keep_activations(feature_map: torch.Tensor, weights: Sequence[torch.Tensor], perm: torch.Tensor) -> bool:
-    """The C++ plan's memory policy: whether its forward keeps the hidden activations after
-    the first layer for the backward (which then skips re-running their GEMMs), when they
-    take at most DIM_FUSED_KEEP_BYTES (default 64 MiB). The first layer is always
-    recomputed (a gather)."""
-    rows = (perm.shape[0] + 1) * feature_map.shape[0] * feature_map[0, 0].numel()
-    kept = rows * sum(w.shape[0] for w in weights[1:-1]) * feature_map.element_size()
-    return 0 < kept <= tunables.keep_bytes()
+    """The C++ plan's memory policy: whether its forward keeps the first layer's halves P
+    (B L, H1) and Q (B, H1) and the hidden activations after the first layer for the
+    backward (which then skips re-running their GEMMs), when they take at most
+    DIM_FUSED_KEEP_BYTES (default 64 MiB). The first layer's activations are always
+    recomputed (a gather from P and Q)."""
+    batch, locations = feature_map.shape[0], feature_map[0, 0].numel()
+    rows = (perm.shape[0] + 1) * batch * locations
+    values = (batch * locations + batch) * weights[0].shape[0] + rows * sum(w.shape[0] for w in weights[1:-1])
+    return 0 < values * feature_map.element_size() <= tunables.keep_bytes()
 
 
 def check_critic(feature_map, global_code, weights, biases, estimator):

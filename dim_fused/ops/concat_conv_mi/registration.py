@@ -21,7 +21,11 @@ def _fake(feature_map, global_code, weights, biases, perm, estimator, detach_neg
     _check_shapes("concat_conv_mi", feature_map, global_code, weights, biases, perm)
     shape = (perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel())
     rows = shape[0] * shape[1] * shape[2]
-    kept = [feature_map.new_empty((rows, w.shape[0])) for w in weights[1:-1]] if keep_activations else []
+    kept = []
+    if keep_activations:  # P, Q, then the activations of hidden layers 2..
+        kept = [feature_map.new_empty((shape[1] * shape[2], weights[0].shape[0]))]
+        kept += [feature_map.new_empty((shape[1], weights[0].shape[0]))]
+        kept += [feature_map.new_empty((rows, w.shape[0])) for w in weights[1:-1]]
     return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=accumulation_dtype(feature_map.dtype)), kept
 
 

@@ -69,9 +69,18 @@ def dot_product_mi(
     if name == "reference":
         return reference.dot_product_mi(local_codes, global_codes, estimator, official, positive_offset)
     op = library.registered("dot_product_mi", name)
-    return op(
-        local_codes, global_codes, estimator, official, positive_offset, tunables.tile_scores(local_codes.device)
-    )[0]
+    tile_scores, keep_scores = tunables.tile_scores(local_codes.device), _keep_scores(local_codes, global_codes)
+    return op(local_codes, global_codes, estimator, official, positive_offset, tile_scores, keep_scores)[0]
+
+
+def _keep_scores(local_codes: torch.Tensor, global_codes: torch.Tensor) -> bool:
+    """Whether the forward should keep its scores for the backward (which then skips a third of
+    its GEMM work): when a gradient will be taken and the (G, B * L) scores fit the budget of
+    kept activations (DIM_FUSED_KEEP_BYTES)."""
+    if not (torch.is_grad_enabled() and (local_codes.requires_grad or global_codes.requires_grad)):
+        return False
+    scores = global_codes.shape[0] * local_codes.shape[0] * local_codes[0, 0].numel()
+    return scores * precision.accumulation_dtype(local_codes.dtype).itemsize <= tunables.keep_bytes()
 
 
 def check_codes(

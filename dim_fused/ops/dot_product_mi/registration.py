@@ -21,15 +21,28 @@ def _check_shapes(op: str, local_codes: torch.Tensor, global_codes: torch.Tensor
     )
 
 
-def _fake(local_codes, global_codes, estimator, official, positive_offset, tile_scores):
+def _fake(local_codes, global_codes, estimator, official, positive_offset, tile_scores, keep_scores=False):
+    """The C++ op keeps its scores when asked and they are one tile (G * B * L <= tile_scores)."""
     library.one_device("dot_product_mi", local_codes, global_codes)
     _check_shapes("dot_product_mi", local_codes, global_codes)
-    stats = global_codes.new_empty((global_codes.shape[0], 2), dtype=accumulation_dtype(global_codes.dtype))
-    return local_codes.new_empty(()), stats
+    acc = accumulation_dtype(global_codes.dtype)
+    stats = global_codes.new_empty((global_codes.shape[0], 2), dtype=acc)
+    columns = local_codes.shape[0] * local_codes[0, 0].numel()
+    kept = (global_codes.shape[0], columns) if keep_scores and global_codes.shape[0] * columns <= tile_scores else (0,)
+    return local_codes.new_empty(()), stats, stats.new_empty(kept)
 
 
-def _backward_fake(grad, local_codes, global_codes, stats, estimator, official, positive_offset, tile_scores):
-    library.one_device("dot_product_mi_backward", grad, local_codes, global_codes, stats)
+def _triton_fake(local_codes, global_codes, estimator, official, positive_offset, tile_scores, keep_scores=False):
+    """The Triton op keeps no scores."""
+    estimate, stats, _ = _fake(local_codes, global_codes, estimator, official, positive_offset, tile_scores)
+    return estimate, stats, stats.new_empty(0)
+
+
+def _backward_fake(
+    grad, local_codes, global_codes, stats, estimator, official, positive_offset, tile_scores, scores=None
+):
+    kept = [] if scores is None else [scores]
+    library.one_device("dot_product_mi_backward", grad, local_codes, global_codes, stats, *kept)
     _check_shapes("dot_product_mi_backward", local_codes, global_codes)
     torch._check_value(
         stats.shape == (global_codes.shape[0], 2), lambda: "dim_fused.dot_product_mi_backward: stats must be (G, 2)"
@@ -48,14 +61,14 @@ def _statistics_fake(local_codes, global_codes, estimator, positive_offset, tile
 
 def _setup_context(ctx, inputs, output) -> None:
     local_codes, global_codes, *args = inputs
-    ctx.save_for_backward(local_codes, global_codes, output[1])
-    ctx.args = args  # estimator, official, positive_offset, tile_scores
+    ctx.save_for_backward(local_codes, global_codes, output[1], output[2])
+    ctx.args = args[:4]  # estimator, official, positive_offset, tile_scores
 
 
-def _gradients(backward_op, ctx, grad, _grad_stats):
-    local_codes, global_codes, stats = ctx.saved_tensors
-    d_local, d_global = backward_op(grad, local_codes, global_codes, stats, *ctx.args)
-    return d_local, d_global, None, None, None, None
+def _gradients(backward_op, ctx, grad, _grad_stats, _grad_scores):
+    local_codes, global_codes, stats, scores = ctx.saved_tensors
+    d_local, d_global = backward_op(grad, local_codes, global_codes, stats, *ctx.args, scores)
+    return d_local, d_global, None, None, None, None, None
 
 
 library.register(
@@ -65,6 +78,7 @@ library.register(
     setup_context=_setup_context,
     gradients=_gradients,
     triton_kernels=f"{__package__}.triton_kernels",
+    triton_fake=_triton_fake,
 )
 
 library.register_statistics(

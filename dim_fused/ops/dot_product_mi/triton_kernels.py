@@ -495,7 +495,9 @@ def _reduce(p: _Problem, local: torch.Tensor, global_codes: torch.Tensor):
 
 
 @no_autocast
-def forward(local, global_codes, estimator: str, official: bool, offset: int, tile_scores: int):
+def forward(local, global_codes, estimator: str, official: bool, offset: int, tile_scores: int, keep_scores=False):
+    """(estimate, stats, scores): the backward's kernels score each tile again (the scores are
+    a by-product of their gradient kernel's GEMM), so none are kept."""
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, True, None, None)
     p = _Problem(local, global_codes, estimator, offset)
     partial, positives = _reduce(p, local, global_codes)
@@ -507,7 +509,7 @@ def forward(local, global_codes, estimator: str, official: bool, offset: int, ti
             partial.shape[1], p.batch, p.locations,
             EST=p.meta["EST"], OFFICIAL=official, ACC=p.meta["ACC"], BLOCK_R=FINISH_ROWS, BLOCK_L=FINISH_LOCATIONS,
         )  # fmt: skip
-    return estimate, stats
+    return estimate, stats, stats.new_empty(0)
 
 
 @no_autocast
@@ -523,7 +525,9 @@ def statistics(local, global_codes, estimator: str, offset: int, tile_scores: in
 
 
 @no_autocast
-def backward(grad, local, global_codes, stats, estimator: str, official: bool, offset: int, tile_scores: int):
+def backward(
+    grad, local, global_codes, stats, estimator: str, official: bool, offset: int, tile_scores: int, scores=None
+):
     torch.ops.dim_fused.check_dot_product(local, global_codes, estimator, offset, tile_scores, False, grad, stats)
     p = _Problem(local, global_codes, estimator, offset)
     d_local = gradient_like(local)

@@ -123,16 +123,67 @@ def _ops_for(backend):
 
 @pytest.mark.parametrize("estimator", ["jsd", "dv", "infonce"])
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(fused, estimator, requires_grad):
+@pytest.mark.parametrize("keep_scores", [False, True], ids=["recompute", "keep"])
+def test_opcheck(fused, estimator, requires_grad, keep_scores):
     backend, device = fused
     local, global_codes = make_codes((3, 5, (4,), 3, 0))
     local = local.float().to(device).requires_grad_(requires_grad)
     global_codes = global_codes.float().to(device).requires_grad_(requires_grad)
     op, backward_op = _ops_for(backend)
-    torch.library.opcheck(op, (local, global_codes, estimator, False, 0, TILE))
-    _, stats = op(local.detach(), global_codes.detach(), estimator, False, 0, TILE)
+    torch.library.opcheck(op, (local, global_codes, estimator, False, 0, TILE, keep_scores))
+    _, stats, scores = op(local.detach(), global_codes.detach(), estimator, False, 0, TILE, keep_scores)
+    kept = keep_scores and backend != "triton"  # Triton's backward scores its tiles again
+    assert scores.shape == ((3, 12) if kept else (0,))
     grad = torch.tensor(-1.5, device=device)
-    torch.library.opcheck(backward_op, (grad, local.detach(), global_codes.detach(), stats, estimator, False, 0, TILE))
+    args = (grad, local.detach(), global_codes.detach(), stats, estimator, False, 0, TILE, scores)
+    torch.library.opcheck(backward_op, args)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_kept_scores_give_the_recomputed_gradients(fused, estimator, dtype, monkeypatch):
+    """The forward's kept scores (one tile, within DIM_FUSED_KEEP_BYTES) and the backward's own
+    give the same gradients, also twice over one graph (retain_graph: the gradient epilogue
+    must not overwrite the kept scores); fp16 keeps its tile scaled by B * L."""
+    backend, device = fused
+    if backend == "triton" and (device == "cpu") and dtype == torch.float16:
+        pytest.skip("the interpreter's dot: no 16-bit checks here")
+    local, global_codes = make_codes((4, 9, (3, 2), 4, 0))
+    grads = {}
+    for keep_bytes in ("0", str(1 << 26)):
+        monkeypatch.setenv("DIM_FUSED_KEEP_BYTES", keep_bytes)
+        loc = local.to(device, dtype).requires_grad_()
+        glo = global_codes.to(device, dtype).requires_grad_()
+        out = dim_fused.dot_product_mi(loc, glo, estimator=estimator, backend=backend)
+        first = torch.autograd.grad(out, (loc, glo), retain_graph=True)
+        second = torch.autograd.grad(out, (loc, glo))
+        for one, other in zip(first, second, strict=True):
+            torch.testing.assert_close(one, other, rtol=0, atol=0)
+        grads[keep_bytes] = first
+    for recomputed, kept in zip(*grads.values(), strict=True):
+        torch.testing.assert_close(kept, recomputed)
+
+
+def test_scores_are_kept_only_for_a_gradient():
+    from dim_fused.ops.dot_product_mi.function import _keep_scores
+
+    local, global_codes = make_codes((4, 9, (3,), 4, 0))
+    assert not _keep_scores(local, global_codes)
+    assert _keep_scores(local.requires_grad_(), global_codes)
+    with torch.no_grad():
+        assert not _keep_scores(local, global_codes)
+
+
+def test_wrong_kept_scores_are_refused(fused):
+    backend, device = fused
+    if backend == "triton":
+        pytest.skip("the Triton backward reads no kept scores")
+    local, global_codes = (t.float().to(device) for t in make_codes((3, 5, (4,), 3, 0)))
+    _, stats, scores = torch.ops.dim_fused.dot_product_mi(local, global_codes, "jsd", False, 0, TILE, True)
+    grad = torch.tensor(1.0, device=device)
+    for wrong in (scores[:, :-1], scores.double(), scores.t().contiguous().t()):
+        with pytest.raises(ValueError, match="scores must be the forward's kept"):
+            torch.ops.dim_fused.dot_product_mi_backward(grad, local, global_codes, stats, "jsd", False, 0, TILE, wrong)
 
 
 def _statistics_op(backend):
@@ -206,7 +257,7 @@ def test_half_precision_scores_reach_the_epilogue_in_float32(fused, layout):
         local = local.contiguous(memory_format=torch.channels_last)
     global_codes = (torch.randn(6, 64) * 0.3).bfloat16()
     op = torch.ops.dim_fused.dot_product_mi_triton if backend == "triton" else torch.ops.dim_fused.dot_product_mi
-    _, stats = op(local.to(device), global_codes.to(device), "infonce", False, 0, TILE)
+    _, stats, _ = op(local.to(device), global_codes.to(device), "infonce", False, 0, TILE)
     scores = reference.dot_product_scores(local.double(), global_codes.double())  # (G, B, L)
     off_diagonal = ~torch.eye(6, dtype=torch.bool)[:, :, None].expand_as(scores)
     want = torch.logsumexp(scores.masked_fill(~off_diagonal, -float("inf")).flatten(1), dim=1)
