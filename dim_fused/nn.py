@@ -31,6 +31,12 @@ class MI1x1ConvNet(nn.Module):
                 self.linear_shortcut.weight.masked_fill_(eye, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Channels-last throughout: the LayerNorm over channels then reads the convolutions'
+        # output in place, and their gradients come back in the layout they were computed in
+        # (from NCHW, a transposing copy each way, forward and backward: a fifth of the
+        # critic's time at 2048 units on a CPU). The codes come out channels-last, the rows
+        # layout dot_product_mi reads in place.
+        x = x.contiguous(memory_format=torch.channels_last)
         h = self.block_nonlinear(x) + self.linear_shortcut(x)
         return self.layer_norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
