@@ -220,11 +220,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
   const int64_t channels = local_rows.size(1);
   const double unscale = 1.0 / scale;
   const at::Tensor dQ_in = dQ.to(dtype);
-  // The fp32 dP and dQ meet the inputs in their dtype on CUDA, in fp32 on a CPU (gemm_to).
-  const at::Tensor d_w1 =
-      at::cat({gemm_to(dP.t(), local_rows, acc), gemm_to(dQ.t(), global_code, acc)}, 1);
+  const at::Tensor dP_in = dP.to(dtype);  // the same tensor unless the inputs are half
+  // The fp32 dP and dQ meet the inputs in their dtype on CUDA, in fp32 on a CPU (gemm_to),
+  // except W1f's gradient from half inputs on a CPU: dP rounded to their dtype, a half GEMM
+  // (fp32 inside, rounded once; the gradient is returned in that dtype), at twice the rate
+  // of the fp32 product of converted operands.
+  const at::Tensor d_w1f = local_rows.is_cpu() && dtype != acc ? gemm(dP_in.t(), local_rows).to(acc)
+                                                               : gemm_to(dP.t(), local_rows, acc);
+  const at::Tensor d_w1 = at::cat({d_w1f, gemm_to(dQ.t(), global_code, acc)}, 1);
   const at::Tensor d_b1 = has_bias ? dQ.sum(0) : at::empty({0}, dQ.options());
-  const at::Tensor d_local = gemm(dP_features.to(dtype), w1.narrow(1, 0, channels));
+  const at::Tensor d_local =
+      gemm(dP_features.is_same(dP) ? dP_in : dP_features.to(dtype), w1.narrow(1, 0, channels));
   const at::Tensor d_code = gemm(dQ_in, w1.narrow(1, channels, w1.size(1) - channels));
   return {d_local.mul_(unscale), d_code.mul_(unscale), d_w1.mul_(unscale).to(dtype),
           d_b1.mul(unscale).to(dtype)};
@@ -240,27 +246,57 @@ at::Tensor first_hidden(const ConcatConvProblem& p, const ConcatConvKernels& ker
   return h1;
 }
 
+// What a device's hidden epilogue reads, in the accumulation dtype, converted once per call:
+// each later hidden layer's bias (zeros where none; [0] unused) and the score layer's weight.
+struct EpilogueTerms {
+  std::vector<at::Tensor> biases;
+  at::Tensor score_weight;
+};
+
+EpilogueTerms epilogue_terms(const ConcatConvProblem& p, const ConcatConvKernels& kernels) {
+  EpilogueTerms terms;
+  if (kernels.hidden_epilogue == nullptr && kernels.score_backward == nullptr) return terms;
+  const auto acc = p.local_rows.options().dtype(acc_dtype(p.local_rows.scalar_type()));
+  terms.biases.resize(p.weights.size());
+  for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
+    terms.biases[i] =
+        p.biases[i] ? p.biases[i]->to(acc).contiguous() : at::zeros({p.weights[i].size(0)}, acc);
+  }
+  terms.score_weight = p.weights.back().reshape({-1}).to(acc).contiguous();
+  return terms;
+}
+
 // The chunk's activations of hidden layers 2.. from the first one's, written into
-// `into` (the kept activations' rows of the chunk) when given.
-std::vector<at::Tensor> later_hidden(const ConcatConvProblem& p, const at::Tensor& h1,
-                                     const std::vector<at::Tensor>& into = {}) {
+// `into` (the kept activations' rows of the chunk) when given; with `scores`, the last
+// one's scores (before the score layer's bias) too, from the device's epilogue.
+std::vector<at::Tensor> later_hidden(const ConcatConvProblem& p, const ConcatConvKernels& kernels,
+                                     const EpilogueTerms& terms, const at::Tensor& h1,
+                                     const std::vector<at::Tensor>& into = {},
+                                     at::Tensor* scores = nullptr) {
   std::vector<at::Tensor> hidden{h1};
   for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
     const at::Tensor wt = p.weights[i].t();
     at::Tensor z = into.empty() ? at::empty({h1.size(0), wt.size(1)}, h1.options()) : into[i - 1];
-    gemm_out(z, hidden.back(), wt, p.biases[i]);
-    hidden.push_back(z.relu_());  // not cuBLASLt's fused ReLU epilogue: it would turn a NaN into 0
+    if (kernels.hidden_epilogue != nullptr) {
+      gemm_out(z, hidden.back(), wt);
+      const bool scored = scores != nullptr && i + 2 == p.weights.size();
+      at::Tensor none;
+      kernels.hidden_epilogue(z, terms.biases[i], scored ? terms.score_weight : none,
+                              scored ? *scores : none);
+    } else {
+      gemm_out(z, hidden.back(), wt, p.biases[i]);
+      z.relu_();  // not cuBLASLt's fused ReLU epilogue: it would turn a NaN into 0
+    }
+    hidden.push_back(z);
   }
   return hidden;
 }
 
-// The chunk's scores (in the accumulation dtype) from its last hidden layer.
+// The chunk's scores (in the accumulation dtype, before the score layer's bias) from its
+// last hidden layer.
 at::Tensor chunk_scores(const ConcatConvProblem& p, const at::Tensor& last_hidden) {
-  const size_t last = p.weights.size() - 1;
   const auto acc = acc_dtype(last_hidden.scalar_type());
-  at::Tensor scores = gemm_to(last_hidden, p.weights[last].t(), acc);
-  if (p.biases[last]) scores.add_(p.biases[last]->to(acc));
-  return scores.view({-1});
+  return gemm_to(last_hidden, p.weights.back().t(), acc).view({-1});
 }
 
 // body(pairs, image, images, first_row, rows, kept_row): the chunks of whole images of
@@ -294,14 +330,20 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
           at::empty({(p.num_negatives + 1) * p.rows(), p.weights[i].size(0)}, P.options()));
     }
   }
+  const EpilogueTerms terms = epilogue_terms(p, kernels);
+  // The device's epilogue scores the last hidden layer as it applies its ReLU.
+  const bool epilogue_scores = kernels.hidden_epilogue != nullptr && p.weights.size() > 2;
   for_each_chunk(
       p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows, int64_t kept_row) {
         std::vector<at::Tensor> into;  // the chunk's rows of the kept activations: no copy
         for (size_t i = 2; i < kept.size(); ++i) into.push_back(kept[i].narrow(0, kept_row, rows));
+        at::Tensor chunk = flat_scores.narrow(0, kept_row, rows);
         const auto hidden =
-            later_hidden(p, first_hidden(p, kernels, P, Q, pairs, first_row, rows), into);
-        flat_scores.narrow(0, kept_row, rows).copy_(chunk_scores(p, hidden.back()));
+            later_hidden(p, kernels, terms, first_hidden(p, kernels, P, Q, pairs, first_row, rows),
+                         into, epilogue_scores ? &chunk : nullptr);
+        if (!epilogue_scores) chunk.copy_(chunk_scores(p, hidden.back()));
       });
+  if (p.biases.back()) flat_scores.add_(p.biases.back()->to(flat_scores.scalar_type()));
   const at::Tensor estimate =
       mi_bound_op(scores[0], scores.narrow(0, 1, p.num_negatives), p.estimator_name);
   return {estimate.to(P.scalar_type()), scores, kept};
@@ -338,28 +380,47 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
         p.biases[i] ? at::zeros(p.biases[i]->sizes(), acc_options) : at::empty({0}, acc_options);
   }
   const size_t last = p.weights.size() - 1;
+  const EpilogueTerms terms = epilogue_terms(p, kernels);
+  // The device's score backward: the score layer's weight and bias gradients (the latter a
+  // sum of d_scores, taken once here) and the last hidden layer's ReLU and bias in one pass.
+  const bool score_backward = kernels.score_backward != nullptr && last >= 2;
+  at::Tensor d_score_weight = d_weights[last].view({-1});
+  if (score_backward && p.biases[last]) d_biases[last].add_(d_scores.sum());
   for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t, int64_t first_row, int64_t rows,
                         int64_t kept_row) {
     // The first layer is recomputed (a gather, no GEMM); the later ones too, unless kept.
     const at::Tensor h1 = first_hidden(p, kernels, P, Q, pairs, first_row, rows);
     std::vector<at::Tensor> hidden{h1};
     if (activations.empty()) {
-      hidden = later_hidden(p, h1);
+      hidden = later_hidden(p, kernels, terms, h1);
     } else {
       for (size_t i = 2; i < activations.size(); ++i) {
         hidden.push_back(activations[i].narrow(0, kept_row, rows));
       }
     }
-    // d_z: the gradient at layer i's output before its activation, from the score down.
-    at::Tensor d_z = d_scores.narrow(0, kept_row, rows).unsqueeze(1).to(dtype);
-    for (size_t i = last; i >= 2; --i) {  // layer i reads hidden[i - 1]
+    // d_z: the gradient at layer i's output before its activation, from the score down;
+    // summed: whether its layer's bias gradient is added already.
+    at::Tensor d_z;
+    bool summed = false;
+    size_t i = last;
+    if (score_backward) {  // the score layer and the last hidden layer's ReLU and bias
+      d_z = at::empty({rows, p.weights[last].size(1)}, hidden[last - 1].options());
+      kernels.score_backward(hidden[last - 1], d_scores.narrow(0, kept_row, rows),
+                             terms.score_weight, d_score_weight, d_biases[last - 1], d_z);
+      summed = true;
+      --i;
+    } else {
+      d_z = d_scores.narrow(0, kept_row, rows).unsqueeze(1).to(dtype);
+    }
+    for (; i >= 2; --i) {  // layer i reads hidden[i - 1]
       gemm_accumulate(d_weights[i], d_z.t(), hidden[i - 1]);
-      if (p.biases[i]) d_biases[i].add_(d_z.sum(0));
+      if (p.biases[i] && !summed) d_biases[i].add_(d_z.sum(0));
+      summed = false;
       d_z = at::threshold_backward(gemm(d_z, p.weights[i]), hidden[i - 1], 0);
     }
     // Layer 1 reads h1 = relu(P[source] + Q[image]): its gradient splits back to dP and dQ.
     gemm_accumulate(d_weights[1], d_z.t(), h1);
-    if (p.biases[1]) d_biases[1].add_(d_z.sum(0));
+    if (p.biases[1] && !summed) d_biases[1].add_(d_z.sum(0));
     const at::Tensor src = p.sources[pairs].narrow(0, first_row, rows);
     kernels.first_layer_backward(gemm(d_z, p.weights[1]), h1, src, image, p.locations, dP,
                                  pairs == 0 && p.detach_negatives ? &dP_positives : nullptr, dQ);

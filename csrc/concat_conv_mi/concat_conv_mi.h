@@ -67,6 +67,20 @@ struct ConcatConvKernels {
   void (*first_layer_backward)(const at::Tensor& dH1, const at::Tensor& H1, const at::Tensor& src,
                                int64_t image, int64_t locations, at::Tensor& dP,
                                at::Tensor* dP_features, at::Tensor& dQ);
+  // Optional (nullptr: the plan adds the bias to the GEMM's output, applies ReLU and scores
+  // with ATen ops, three passes): a later hidden layer's epilogue in one pass over a chunk's
+  // plain product z (rows, H), contiguous: z = relu(z + bias) in place and, when `weight` is
+  // defined, scores[r] = <z[r], weight> (the score layer, before its bias). bias, weight
+  // (H,) and scores (rows,) are in the accumulation dtype; the ReLU keeps a NaN.
+  void (*hidden_epilogue)(at::Tensor& z, const at::Tensor& bias, const at::Tensor& weight,
+                          at::Tensor& scores);
+  // Optional (nullptr: ATen GEMMs and passes): the score layer's backward for a chunk, one
+  // pass over its last hidden layer h (rows, H): d_weight (H,) += sum_r d_score[r] h[r];
+  // d_h[r] = d_score[r] weight, 0 where h[r] <= 0 (the gradient before that layer's ReLU,
+  // written in h's dtype); d_bias (H,) += sum_r d_h[r] (that layer's bias; empty: none).
+  // d_score (rows,), weight, d_weight and d_bias are in the accumulation dtype.
+  void (*score_backward)(const at::Tensor& h, const at::Tensor& d_score, const at::Tensor& weight,
+                         at::Tensor& d_weight, at::Tensor& d_bias, at::Tensor& d_h);
 };
 
 // (estimate, scores (1 + K, B, L) in the accumulation dtype, kept tensors when

@@ -95,7 +95,121 @@ void first_layer_backward_cpu(const at::Tensor& dH1, const at::Tensor& H1, const
       });
 }
 
-constexpr ConcatConvKernels kCpuKernels{&first_layer_cpu, &first_layer_backward_cpu};
+// One row of the hidden epilogue: z = relu(z + bias) in place; returns <z, weight> (0 without
+// a weight), summed over the SIMD lanes in a fixed order, then the tail.
+template <typename scalar_t>
+cpu::acc_type<scalar_t> hidden_epilogue_row(scalar_t* z, const cpu::acc_type<scalar_t>* bias,
+                                            const cpu::acc_type<scalar_t>* weight, int64_t n) {
+  using T = cpu::acc_type<scalar_t>;
+  using VT = at::vec::Vectorized<T>;
+  using V = at::vec::Vectorized<scalar_t>;
+  VT dot(T(0));
+  const auto step = [&](VT x, int64_t c) {
+    const VT h = Math<VT>::relu(x + VT::loadu(bias + c));
+    if (weight != nullptr) dot = at::vec::fmadd(h, VT::loadu(weight + c), dot);
+    return h;
+  };
+  int64_t c = 0;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    for (; c + V::size() <= n; c += V::size()) step(V::loadu(z + c), c).store(z + c);
+  } else {  // a 16-bit vector is two float vectors
+    for (; c + V::size() <= n; c += V::size()) {
+      const auto [lo, hi] = at::vec::convert_to_float<scalar_t>(V::loadu(z + c));
+      const VT h_lo = step(lo, c), h_hi = step(hi, c + VT::size());
+      at::vec::convert_from_float<scalar_t>(h_lo, h_hi).store(z + c);
+    }
+  }
+  T lanes[VT::size()];
+  dot.store(lanes);
+  T total = 0;
+  for (const T lane : lanes) total += lane;
+  for (; c < n; ++c) {
+    const T h = Math<T>::relu(T(z[c]) + bias[c]);
+    z[c] = scalar_t(h);
+    if (weight != nullptr) total += h * weight[c];
+  }
+  return total;
+}
+
+void hidden_epilogue_cpu(at::Tensor& z, const at::Tensor& bias, const at::Tensor& weight,
+                         at::Tensor& scores) {
+  DIM_FUSED_DEVICE_PIECE("hidden_epilogue");
+  const int64_t width = z.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, z.scalar_type(), "hidden_epilogue_cpu", [&] {
+        using T = cpu::acc_type<scalar_t>;
+        scalar_t* rows = z.data_ptr<scalar_t>();
+        const T* b = bias.const_data_ptr<T>();
+        const T* w = weight.defined() ? weight.const_data_ptr<T>() : nullptr;
+        T* out = w != nullptr ? scores.data_ptr<T>() : nullptr;
+        at::parallel_for(0, z.size(0), 16, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const T score = hidden_epilogue_row(rows + r * width, b, w, width);
+            if (out != nullptr) out[r] = score;
+          }
+        });
+      });
+}
+
+// Parallel over columns, every row in order within a column range (deterministic sums).
+void score_backward_cpu(const at::Tensor& h, const at::Tensor& d_score, const at::Tensor& weight,
+                        at::Tensor& d_weight, at::Tensor& d_bias, at::Tensor& d_h) {
+  DIM_FUSED_DEVICE_PIECE("score_backward");
+  const int64_t rows = h.size(0), width = h.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, h.scalar_type(), "score_backward_cpu", [&] {
+        using T = cpu::acc_type<scalar_t>;
+        using V = at::vec::Vectorized<T>;
+        constexpr bool kSame = std::is_same_v<scalar_t, T>;
+        const scalar_t* hidden = h.const_data_ptr<scalar_t>();
+        const T* ds = d_score.const_data_ptr<T>();
+        const T* w = weight.const_data_ptr<T>();
+        T* dw = d_weight.data_ptr<T>();
+        T* db = d_bias.numel() > 0 ? d_bias.data_ptr<T>() : nullptr;
+        scalar_t* dh = d_h.data_ptr<scalar_t>();
+        at::parallel_for(0, width, 128, [&](int64_t begin, int64_t end) {
+          const int64_t n = end - begin;
+          std::vector<T> dw_sum(n, T(0)), db_sum(n, T(0));
+          // A 16-bit row's columns in T, converted in cache (kSame: read and written in place).
+          std::vector<T> h_cols(kSame ? 0 : n), dz_cols(kSame ? 0 : n);
+          for (int64_t r = 0; r < rows; ++r) {
+            const T* h_row;
+            T* dz_row;
+            if constexpr (kSame) {
+              h_row = reinterpret_cast<const T*>(hidden + r * width + begin);
+              dz_row = reinterpret_cast<T*>(dh + r * width + begin);
+            } else {
+              at::vec::convert(hidden + r * width + begin, h_cols.data(), n);
+              h_row = h_cols.data();
+              dz_row = dz_cols.data();
+            }
+            const T g = ds[r];
+            int64_t c = 0;
+            for (; c + V::size() <= n; c += V::size()) {
+              const V hv = V::loadu(h_row + c);
+              at::vec::fmadd(V(g), hv, V::loadu(dw_sum.data() + c)).store(dw_sum.data() + c);
+              // threshold_backward's rule: 0 where h <= 0 (a NaN h passes the gradient)
+              const V dz = V::blendv(V(g) * V::loadu(w + begin + c), V(0), hv <= V(0));
+              dz.store(dz_row + c);
+              (V::loadu(db_sum.data() + c) + dz).store(db_sum.data() + c);
+            }
+            for (; c < n; ++c) {
+              dw_sum[c] += g * h_row[c];
+              dz_row[c] = h_row[c] <= T(0) ? T(0) : g * w[begin + c];
+              db_sum[c] += dz_row[c];
+            }
+            if constexpr (!kSame) at::vec::convert(dz_row, dh + r * width + begin, n);
+          }
+          for (int64_t c = 0; c < n; ++c) {
+            dw[begin + c] += dw_sum[c];
+            if (db != nullptr) db[begin + c] += db_sum[c];
+          }
+        });
+      });
+}
+
+constexpr ConcatConvKernels kCpuKernels{&first_layer_cpu, &first_layer_backward_cpu,
+                                        &hidden_epilogue_cpu, &score_backward_cpu};
 
 }  // namespace
 

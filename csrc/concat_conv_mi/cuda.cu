@@ -89,7 +89,8 @@ void first_layer_backward_cuda(const at::Tensor& dH1, const at::Tensor& H1, cons
   if (dP_features != nullptr) scatter_rows_cuda(*dP_features, d_z, src);
 }
 
-constexpr ConcatConvKernels kCudaKernels{&first_layer_cuda, &first_layer_backward_cuda};
+constexpr ConcatConvKernels kCudaKernels{&first_layer_cuda, &first_layer_backward_cuda, nullptr,
+                                         nullptr};
 
 }  // namespace
 
