@@ -132,7 +132,7 @@ def launch_everything(full: bool) -> None:
         if rows_layout:  # channels-last: units innermost
             local = local.transpose(1, 2).contiguous().transpose(1, 2)
         global_codes = torch.randn(num_globals, units, dtype=dtype)
-        _, stats = dot_product_mi.forward(local, global_codes, estimator, False, offset, tile)
+        _, stats, _ = dot_product_mi.forward(local, global_codes, estimator, False, offset, tile)
         dot_product_mi.backward(torch.tensor(1.0), local, global_codes, stats, estimator, False, offset, tile)
 
     def concat(dtype, tf32, configs, shape=(5, 6, 9, 4, (40, 24), 2), b2=True):
