@@ -52,7 +52,7 @@ def test_auto_times_each_shape_class_once_and_stays_right(monkeypatch):
         fused, oracle, [local, global_codes], dtype=torch.float32, device="cpu", names=["local", "global"], what="auto"
     )
     choices = library.cpu_gemm_choices()
-    assert choices, "no fp32 product was timed"
+    assert any("x 1024 @ 1024 x" in line for line in choices), choices  # this op's score products
     for line in choices:
         assert line.startswith("fp32 ") and (": onednn (" in line or ": blas (" in line), line
         assert " ms, blas " in line, line
