@@ -19,6 +19,8 @@
 #include <mutex>
 #include <tuple>
 
+#include "host_buffers.h"
+
 namespace dim_fused {
 namespace {
 
@@ -134,7 +136,7 @@ at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, cons
 
 at::Tensor batched_gemm(const at::Tensor& a, const at::Tensor& b) {
   if (!use_onednn(a, b)) return at::bmm(a, b);
-  at::Tensor out = at::empty({a.size(0), a.size(1), b.size(2)}, a.options());
+  at::Tensor out = host_empty({a.size(0), a.size(1), b.size(2)}, a.options());
   onednn(out, a, b, 0.0f);
   return out;
 }
@@ -148,7 +150,7 @@ bool few_rows(const at::Tensor& a, const at::Tensor& b) {
 
 // (b^T a^T) on oneDNN: the transpose of a @ b, (N, M) contiguous.
 at::Tensor onednn_transposed(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({b.size(1), a.size(0)}, a.options());
+  at::Tensor out = host_empty({b.size(1), a.size(0)}, a.options());
   onednn(out, b.t(), a.t(), 0.0f);
   return out;
 }
@@ -245,10 +247,14 @@ bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
-  if (!use_onednn(a, b)) return at::mm(a, b);
-  if (few_rows(a, b)) return onednn_transposed(a, b).t().contiguous();
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  onednn(out, a, b, 0.0f);
+  if (!a.is_cpu()) return at::mm(a, b);
+  if (use_onednn(a, b) && few_rows(a, b)) return onednn_transposed(a, b).t().contiguous();
+  at::Tensor out = host_empty({a.size(0), b.size(1)}, a.options());
+  if (use_onednn(a, b)) {
+    onednn(out, a, b, 0.0f);
+  } else {
+    at::mm_out(out, a, b);
+  }
   return out;
 }
 

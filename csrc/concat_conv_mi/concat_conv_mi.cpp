@@ -22,6 +22,8 @@
 #include <algorithm>
 #include <optional>
 
+#include "../common/host_buffers.h"
+
 namespace dim_fused {
 namespace {
 
@@ -109,7 +111,7 @@ ConcatConvProblem concat_conv_problem(const at::Tensor& feature_map, const at::T
   const int64_t locations = flat.size(2);
   std::vector<std::optional<at::Tensor>> bias_list;
   for (const auto& b : biases) bias_list.push_back(b.numel() > 0 ? std::optional(b) : std::nullopt);
-  return {flat.transpose(1, 2).reshape({batch * locations, channels}).contiguous(),
+  return {host_contiguous(flat.transpose(1, 2)).view({batch * locations, channels}),
           global_code.contiguous(),
           std::vector<at::Tensor>(weights.begin(), weights.end()),
           std::move(bias_list),
@@ -327,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
     kept = {P, Q};
     for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
       kept.push_back(
-          at::empty({(p.num_negatives + 1) * p.rows(), p.weights[i].size(0)}, P.options()));
+          host_empty({(p.num_negatives + 1) * p.rows(), p.weights[i].size(0)}, P.options()));
     }
   }
   const EpilogueTerms terms = epilogue_terms(p, kernels);
@@ -370,8 +372,9 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   const auto acc_options = P.options().dtype(acc);
   // dP feeds W1f's gradient (every pair) and the features' gradient (without the
   // negative pairs when they are detached, as the seed's stop_gradient does).
-  at::Tensor dP = at::zeros(P.sizes(), acc_options);
-  at::Tensor dP_positives = p.detach_negatives ? at::zeros(P.sizes(), acc_options) : at::Tensor();
+  at::Tensor dP = host_empty(P.sizes(), acc_options).zero_();
+  at::Tensor dP_positives =
+      p.detach_negatives ? host_empty(P.sizes(), acc_options).zero_() : at::Tensor();
   at::Tensor dQ = at::zeros(Q.sizes(), acc_options);
   std::vector<at::Tensor> d_weights(p.weights.size()), d_biases(p.weights.size());
   for (size_t i = 1; i < p.weights.size(); ++i) {
@@ -435,7 +438,7 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
                             p.detach_negatives ? dP_positives : dP, dQ, scale);
   d_weights[0] = d_w1;
   d_biases[0] = d_b1;
-  return {d_rows.view({p.batch, p.locations, p.channels}).transpose(1, 2).contiguous(), d_code,
+  return {host_contiguous(d_rows.view({p.batch, p.locations, p.channels}).transpose(1, 2)), d_code,
           d_weights, d_biases};
 }
 

@@ -16,6 +16,8 @@
 #include <cmath>
 #include <optional>
 
+#include "../common/host_buffers.h"
+
 namespace dim_fused {
 
 DotProductProblem check_dot_product_inputs(const at::Tensor& local, const at::Tensor& global,
@@ -281,17 +283,20 @@ std::tuple<at::Tensor, at::Tensor> dot_product_mi_backward(const at::Tensor& gra
   at::Tensor d_global = at::zeros({p.globals, p.units}, stats.options());
   // Laid out like the codes where they are in the rows layout (written in place, no
   // transposing copy), contiguous otherwise.
-  at::Tensor d_local = p.rows_layout ? at::empty({p.batch, p.locations, p.units}, p.local.options())
-                                           .transpose(1, 2)
-                                           .view(p.local_codes.sizes())
-                                     : at::empty(p.local_codes.sizes(), p.local.options());
+  at::Tensor d_local = p.rows_layout
+                           ? host_empty({p.batch, p.locations, p.units}, p.local.options())
+                                 .transpose(1, 2)
+                                 .view(p.local_codes.sizes())
+                           : host_empty(p.local_codes.sizes(), p.local.options());
   const auto tile_backward = [&](int64_t first, at::Tensor tile) {
     epilogue.gradient(p, tile, first * p.locations, coef);
     dot_product_tile_backward(p, tile, first, d_local, d_global);
   };
   if (scores && scores->numel() > 0) {
-    tile_backward(0, scores->clone());  // the gradient overwrites its tile; a second backward
-  } else {                              // (retain_graph) reads the scores again
+    // A copy: the gradient overwrites its tile, and a second backward (retain_graph) reads
+    // the scores again.
+    tile_backward(0, host_empty(scores->sizes(), scores->options()).copy_(*scores));
+  } else {
     for_each_tile(p, [&](int64_t first, int64_t, at::Tensor tile) { tile_backward(first, tile); });
   }
   if (scaled) {

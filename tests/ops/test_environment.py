@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
         ("DIM_FUSED_AUTOTUNE", "maybe", "1 or 0"),
         ("DIM_FUSED_QUIET", "2", "1 or 0"),
         ("DIM_FUSED_CPU_GEMM", "mkl", "auto, onednn or blas"),
+        ("DIM_FUSED_CPU_CACHE_BYTES", "-1", "a size in bytes"),
     ],
 )
 def test_a_bad_environment_variable_is_named_with_what_it_accepts(monkeypatch, variable, value, accepts):
@@ -45,6 +46,7 @@ def test_a_bad_environment_variable_is_named_with_what_it_accepts(monkeypatch, v
         "DIM_FUSED_AUTOTUNE": tunables.autotune,
         "DIM_FUSED_QUIET": tunables.quiet,
         "DIM_FUSED_CPU_GEMM": tunables.cpu_gemm,
+        "DIM_FUSED_CPU_CACHE_BYTES": tunables.cpu_cache_bytes,
     }
     with pytest.raises(ValueError, match=rf"{variable} must be {accepts}.*{value!r}"):
         readers[variable]()

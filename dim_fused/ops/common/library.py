@@ -47,7 +47,7 @@ def registered(op: str, backend: str) -> Callable:
     """The registered op a fused backend runs: dim_fused::<op> for 'cpu' and 'cuda',
     dim_fused::<op>_triton for 'triton' (the CPU plans' GEMM provider set first)."""
     if backend == "cpu":
-        _apply_cpu_gemm()
+        _apply_cpu_settings()
     return getattr(torch.ops.dim_fused, f"{op}_triton" if backend == "triton" else op)
 
 
@@ -55,22 +55,24 @@ def registered_backward(op: str, backend: str) -> Callable:
     """The backward op of ``registered(op, backend)``: dim_fused::<op>_backward, or
     dim_fused::<op>_triton_backward."""
     if backend == "cpu":
-        _apply_cpu_gemm()
+        _apply_cpu_settings()
     return getattr(torch.ops.dim_fused, f"{op}_triton_backward" if backend == "triton" else f"{op}_backward")
 
 
-_cpu_gemm_setting: list[str] = []  # the DIM_FUSED_CPU_GEMM value last handed to the C++ plans
+_cpu_settings: list[tuple[str, int]] = []  # DIM_FUSED_CPU_GEMM and _CPU_CACHE_BYTES as last handed down
 
 
-def _apply_cpu_gemm() -> None:
-    """Hands DIM_FUSED_CPU_GEMM to the C++ plans when it changed. Not while torch.compile
-    traces (the setting is the process's, not a graph's: the last eager call's holds)."""
+def _apply_cpu_settings() -> None:
+    """Hands DIM_FUSED_CPU_GEMM and DIM_FUSED_CPU_CACHE_BYTES to the C++ plans when they
+    changed. Not while torch.compile traces (the settings are the process's, not a graph's:
+    the last eager call's hold)."""
     if C_IMPORT_ERROR is not None or torch.compiler.is_compiling():
         return
-    wanted = tunables.cpu_gemm()
-    if _cpu_gemm_setting != [wanted]:
-        torch.ops.dim_fused.set_cpu_gemm(wanted)
-        _cpu_gemm_setting[:] = [wanted]
+    wanted = (tunables.cpu_gemm(), tunables.cpu_cache_bytes())
+    if _cpu_settings != [wanted]:
+        torch.ops.dim_fused.set_cpu_gemm(wanted[0])
+        torch.ops.dim_fused.set_cpu_cache_bytes(wanted[1])
+        _cpu_settings[:] = [wanted]
 
 
 def cpu_gemm() -> str:
@@ -78,13 +80,26 @@ def cpu_gemm() -> str:
     DIM_FUSED_CPU_GEMM (auto: per shape class of fp32 products, whichever of oneDNN and BLAS
     was measured faster on this machine; 'blas' where this torch has no oneDNN).
     docs/design.md, "GEMMs"."""
-    _apply_cpu_gemm()
+    _apply_cpu_settings()
     return torch.ops.dim_fused.cpu_gemm()
 
 
 def cpu_gemm_choices() -> list[str]:
     """auto's measured choices so far: per shape class, the provider and both timings."""
     return list(torch.ops.dim_fused.cpu_gemm_choices())
+
+
+def cpu_cache() -> tuple[int, int]:
+    """(bytes of freed CPU-plan buffers held for reuse now, the most it keeps:
+    DIM_FUSED_CPU_CACHE_BYTES). docs/design.md, "Host buffers"."""
+    _apply_cpu_settings()
+    idle, limit = torch.ops.dim_fused.cpu_cache_bytes()
+    return idle, limit
+
+
+def empty_cpu_cache() -> None:
+    """Frees the CPU-plan buffers held for reuse (as torch.cuda.empty_cache does for CUDA's)."""
+    torch.ops.dim_fused.empty_cpu_cache()
 
 
 def no_bias(like: torch.Tensor) -> torch.Tensor:

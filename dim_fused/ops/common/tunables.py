@@ -77,6 +77,11 @@ def cpu_gemm() -> str:
     return value
 
 
+def cpu_cache_bytes() -> int:
+    """The most bytes of freed CPU-plan buffers kept for reuse (0: none)."""
+    return _bytes("DIM_FUSED_CPU_CACHE_BYTES", 256 << 20)
+
+
 def autotune() -> bool:
     return _flag("DIM_FUSED_AUTOTUNE", True)
 

@@ -1,0 +1,129 @@
+// The host buffer cache (see host_buffers.h).
+#include "host_buffers.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
+#include <torch/library.h>
+
+#include <list>
+#include <memory>
+#include <mutex>
+
+namespace dim_fused {
+namespace {
+
+constexpr int64_t kGranule = int64_t(1) << 16;
+
+class HostCache {
+ public:
+  // An idle block of `bytes` (rounded) or of at most a quarter more, else a new one.
+  c10::DataPtr take(int64_t bytes) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      auto best = idle_.end();
+      for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+        if (it->bytes >= bytes && it->bytes <= bytes + bytes / 4 &&
+            (best == idle_.end() || it->bytes < best->bytes)) {
+          best = it;
+        }
+      }
+      if (best != idle_.end()) {
+        c10::DataPtr data = std::move(best->data);
+        idle_bytes_ -= best->bytes;
+        idle_.erase(best);
+        return data;
+      }
+    }
+    return c10::GetCPUAllocator()->allocate(bytes);
+  }
+
+  // Kept when it fits under the limit, the oldest idle blocks freed to make room.
+  void give(int64_t bytes, c10::DataPtr data) {
+    std::list<Block> freed;  // freed outside the lock
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (bytes > limit_) {
+        freed.push_back({bytes, std::move(data)});
+      } else {
+        while (idle_bytes_ + bytes > limit_) {
+          idle_bytes_ -= idle_.front().bytes;
+          freed.splice(freed.end(), idle_, idle_.begin());
+        }
+        idle_.push_back({bytes, std::move(data)});
+        idle_bytes_ += bytes;
+      }
+    }
+  }
+
+  int64_t set_limit(int64_t bytes) {
+    std::list<Block> freed;
+    const std::lock_guard<std::mutex> lock(mutex_);
+    limit_ = bytes;
+    while (idle_bytes_ > limit_) {
+      idle_bytes_ -= idle_.front().bytes;
+      freed.splice(freed.end(), idle_, idle_.begin());
+    }
+    return limit_;
+  }
+
+  std::tuple<int64_t, int64_t> bytes() {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return {idle_bytes_, limit_};
+  }
+
+ private:
+  struct Block {
+    int64_t bytes;
+    c10::DataPtr data;
+  };
+  std::mutex mutex_;
+  std::list<Block> idle_;  // oldest first
+  int64_t idle_bytes_ = 0;
+  int64_t limit_ = int64_t(256) << 20;  // tunables.py's default
+};
+
+// Never destroyed: a tensor freed during interpreter shutdown still finds it.
+HostCache& cache() {
+  static HostCache* instance = new HostCache();
+  return *instance;
+}
+
+}  // namespace
+
+at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  const int64_t bytes = c10::multiply_integers(sizes) * int64_t(options.dtype().itemsize());
+  if (!options.device().is_cpu() || bytes < kHostBufferMin || std::get<1>(cache().bytes()) == 0) {
+    return at::empty(sizes, options);
+  }
+  const int64_t rounded = (bytes + kGranule - 1) / kGranule * kGranule;
+  auto block = std::make_shared<c10::DataPtr>(cache().take(rounded));
+  void* data = block->get();
+  return at::from_blob(
+      data, sizes, [block, rounded](void*) { cache().give(rounded, std::move(*block)); }, options);
+}
+
+at::Tensor host_contiguous(const at::Tensor& t) {
+  return t.is_contiguous() ? t : host_empty(t.sizes(), t.options()).copy_(t);
+}
+
+int64_t set_cpu_cache_bytes(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "dim_fused: the CPU cache's limit must be >= 0 bytes, got ", bytes);
+  return cache().set_limit(bytes);
+}
+
+std::tuple<int64_t, int64_t> cpu_cache_bytes() { return cache().bytes(); }
+
+void empty_cpu_cache() {
+  const int64_t limit = std::get<1>(cache().bytes());
+  cache().set_limit(0);
+  cache().set_limit(limit);
+}
+
+TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
+  // Set from DIM_FUSED_CPU_CACHE_BYTES by the Python layer.
+  m.def("set_cpu_cache_bytes(int bytes) -> int", &set_cpu_cache_bytes);
+  m.def("cpu_cache_bytes() -> (int, int)", &cpu_cache_bytes);
+  m.def("empty_cpu_cache() -> ()", &empty_cpu_cache);
+}
+
+}  // namespace dim_fused

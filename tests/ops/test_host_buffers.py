@@ -1,0 +1,90 @@
+"""The CPU plans' cache of freed host buffers (csrc/common/host_buffers.cpp): buffers of at
+least 1 MiB are reused when freed, up to DIM_FUSED_CPU_CACHE_BYTES; what a reused buffer held
+never reaches a result (the same bits as without the cache, even from buffers poisoned with
+NaN before they were freed)."""
+
+import pytest
+import torch
+from helpers import require
+
+import dim_fused
+from dim_fused.ops.common import library
+
+MIB = 1 << 20
+
+
+def _concat_conv_inputs():
+    """Large enough for cached buffers: the feature map's gradient (returned), P and dP
+    (inside) of 1 MiB each, the kept activations of 2 MiB."""
+    generator = torch.Generator().manual_seed(5)
+    fmap = torch.randn(8, 512, 8, 8, generator=generator)
+    code = torch.randn(8, 8, generator=generator)
+    weights = [torch.randn(512, 520, generator=generator) * 0.04, torch.randn(512, 512, generator=generator) * 0.04]
+    weights.append(torch.randn(1, 512, generator=generator) * 0.04)
+    biases = [torch.randn(w.shape[0], generator=generator) * 0.1 for w in weights]
+    perm = dim_fused.location_permutation(8, 64, generator=torch.Generator().manual_seed(6))
+    return [fmap, code, *weights, *biases], perm
+
+
+def _concat_conv_step(inputs, perm):
+    leaves = [x.detach().clone().requires_grad_() for x in inputs]
+    out = dim_fused.concat_conv_mi(*leaves[:2], leaves[2:5], leaves[5:], perm=perm, estimator="jsd", backend="cpu")
+    return [out, *torch.autograd.grad(out, leaves)]
+
+
+def _dot_product_step(local, global_codes):
+    leaves = [x.detach().clone().requires_grad_() for x in (local, global_codes)]
+    out = dim_fused.dot_product_mi(*leaves, estimator="infonce", backend="cpu")
+    return [out, *torch.autograd.grad(out, leaves)]
+
+
+def _poisoned(results):
+    """The results' bits, then NaN written into every result before they are freed (the
+    cache gets them back poisoned)."""
+    bits = [r.detach().clone() for r in results]
+    for r in results:
+        r.detach().fill_(float("nan"))
+    return bits
+
+
+@pytest.mark.parametrize("op", ["concat_conv_mi", "dot_product_mi"])
+def test_reused_buffers_change_no_result(monkeypatch, op):
+    require("cpu", "cpu")
+    if op == "concat_conv_mi":
+        inputs, perm = _concat_conv_inputs()
+
+        def step():
+            return _concat_conv_step(inputs, perm)
+    else:
+        generator = torch.Generator().manual_seed(7)
+        local, global_codes = torch.randn(8, 512, 64, generator=generator) * 0.05, torch.randn(8, 512) * 0.05
+
+        def step():
+            return _dot_product_step(local, global_codes)
+
+    monkeypatch.setenv("DIM_FUSED_CPU_CACHE_BYTES", "0")
+    library.empty_cpu_cache()
+    without = _poisoned(step())
+    assert library.cpu_cache() == (0, 0)
+    monkeypatch.setenv("DIM_FUSED_CPU_CACHE_BYTES", "64MiB")
+    for _ in range(3):  # the second and third steps run on the first's poisoned buffers
+        got = _poisoned(step())
+        idle, limit = library.cpu_cache()
+        assert limit == 64 * MIB and MIB <= idle <= limit
+        for g, w in zip(got, without, strict=True):
+            assert torch.equal(g, w)
+
+
+def test_the_limit_bounds_what_is_kept(monkeypatch):
+    require("cpu", "cpu")
+    inputs, perm = _concat_conv_inputs()
+    monkeypatch.setenv("DIM_FUSED_CPU_CACHE_BYTES", "64MiB")
+    _concat_conv_step(inputs, perm)
+    assert library.cpu_cache()[0] >= 2 * MIB
+    monkeypatch.setenv("DIM_FUSED_CPU_CACHE_BYTES", "1MiB")  # lowering it frees the excess at once
+    idle, limit = library.cpu_cache()
+    assert limit == MIB and idle <= MIB
+    _concat_conv_step(inputs, perm)
+    assert library.cpu_cache()[0] <= MIB
+    library.empty_cpu_cache()
+    assert library.cpu_cache() == (0, MIB)
