@@ -422,6 +422,10 @@ def metadata(device: torch.device, dtype: torch.dtype, command: str, ceilings: d
         "cpu_gemm_choices": (
             list(torch.ops.dim_fused.cpu_gemm_choices()) if hasattr(torch.ops.dim_fused, "cpu_gemm_choices") else []
         ),
+        # (bytes of freed buffers the fused CPU plans hold for reuse at the end, the most they keep)
+        "cpu_cache": list(torch.ops.dim_fused.cpu_cache_bytes())
+        if hasattr(torch.ops.dim_fused, "cpu_cache_bytes")
+        else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -441,6 +445,13 @@ def write(rows: list[dict], meta: dict, out: Path) -> list[Path]:
     choices = "".join(f"\n- {line}" for line in meta.get("cpu_gemm_choices", []))
     if choices:
         choices = f"\nThe CPU plans' fp32 GEMM provider per shape class (DIM_FUSED_CPU_GEMM=auto, measured):{choices}\n"
+    cache = meta.get("cpu_cache")
+    if cache and cache[0]:
+        choices += (
+            f"\nThe fused CPU plans held {cache[0] / 2**20:.0f} MiB of freed buffers for reuse at the end "
+            f"(DIM_FUSED_CPU_CACHE_BYTES: at most {cache[1] / 2**20:.0f} MiB; not in the peak-memory columns, "
+            "which count a reused buffer as a new one).\n"
+        )
     (out / "summary.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{summary(rows)}\n{choices}")
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     fields = list(dict.fromkeys(k for r in rows for k in r))
