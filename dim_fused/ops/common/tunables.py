@@ -61,7 +61,7 @@ def chunk_values(device: torch.device) -> int:
 
 def keep_bytes() -> int:
     """0 is allowed: never keep."""
-    return _bytes("DIM_FUSED_KEEP_BYTES", 1 << 26)
+    return _bytes("DIM_FUSED_KEEP_BYTES", 256 << 20)
 
 
 def triton_programs() -> int:

@@ -89,7 +89,7 @@ def keep_activations(feature_map: torch.Tensor, weights: Sequence[torch.Tensor],
     """The C++ plan's memory policy: whether its forward keeps the first layer's halves P
     (B L, H1) and Q (B, H1) and the hidden activations after the first layer for the
     backward (which then skips re-running their GEMMs), when they take at most
-    DIM_FUSED_KEEP_BYTES (default 64 MiB). The first layer's activations are always
+    DIM_FUSED_KEEP_BYTES (default 256 MiB). The first layer's activations are always
     recomputed (a gather from P and Q)."""
     batch, locations = feature_map.shape[0], feature_map[0, 0].numel()
     rows = (perm.shape[0] + 1) * batch * locations
