@@ -16,21 +16,22 @@ constexpr int64_t kGranule = int64_t(1) << 16;
 
 class HostCache {
  public:
-  // An idle block of `bytes` (rounded) or of at most a quarter more, else a new one.
+  // The idle block of `bytes` (rounded) or of at most a quarter more freed last (the one most
+  // likely still in the CPU's caches), else a new one.
   c10::DataPtr take(int64_t bytes) {
     {
       const std::lock_guard<std::mutex> lock(mutex_);
-      auto best = idle_.end();
-      for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      auto best = idle_.rend();
+      for (auto it = idle_.rbegin(); it != idle_.rend(); ++it) {
         if (it->bytes >= bytes && it->bytes <= bytes + bytes / 4 &&
-            (best == idle_.end() || it->bytes < best->bytes)) {
+            (best == idle_.rend() || it->bytes < best->bytes)) {
           best = it;
         }
       }
-      if (best != idle_.end()) {
+      if (best != idle_.rend()) {
         c10::DataPtr data = std::move(best->data);
         idle_bytes_ -= best->bytes;
-        idle_.erase(best);
+        idle_.erase(std::next(best).base());
         return data;
       }
     }
@@ -104,6 +105,10 @@ at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 
 at::Tensor host_contiguous(const at::Tensor& t) {
   return t.is_contiguous() ? t : host_empty(t.sizes(), t.options()).copy_(t);
+}
+
+at::Tensor host_converted(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : host_empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
 }
 
 int64_t set_cpu_cache_bytes(int64_t bytes) {

@@ -3,9 +3,9 @@
 // buffers of every call were page-faulted and zeroed by the kernel again: on the project's
 // 2-core machine, 1,600-4,000 page faults (5-9 ms of system time) per forward+backward of
 // concat_conv_mi at the CIFAR setting, 10-14% of the step. A freed buffer of at least
-// kHostBufferMin bytes returns here (up to the cache's limit, DIM_FUSED_CPU_CACHE_BYTES) and
-// the next request of its size takes it, already mapped. Other devices' and small requests
-// go to at::empty.
+// kHostBufferMin bytes (a chunk's activations among them) returns here (up to the cache's limit,
+// DIM_FUSED_CPU_CACHE_BYTES) and the next request of its size takes it, already mapped. Other
+// devices' and small requests go to at::empty.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -14,7 +14,7 @@
 
 namespace dim_fused {
 
-constexpr int64_t kHostBufferMin = int64_t(1) << 20;
+constexpr int64_t kHostBufferMin = int64_t(1) << 18;
 
 // at::empty(sizes, options), from the cache on a CPU when at least kHostBufferMin bytes.
 // Contiguous; not resizable.
@@ -22,6 +22,8 @@ at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // t when contiguous, else its contiguous copy (from the cache when large).
 at::Tensor host_contiguous(const at::Tensor& t);
+// t when of `dtype`, else its conversion (from the cache when large).
+at::Tensor host_converted(const at::Tensor& t, at::ScalarType dtype);
 
 // The most bytes the cache keeps idle (0: none, every buffer freed at once); returns it.
 int64_t set_cpu_cache_bytes(int64_t bytes);

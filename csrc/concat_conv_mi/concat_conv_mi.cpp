@@ -222,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
   const int64_t channels = local_rows.size(1);
   const double unscale = 1.0 / scale;
   const at::Tensor dQ_in = dQ.to(dtype);
-  const at::Tensor dP_in = dP.to(dtype);  // the same tensor unless the inputs are half
+  const at::Tensor dP_in = host_converted(dP, dtype);  // dP itself unless the inputs are half
   // The fp32 dP and dQ meet the inputs in their dtype on CUDA, in fp32 on a CPU (gemm_to),
   // except W1f's gradient from half inputs on a CPU: dP rounded to their dtype, a half GEMM
   // (fp32 inside, rounded once; the gradient is returned in that dtype), at twice the rate
@@ -232,7 +232,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
   const at::Tensor d_w1 = at::cat({d_w1f, gemm_to(dQ.t(), global_code, acc)}, 1);
   const at::Tensor d_b1 = has_bias ? dQ.sum(0) : at::empty({0}, dQ.options());
   const at::Tensor d_local =
-      gemm(dP_features.is_same(dP) ? dP_in : dP_features.to(dtype), w1.narrow(1, 0, channels));
+      gemm(dP_features.is_same(dP) ? dP_in : host_converted(dP_features, dtype),
+           w1.narrow(1, 0, channels));
   const at::Tensor d_code = gemm(dQ_in, w1.narrow(1, channels, w1.size(1) - channels));
   return {d_local.mul_(unscale), d_code.mul_(unscale), d_w1.mul_(unscale).to(dtype),
           d_b1.mul(unscale).to(dtype)};
@@ -242,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
 at::Tensor first_hidden(const ConcatConvProblem& p, const ConcatConvKernels& kernels,
                         const at::Tensor& P, const at::Tensor& Q, int64_t pairs, int64_t first_row,
                         int64_t rows) {
-  at::Tensor h1 = at::empty({rows, p.weights[0].size(0)}, P.options());
+  at::Tensor h1 = host_empty({rows, p.weights[0].size(0)}, P.options());
   kernels.first_layer(P, Q, p.sources[pairs].narrow(0, first_row, rows), first_row, p.locations,
                       h1);
   return h1;
@@ -278,7 +279,7 @@ std::vector<at::Tensor> later_hidden(const ConcatConvProblem& p, const ConcatCon
   std::vector<at::Tensor> hidden{h1};
   for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
     const at::Tensor wt = p.weights[i].t();
-    at::Tensor z = into.empty() ? at::empty({h1.size(0), wt.size(1)}, h1.options()) : into[i - 1];
+    at::Tensor z = into.empty() ? host_empty({h1.size(0), wt.size(1)}, h1.options()) : into[i - 1];
     if (kernels.hidden_epilogue != nullptr) {
       gemm_out(z, hidden.back(), wt);
       const bool scored = scores != nullptr && i + 2 == p.weights.size();
@@ -378,7 +379,7 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   at::Tensor dQ = at::zeros(Q.sizes(), acc_options);
   std::vector<at::Tensor> d_weights(p.weights.size()), d_biases(p.weights.size());
   for (size_t i = 1; i < p.weights.size(); ++i) {
-    d_weights[i] = at::zeros(p.weights[i].sizes(), acc_options);
+    d_weights[i] = host_empty(p.weights[i].sizes(), acc_options).zero_();
     d_biases[i] =
         p.biases[i] ? at::zeros(p.biases[i]->sizes(), acc_options) : at::empty({0}, acc_options);
   }
@@ -407,7 +408,7 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     bool summed = false;
     size_t i = last;
     if (score_backward) {  // the score layer and the last hidden layer's ReLU and bias
-      d_z = at::empty({rows, p.weights[last].size(1)}, hidden[last - 1].options());
+      d_z = host_empty({rows, p.weights[last].size(1)}, hidden[last - 1].options());
       kernels.score_backward(hidden[last - 1], d_scores.narrow(0, kept_row, rows),
                              terms.score_weight, d_score_weight, d_biases[last - 1], d_z);
       summed = true;

@@ -1,5 +1,5 @@
 """The CPU plans' cache of freed host buffers (csrc/common/host_buffers.cpp): buffers of at
-least 1 MiB are reused when freed, up to DIM_FUSED_CPU_CACHE_BYTES; what a reused buffer held
+least 256 KiB are reused when freed, up to DIM_FUSED_CPU_CACHE_BYTES; what a reused buffer held
 never reaches a result (the same bits as without the cache, even from buffers poisoned with
 NaN before they were freed)."""
 
