@@ -89,6 +89,17 @@ HostCache& cache() {
   return *instance;
 }
 
+// A block lent to a tensor: back to the cache when its storage lets go of it.
+struct Lease {
+  c10::DataPtr block;
+  int64_t bytes;
+};
+
+void end_lease(void* context) {
+  std::unique_ptr<Lease> lease(static_cast<Lease*>(context));
+  cache().give(lease->bytes, std::move(lease->block));
+}
+
 }  // namespace
 
 at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
@@ -97,10 +108,12 @@ at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     return at::empty(sizes, options);
   }
   const int64_t rounded = (bytes + kGranule - 1) / kGranule * kGranule;
-  auto block = std::make_shared<c10::DataPtr>(cache().take(rounded));
-  void* data = block->get();
-  return at::from_blob(
-      data, sizes, [block, rounded](void*) { cache().give(rounded, std::move(*block)); }, options);
+  auto* lease = new Lease{cache().take(rounded), rounded};
+  c10::DataPtr data(lease->block.get(), lease, &end_lease, c10::Device(c10::kCPU));
+  // Resizable like any CPU tensor's storage: growing it allocates anew and ends the lease.
+  c10::Storage storage(c10::Storage::use_byte_size_t(), bytes, std::move(data),
+                       c10::GetCPUAllocator(), /*resizable=*/true);
+  return at::empty({0}, options).set_(storage, 0, sizes);
 }
 
 at::Tensor host_contiguous(const at::Tensor& t) {

@@ -88,3 +88,21 @@ def test_the_limit_bounds_what_is_kept(monkeypatch):
     assert library.cpu_cache()[0] <= MIB
     library.empty_cpu_cache()
     assert library.cpu_cache() == (0, MIB)
+
+
+def test_a_returned_gradient_behaves_like_any_cpu_tensor(monkeypatch):
+    """From the cache, yet resizable, shareable and saveable."""
+    require("cpu", "cpu")
+    monkeypatch.setenv("DIM_FUSED_CPU_CACHE_BYTES", "64MiB")
+    generator = torch.Generator().manual_seed(8)
+    local = (torch.randn(8, 512, 64, generator=generator) * 0.05).requires_grad_()
+    dim_fused.dot_product_mi(local, torch.randn(8, 512) * 0.05, estimator="infonce", backend="cpu").backward()
+    grad = local.grad
+    assert grad.untyped_storage().nbytes() >= MIB
+    saved = grad.clone()
+    grad.share_memory_()
+    assert grad.is_shared() and torch.equal(grad, saved)
+    local.grad = None
+    dim_fused.dot_product_mi(local, torch.randn(8, 512) * 0.05, estimator="infonce", backend="cpu").backward()
+    local.grad.resize_(16, 512, 64).fill_(1.0)  # grows into a new allocation
+    assert local.grad.sum().item() == 16 * 512 * 64
