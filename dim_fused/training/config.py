@@ -128,7 +128,8 @@ class TrainConfig:
     ``batch_size`` is per process. Adam with ``betas`` (0.5, 0.999), the official code's, for
     every network (encoder and critics at ``lr``, the prior discriminator at ``prior_lr``).
     ``amp`` (bfloat16 autocast) is off by default: no GPU measurement has shown bfloat16
-    training to match float32 yet."""
+    training to match float32 yet. ``augment`` draws the training views (data.AUGMENTATIONS:
+    "crop", a random crop and flip; "strong", also a random zoom, contrast and brightness)."""
 
     model: DIMConfig
     data: str = "digits"
@@ -140,6 +141,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     seed: int = 0
     amp: bool = False
+    augment: str = "crop"
     log_every: int = 10
     checkpoint_every: int = 250
     probe_samples: int = 60000
@@ -151,6 +153,8 @@ class TrainConfig:
             raise ValueError(
                 f"data must name a dataset ({', '.join(datasets.DATASETS)}, or an ImageData's), got {self.data!r}"
             )
+        if self.augment not in datasets.AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {', '.join(datasets.AUGMENTATIONS)}, got {self.augment!r}")
         if self.batch_size < 2:
             raise ValueError(f"batch size must be at least 2 (DIM's negatives are other images), got {self.batch_size}")
         for name in ("steps", "log_every", "checkpoint_every", "probe_samples"):

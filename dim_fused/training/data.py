@@ -42,6 +42,11 @@ TRAINING_IMAGES: dict[str, int] = {
 # Image channels of each built-in dataset (3 unless listed; a folder's images are read as RGB).
 GRAYSCALE: tuple[str, ...] = ("digits", "fashion-mnist")
 
+# How training draws each image's view (to_inputs): "crop", a random crop and flip (the
+# paper's); "strong", also a random zoom, contrast and brightness (what a label-efficient
+# code must be invariant to: benchmarks/results/cpu-2core-2026-12-04-fashion-mnist/controls.md).
+AUGMENTATIONS: tuple[str, ...] = ("crop", "strong")
+
 # Where Debian's dataset-fashion-mnist package puts the four idx files.
 FASHION_MNIST_PACKAGE = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -407,14 +412,22 @@ def _torchvision(name: str, root: str) -> ImageData:
     return ImageData(name, train, train, test, 10 if name == "cifar10" else 100, 32)
 
 
-def to_inputs(images: torch.Tensor, crop: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 in [-1, 1], cropped to ``crop`` x ``crop``: at
-    random positions with random horizontal flips when ``generator`` is given
-    (training) and the images are larger than ``crop``, else centred."""
+def to_inputs(
+    images: torch.Tensor, crop: int, generator: torch.Generator | None = None, augment: str = "crop"
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [-1, 1], cropped to ``crop`` x ``crop``. Training
+    (``generator`` given) draws each image's view by ``augment`` (see AUGMENTATIONS): "crop",
+    a random position with a random horizontal flip when the images are larger than
+    ``crop``; "strong", a random zoom and position, a flip, and a random contrast and
+    brightness. The probes (no generator) read the centred crop."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
     x = images.float().div_(127.5).sub_(1.0)
     height, width = x.shape[-2:]
     if crop > min(height, width):
         raise ValueError(f"crop {crop} is larger than the images ({height}x{width})")
+    if generator is not None and augment == "strong":
+        return _strong_view(x, crop, generator)
     if generator is None or height == width == crop:
         top, left = (height - crop) // 2, (width - crop) // 2
         return x[..., top : top + crop, left : left + crop]
@@ -427,3 +440,28 @@ def to_inputs(images: torch.Tensor, crop: int, generator: torch.Generator | None
     cols = (left + torch.where(flip, crop - 1 - steps, steps)).expand(batch, crop, crop)
     index = torch.arange(batch, device=device)[:, None, None]
     return x.permute(0, 2, 3, 1)[index, rows, cols].permute(0, 3, 1, 2).contiguous()
+
+
+def _strong_view(x: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """x in [-1, 1] (B, C, H, W) -> a random view (B, C, crop, crop): a square covering 1/z
+    of the largest centred one's side (z uniform in [1, 1.35]) at a uniform position inside
+    the image, resampled bilinearly, flipped with probability 1/2; then the contrast scaled
+    about the view's mean by [0.6, 1.4] and the brightness shifted by [-0.25, 0.25]."""
+    batch, device = x.shape[0], x.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(batch, generator=generator, device=device)
+
+    # affine_grid's units: the image spans [-1, 1]; the view's half-side as a fraction of it.
+    side = crop / min(x.shape[-2:]) / uniform(1.0, 1.35)
+    scale_x, scale_y = side * min(x.shape[-2:]) / x.shape[-1], side * min(x.shape[-2:]) / x.shape[-2]
+    shift_x, shift_y = (1 - scale_x) * uniform(-1.0, 1.0), (1 - scale_y) * uniform(-1.0, 1.0)
+    flip = torch.where(torch.rand(batch, generator=generator, device=device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(batch, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 1, 1] = scale_x * flip, scale_y
+    theta[:, 0, 2], theta[:, 1, 2] = shift_x, shift_y
+    grid = F.affine_grid(theta, [batch, x.shape[1], crop, crop], align_corners=False)
+    view = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    mean = view.mean(dim=(1, 2, 3), keepdim=True)
+    contrast, brightness = uniform(0.6, 1.4).view(-1, 1, 1, 1), uniform(-0.25, 0.25).view(-1, 1, 1, 1)
+    return ((view - mean) * contrast + mean + brightness).clamp_(-1.0, 1.0)

@@ -68,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "hidden": [512, 512],
     "units": 2048,
     "views": 1,
+    "augment": "crop",
     "steps": 1500,
     "batch_size": 64,
     "lr": 1e-4,
@@ -91,6 +92,7 @@ FIELDS: dict[str, str] = {
     "hidden": "model.hidden",
     "units": "model.units",
     "views": "model.views",
+    "augment": "augment",
     "architecture": "model.architecture",
     "steps": "steps",
     "batch_size": "batch_size",
@@ -158,6 +160,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "random crop/flip's (cross-view, label-efficient; twice the encoder's work per step)",
         type=int,
         choices=(1, 2),
+    )
+    option(
+        "--augment",
+        "training views: crop (a random crop and flip) or strong (also a random zoom, contrast and "
+        "brightness: a more label-efficient global code on Fashion-MNIST)",
+        choices=datasets.AUGMENTATIONS,
     )
     option("--architecture", "(default: alex64x64 for stl10, else basic32x32)", choices=tuple(ENCODERS))
     option("--steps", "optimizer steps in all; on --resume, more than the checkpoint's", type=int)
@@ -262,7 +270,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         model=model,
         amp=options.get("amp", False),
-        **{k: options[k] for k in ("data", "data_dir", "steps", "batch_size", "lr", "prior_lr", "seed")},
+        **{k: options[k] for k in ("data", "data_dir", "steps", "batch_size", "lr", "prior_lr", "seed", "augment")},
         **{k: options[k] for k in ("log_every", "checkpoint_every", "probe_samples")},
     )
 

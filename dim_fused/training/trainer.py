@@ -258,7 +258,10 @@ class Trainer:
         split = self.data.unlabeled
         while self.step < self.config.steps:
             images = split.images[self.batch_indices(self.step)].to(self.device, non_blocking=True)
-            views = [datasets.to_inputs(images, self.data.crop, self.local) for _ in range(self.config.model.views)]
+            views = [
+                datasets.to_inputs(images, self.data.crop, self.local, self.config.augment)
+                for _ in range(self.config.model.views)
+            ]
             yield views[0] if len(views) == 1 else torch.cat(views)
 
     def stop_requested(self, out_of_time: bool = False) -> tuple[bool, bool]:

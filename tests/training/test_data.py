@@ -114,6 +114,27 @@ def test_random_crops_are_windows_of_the_image_possibly_flipped():
     torch.testing.assert_close(data.to_inputs(same_size, 5, torch.Generator()), data.to_inputs(same_size, 5))
 
 
+def test_strong_views_zoom_flip_and_rescale_and_probes_still_see_the_centre():
+    """augment="strong": each view is a bilinear resampling of a square inside the image (a
+    constant image stays constant up to its contrast and brightness), within [-1, 1], drawn
+    from the generator alone; without a generator (the probes) the centred crop."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (32, 3, 12, 10), dtype=torch.uint8)
+    views = data.to_inputs(images, 8, generator, augment="strong")
+    assert views.shape == (32, 3, 8, 8) and views.dtype == torch.float32
+    assert views.min() >= -1 and views.max() <= 1
+    again = data.to_inputs(images, 8, torch.Generator().manual_seed(3), augment="strong")
+    torch.testing.assert_close(views, again)
+    assert not torch.equal(views, data.to_inputs(images, 8, torch.Generator().manual_seed(3)))
+    flat = torch.full((16, 1, 12, 12), 100, dtype=torch.uint8)
+    flat_views = data.to_inputs(flat, 8, generator, augment="strong")
+    assert (flat_views - flat_views.mean(dim=(2, 3), keepdim=True)).abs().max() < 1e-5  # no edges reached
+    assert flat_views.flatten(1)[:, 0].unique().numel() > 8  # brightness drawn per image
+    torch.testing.assert_close(data.to_inputs(images, 8, augment="strong"), data.to_inputs(images, 8))
+    with pytest.raises(ValueError, match="augment must be one of crop, strong"):
+        data.to_inputs(images, 8, generator, augment="jitter")
+
+
 def write_fake_stl10(root, monkeypatch) -> None:
     """stl10_binary/ in the standard layout (uint8 planes, column-major 96x96, labels 1..10)."""
     import torchvision

@@ -199,6 +199,32 @@ def test_two_views_train_on_two_crops_of_the_same_images(tmp_path):
         train.parse_args(["--views", "3"])
 
 
+def test_strong_augmentation_is_an_option_of_the_run(tmp_path):
+    needs_cpu_backend()
+    args = [
+        "--data",
+        "digits",
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--augment",
+        "strong",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    cfg = train.config_from_args(train.parse_args(args))
+    assert cfg.augment == "strong"
+    trainer = Trainer(cfg, tmp_path / "run")
+    batch = next(trainer.batches())
+    assert batch.shape == (8, 1, 32, 32) and batch.min() >= -1 and batch.max() <= 1
+    assert trainer.run(progress=False) and trainer.step == 2
+    with pytest.raises(SystemExit):
+        train.parse_args(["--augment", "jitter"])
+    with pytest.raises(ValueError, match="augment must be one of crop, strong"):
+        config(augment="jitter")
+
+
 def test_a_folder_of_images_trains(tmp_path):
     from test_data import write_image_folder
 
