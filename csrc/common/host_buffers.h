@@ -1,11 +1,11 @@
 // Large host (CPU) buffers of the plans, kept for reuse when freed. glibc hands blocks of
 // megabytes back to the kernel on free (munmap, or a trim of the heap), so a plan's fresh
 // buffers of every call were page-faulted and zeroed by the kernel again: on the project's
-// 2-core machine, 1,600-4,000 page faults (5-9 ms of system time) per forward+backward of
-// concat_conv_mi at the CIFAR setting, 10-14% of the step. A freed buffer of at least
-// kHostBufferMin bytes (a chunk's activations among them) returns here (up to the cache's limit,
-// DIM_FUSED_CPU_CACHE_BYTES) and the next request of its size takes it, already mapped. Other
-// devices' and small requests go to at::empty.
+// 2-core machine, 1,600-6,500 page faults (5-13 ms of system time) per forward+backward of
+// concat_conv_mi at the CIFAR setting, by what ran before it (docs/design.md, "Host buffers").
+// A freed buffer of at least kHostBufferMin bytes (a chunk's activations among them) returns
+// here (up to the cache's limit, DIM_FUSED_CPU_CACHE_BYTES) and the next request of its size
+// takes it, already mapped. Other devices' and small requests go to at::empty.
 #pragma once
 
 #include <ATen/core/Tensor.h>
