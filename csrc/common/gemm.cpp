@@ -248,9 +248,10 @@ bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b) {
 
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b) {
   if (!a.is_cpu()) return at::mm(a, b);
-  if (use_onednn(a, b) && few_rows(a, b)) return onednn_transposed(a, b).t().contiguous();
+  const bool on_onednn = use_onednn(a, b);
+  if (on_onednn && few_rows(a, b)) return onednn_transposed(a, b).t().contiguous();
   at::Tensor out = host_empty({a.size(0), b.size(1)}, a.options());
-  if (use_onednn(a, b)) {
+  if (on_onednn) {
     onednn(out, a, b, 0.0f);
   } else {
     at::mm_out(out, a, b);

@@ -16,8 +16,8 @@ namespace dim_fused {
 
 constexpr int64_t kHostBufferMin = int64_t(1) << 18;
 
-// at::empty(sizes, options), from the cache on a CPU when at least kHostBufferMin bytes.
-// Contiguous; not resizable.
+// at::empty(sizes, options), from the cache on a CPU when at least kHostBufferMin bytes:
+// contiguous, its storage resizable like any CPU tensor's.
 at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // t when contiguous, else its contiguous copy (from the cache when large).

@@ -452,9 +452,10 @@ def _strong_view(x: torch.Tensor, crop: int, generator: torch.Generator) -> torc
     def uniform(low: float, high: float) -> torch.Tensor:
         return low + (high - low) * torch.rand(batch, generator=generator, device=device)
 
-    # affine_grid's units: the image spans [-1, 1]; the view's half-side as a fraction of it.
-    side = crop / min(x.shape[-2:]) / uniform(1.0, 1.35)
-    scale_x, scale_y = side * min(x.shape[-2:]) / x.shape[-1], side * min(x.shape[-2:]) / x.shape[-2]
+    # affine_grid's units: the image spans [-1, 1]; the view (crop / z pixels a side) as a
+    # fraction of each of its sides.
+    zoom = uniform(1.0, 1.35)
+    scale_x, scale_y = crop / (zoom * x.shape[-1]), crop / (zoom * x.shape[-2])
     shift_x, shift_y = (1 - scale_x) * uniform(-1.0, 1.0), (1 - scale_y) * uniform(-1.0, 1.0)
     flip = torch.where(torch.rand(batch, generator=generator, device=device) < 0.5, -1.0, 1.0)
     theta = torch.zeros(batch, 2, 3, device=device)
