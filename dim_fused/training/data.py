@@ -443,9 +443,9 @@ def to_inputs(
 
 
 def _strong_view(x: torch.Tensor, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """x in [-1, 1] (B, C, H, W) -> a random view (B, C, crop, crop): a square covering 1/z
-    of the largest centred one's side (z uniform in [1, 1.35]) at a uniform position inside
-    the image, resampled bilinearly, flipped with probability 1/2; then the contrast scaled
+    """x in [-1, 1] (B, C, H, W) -> a random view (B, C, crop, crop): a square of crop / z
+    pixels a side (z uniform in [1, 1.35]: the crop zoomed in up to 1.35x) at a uniform
+    position inside the image, resampled bilinearly, flipped with probability 1/2; then the contrast scaled
     about the view's mean by [0.6, 1.4] and the brightness shifted by [-0.25, 0.25]."""
     batch, device = x.shape[0], x.device
 
