@@ -1,21 +1,25 @@
 """Training steps per second of the DIM trainer, reference vs fused backends, side by side
 in one process on the same data: ``python -m benchmarks.train_speed [--out FOLDER]``.
 
-Each (critic, backend, CUDA graphs) case builds the trainer (same seed, same batches),
-runs warm-up steps (under CUDA graphs they include the capture), then times whole
-optimizer steps (encoder + critics + prior discriminator) with the report's
-``timing.measure``. On a GPU every case runs with the step replayed as a CUDA graph (the
-trainer's default there) and eagerly, and each is compared with the reference backend in
-the same mode. Default data: random CIFAR-sized images (``synthetic``).
+For each critic and CUDA-graph mode, every backend's trainer is built (same seed, same
+batches) and warmed up (under CUDA graphs the warm-up includes the capture), then their
+whole optimizer steps (encoder + critics + prior discriminator) are timed interleaved, as
+the report times its peers (``timing.measure_interleaved``: one step of each in turn, the
+order rotating), so that a shared machine's drift falls on every backend alike. On a GPU
+every case runs with the step replayed as a CUDA graph (the trainer's default there) and
+eagerly, and each is compared with the reference backend in the same mode. Default data:
+random CIFAR-sized images (``synthetic``).
 """
 
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import platform
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,16 +28,39 @@ import dim_fused
 from dim_fused.training import DIMConfig, TrainConfig, Trainer
 
 from .cases import FP32_PRECISIONS, fp32_precision
-from .timing import Timing, measure
+from .timing import Timing, measure_interleaved
 
 
-def time_steps(trainer: Trainer, warmup: int, min_time_s: float) -> Timing:
-    """One optimizer step timed the report's way (``timing.measure``: median and
-    quartiles of repeats, CUDA events on a GPU), after ``warmup`` extra steps."""
+def warm_step(trainer: Trainer, warmup: int) -> Callable[[], object]:
+    """A function running one optimizer step of `trainer` on its next batch, after
+    ``warmup`` steps (and the two of ``measure_interleaved``'s caller's first round)."""
     batches = trainer.batches()
     for _ in range(warmup):
         trainer.train_step(next(batches))
-    return measure(lambda: trainer.train_step(next(batches)), trainer.device, min_time_s=min_time_s)
+    return lambda: trainer.train_step(next(batches))
+
+
+def time_steps(trainers: dict[str, Trainer], warmup: int, min_time_s: float) -> dict[str, Timing]:
+    """One optimizer step of each trainer timed the report's way: warmed up, then
+    interleaved (median and quartiles of repeats, CUDA events on a GPU)."""
+    steps = {name: warm_step(trainer, warmup) for name, trainer in trainers.items()}
+    device = next(iter(trainers.values())).device
+    return measure_interleaved(steps, device, min_time_s=min_time_s)
+
+
+def built_with_peak(build: Callable[[], Trainer], device: torch.device) -> tuple[Trainer, float | None]:
+    """The trainer `build` makes and, on a GPU, the peak memory of its building and first
+    step (a graph's capture comes later) above what was allocated before: the other
+    backends' trainers, alive for the interleaved timing, are not counted. None on a CPU."""
+    if device.type != "cuda":
+        return build(), None
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    trainer = build()
+    trainer.train_step(next(trainer.batches()))
+    torch.cuda.synchronize(device)
+    return trainer, (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,16 +106,17 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     rows = []
     for critic in args.critics:
         for graphed in modes:
+            trainers, peaks = {}, {}
             for backend in backends:
                 model = DIMConfig.preset(
                     args.preset, critic=critic, backend=backend, estimator=args.estimator, units=args.units
                 )
                 config = TrainConfig(model=model, data=args.data, batch_size=args.batch_size, amp=amp)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                trainer = Trainer(config, "unused", device=str(device), cuda_graphs=graphed)
-                timing = time_steps(trainer, args.warmup, args.min_time)
-                peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+                trainers[backend], peaks[backend] = built_with_peak(
+                    functools.partial(Trainer, config, "unused", device=str(device), cuda_graphs=graphed), device
+                )
+            timings = time_steps(trainers, args.warmup, args.min_time)
+            for backend, timing in timings.items():
                 rows.append(
                     {
                         "critic": critic,
@@ -96,12 +124,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
                         "cuda_graphs": graphed,
                         "steps_per_s": 1e3 / timing.median_ms,
                         "step_ms": dataclasses.asdict(timing),
-                        "peak_mib": peak,
+                        "peak_mib": peaks[backend],
                     }
                 )
                 mode = "graphed" if graphed else "eager"
                 print(f"{critic:>6} {backend:>9} {mode:>7}: {1e3 / timing.median_ms:7.2f} steps/s", file=sys.stderr)
-                del trainer
+            del trainers
 
     name = (
         torch.cuda.get_device_name(device)

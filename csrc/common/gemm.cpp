@@ -5,7 +5,9 @@
 #include "gemm.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/record_function.h>
 #include <dlfcn.h>
@@ -132,6 +134,33 @@ at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, cons
     }
   }
   return plain(converted_operand(a, out), converted_operand(b, out));
+}
+
+// out += t, an fp32 `out` and a half `t` of its shape, t widened in registers. ATen's add_
+// of mixed dtypes converts t into a fresh fp32 tensor first: inside the concat plan's backward
+// on the project's AMD EPYC, 240 us per 512 x 512 weight-gradient block against 30 for the
+// add itself (3.8 ms of a 47 ms bf16 forward+backward).
+void add_widened(const at::Tensor& out, const at::Tensor& t) {
+  if (!(out.is_cpu() && out.scalar_type() == at::kFloat && t.scalar_type() != at::kFloat &&
+        out.sizes() == t.sizes() && out.is_contiguous() && t.is_contiguous())) {
+    out.add_(t);
+    return;
+  }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(t.scalar_type(), "add_widened", [&] {
+    using V = at::vec::Vectorized<scalar_t>;
+    using VF = at::vec::Vectorized<float>;
+    const scalar_t* from = t.const_data_ptr<scalar_t>();
+    float* into = out.data_ptr<float>();
+    at::parallel_for(0, t.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
+      int64_t i = begin;
+      for (; i + V::size() <= end; i += V::size()) {
+        const auto [lo, hi] = at::vec::convert_to_float<scalar_t>(V::loadu(from + i));
+        (VF::loadu(into + i) + lo).store(into + i);
+        (VF::loadu(into + i + VF::size()) + hi).store(into + i + VF::size());
+      }
+      for (; i < end; ++i) into[i] += float(from[i]);
+    });
+  });
 }
 
 at::Tensor batched_gemm(const at::Tensor& a, const at::Tensor& b) {
@@ -298,7 +327,7 @@ void gemm_accumulate(const at::Tensor& out, const at::Tensor& a, const at::Tenso
     // bf16 operands, an fp32 sum of products over chunks (weight gradients): each chunk's
     // product in bf16 on oneDNN (fp32 inside the GEMM, rounded once on the way out), summed
     // in fp32; converting the operands would run the product at the fp32 rate.
-    out.add_(gemm(a, b));
+    add_widened(out, gemm(a, b));
   } else {
     out.add_(gemm_to(a, b, out.scalar_type()));
   }
@@ -323,7 +352,7 @@ void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at:
       a.is_cpu() && out.scalar_type() != a.scalar_type() && use_onednn(a, b);
   const at::Tensor products =
       in_operands_dtype ? batched_gemm(a, b) : batched_gemm_to(a, b, out.scalar_type());
-  out.add_(products.sum(0));  // fp32 inside the sum, rounded once to the products' dtype
+  add_widened(out, products.sum(0));  // fp32 inside the sum, rounded once to the products' dtype
 }
 
 std::string cpu_gemm() {
