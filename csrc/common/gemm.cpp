@@ -7,8 +7,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/cpu/vec/vec.h>
 #include <ATen/record_function.h>
 #include <dlfcn.h>
 
