@@ -113,7 +113,7 @@ at::Tensor converted_operand(const at::Tensor& t, at::ScalarType dtype) {
   for (int64_t d = 0; d < t.dim(); ++d) {
     if (t.stride(d) == 0) base = base.narrow(d, 0, 1);
   }
-  return base.to(dtype).expand(t.sizes());
+  return host_converted(base, dtype).expand(t.sizes());
 }
 
 // a (op) b in `out` dtype with fp32 accumulation. On CUDA, the ATen overload with an out_dtype

@@ -121,7 +121,12 @@ at::Tensor host_contiguous(const at::Tensor& t) {
 }
 
 at::Tensor host_converted(const at::Tensor& t, at::ScalarType dtype) {
-  return t.scalar_type() == dtype ? t : host_empty(t.sizes(), t.options().dtype(dtype)).copy_(t);
+  if (t.scalar_type() == dtype) return t;
+  const auto options = t.options().dtype(dtype);
+  if (!t.is_non_overlapping_and_dense()) return host_empty(t.sizes(), options).copy_(t);
+  // t's strides kept (a transposed view stays one, as with Tensor::to): the copy runs
+  // through memory in order.
+  return host_empty({t.numel()}, options).as_strided(t.sizes(), t.strides()).copy_(t);
 }
 
 int64_t set_cpu_cache_bytes(int64_t bytes) {

@@ -22,7 +22,8 @@ at::Tensor host_empty(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // t when contiguous, else its contiguous copy (from the cache when large).
 at::Tensor host_contiguous(const at::Tensor& t);
-// t when of `dtype`, else its conversion (from the cache when large).
+// t when of `dtype`, else its conversion (from the cache when large), with t's strides where
+// t is dense.
 at::Tensor host_converted(const at::Tensor& t, at::ScalarType dtype);
 
 // The most bytes the cache keeps idle (0: none, every buffer freed at once); returns it.

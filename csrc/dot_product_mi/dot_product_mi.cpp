@@ -187,7 +187,7 @@ void dot_product_tile_backward(const DotProductProblem& p, const at::Tensor& d_s
                                int64_t first, at::Tensor& d_local, at::Tensor& d_global) {
   const NoAutocast no_autocast;
   const int64_t images = d_scores.size(1) / p.locations;
-  const at::Tensor ds = d_scores.to(p.local.scalar_type());
+  const at::Tensor ds = host_converted(d_scores, p.local.scalar_type());
   const at::Tensor local = p.local.narrow(0, first, images);
   at::Tensor d_local_tile = d_local.view({p.batch, p.units, -1}).narrow(0, first, images);
   if (p.rows_layout) {  // d_global += dS rows, d_rows = dS^T global: two GEMMs, in place

@@ -32,9 +32,9 @@ def _concat_conv_step(inputs, perm):
     return [out, *torch.autograd.grad(out, leaves)]
 
 
-def _dot_product_step(local, global_codes):
+def _dot_product_step(local, global_codes, estimator="infonce"):
     leaves = [x.detach().clone().requires_grad_() for x in (local, global_codes)]
-    out = dim_fused.dot_product_mi(*leaves, estimator="infonce", backend="cpu")
+    out = dim_fused.dot_product_mi(*leaves, estimator=estimator, backend="cpu")
     return [out, *torch.autograd.grad(out, leaves)]
 
 
@@ -47,8 +47,10 @@ def _poisoned(results):
     return bits
 
 
-@pytest.mark.parametrize("op", ["concat_conv_mi", "dot_product_mi"])
+@pytest.mark.parametrize("op", ["concat_conv_mi", "dot_product_mi", "dot_product_mi-bf16-rows"])
 def test_reused_buffers_change_no_result(monkeypatch, op):
+    """dot_product_mi-bf16-rows: bf16 codes laid out as rows (a transposed view), JSD: its
+    scores come from operands converted to fp32 into cached buffers with the views' strides."""
     require("cpu", "cpu")
     if op == "concat_conv_mi":
         inputs, perm = _concat_conv_inputs()
@@ -58,9 +60,13 @@ def test_reused_buffers_change_no_result(monkeypatch, op):
     else:
         generator = torch.Generator().manual_seed(7)
         local, global_codes = torch.randn(8, 512, 64, generator=generator) * 0.05, torch.randn(8, 512) * 0.05
+        estimator = "infonce"
+        if op.endswith("bf16-rows"):
+            local = local.bfloat16().transpose(1, 2).contiguous().transpose(1, 2)
+            global_codes, estimator = global_codes.bfloat16(), "jsd"
 
         def step():
-            return _dot_product_step(local, global_codes)
+            return _dot_product_step(local, global_codes, estimator)
 
     monkeypatch.setenv("DIM_FUSED_CPU_CACHE_BYTES", "0")
     library.empty_cpu_cache()
