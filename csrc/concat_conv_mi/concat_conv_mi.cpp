@@ -239,13 +239,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
           d_b1.mul(unscale).to(dtype)};
 }
 
-// The first hidden layer of a chunk of rows (from the kernel: the concat never exists).
+// A buffer of `width` columns for one chunk's rows, allocated once per call and reused by
+// every chunk (ChunkBuffer::rows gives a chunk its first rows). Each chunk then rewrites the
+// lines the last one wrote, in the same threads' caches; a fresh buffer per chunk was
+// whichever freed block the host cache held, often one the other core had last written
+// (another role's buffer, split between the threads another way): on the project's 2-core
+// AMD EPYC the passes writing them (the first layer, the score backward) then ran 3-5x
+// slower, and a forward+backward at 105 ms instead of 80 for as long as the cache's state
+// lasted (docs/design.md, "Host buffers").
+struct ChunkBuffer {
+  at::Tensor buffer;
+  ChunkBuffer(const ConcatConvProblem& p, int64_t width, const at::TensorOptions& options)
+      : buffer(host_empty({p.chunk_images() * p.locations, width}, options)) {}
+  at::Tensor rows(int64_t count) const { return buffer.narrow(0, 0, count); }
+};
+
+// The first hidden layer of a chunk of rows (from the kernel: the concat never exists),
+// written into `h1`.
 at::Tensor first_hidden(const ConcatConvProblem& p, const ConcatConvKernels& kernels,
                         const at::Tensor& P, const at::Tensor& Q, int64_t pairs, int64_t first_row,
-                        int64_t rows) {
-  at::Tensor h1 = host_empty({rows, p.weights[0].size(0)}, P.options());
-  kernels.first_layer(P, Q, p.sources[pairs].narrow(0, first_row, rows), first_row, p.locations,
-                      h1);
+                        at::Tensor h1) {
+  kernels.first_layer(P, Q, p.sources[pairs].narrow(0, first_row, h1.size(0)), first_row,
+                      p.locations, h1);
   return h1;
 }
 
@@ -336,14 +351,15 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
   const EpilogueTerms terms = epilogue_terms(p, kernels);
   // The device's epilogue scores the last hidden layer as it applies its ReLU.
   const bool epilogue_scores = kernels.hidden_epilogue != nullptr && p.weights.size() > 2;
+  const ChunkBuffer h1(p, p.weights[0].size(0), P.options());
   for_each_chunk(
       p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows, int64_t kept_row) {
         std::vector<at::Tensor> into;  // the chunk's rows of the kept activations: no copy
         for (size_t i = 2; i < kept.size(); ++i) into.push_back(kept[i].narrow(0, kept_row, rows));
         at::Tensor chunk = flat_scores.narrow(0, kept_row, rows);
-        const auto hidden =
-            later_hidden(p, kernels, terms, first_hidden(p, kernels, P, Q, pairs, first_row, rows),
-                         into, epilogue_scores ? &chunk : nullptr);
+        const auto hidden = later_hidden(
+            p, kernels, terms, first_hidden(p, kernels, P, Q, pairs, first_row, h1.rows(rows)),
+            into, epilogue_scores ? &chunk : nullptr);
         if (!epilogue_scores) chunk.copy_(chunk_scores(p, hidden.back()));
       });
   if (p.biases.back()) flat_scores.add_(p.biases.back()->to(flat_scores.scalar_type()));
@@ -390,10 +406,13 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   const bool score_backward = kernels.score_backward != nullptr && last >= 2;
   at::Tensor d_score_weight = d_weights[last].view({-1});
   if (score_backward && p.biases[last]) d_biases[last].add_(d_scores.sum());
+  const ChunkBuffer h1_rows(p, p.weights[0].size(0), P.options());
+  const ChunkBuffer d_h1_rows(p, p.weights[0].size(0), P.options());
+  const ChunkBuffer d_z_rows(p, p.weights[last].size(1), P.options());
   for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t, int64_t first_row, int64_t rows,
                         int64_t kept_row) {
     // The first layer is recomputed (a gather, no GEMM); the later ones too, unless kept.
-    const at::Tensor h1 = first_hidden(p, kernels, P, Q, pairs, first_row, rows);
+    const at::Tensor h1 = first_hidden(p, kernels, P, Q, pairs, first_row, h1_rows.rows(rows));
     std::vector<at::Tensor> hidden{h1};
     if (activations.empty()) {
       hidden = later_hidden(p, kernels, terms, h1);
@@ -408,7 +427,7 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     bool summed = false;
     size_t i = last;
     if (score_backward) {  // the score layer and the last hidden layer's ReLU and bias
-      d_z = host_empty({rows, p.weights[last].size(1)}, hidden[last - 1].options());
+      d_z = d_z_rows.rows(rows);
       kernels.score_backward(hidden[last - 1], d_scores.narrow(0, kept_row, rows),
                              terms.score_weight, d_score_weight, d_biases[last - 1], d_z);
       summed = true;
@@ -426,7 +445,9 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
     gemm_accumulate(d_weights[1], d_z.t(), h1);
     if (p.biases[1] && !summed) d_biases[1].add_(d_z.sum(0));
     const at::Tensor src = p.sources[pairs].narrow(0, first_row, rows);
-    kernels.first_layer_backward(gemm(d_z, p.weights[1]), h1, src, image, p.locations, dP,
+    const at::Tensor d_h1 = d_h1_rows.rows(rows);
+    gemm_out(d_h1, d_z, p.weights[1]);
+    kernels.first_layer_backward(d_h1, h1, src, image, p.locations, dP,
                                  pairs == 0 && p.detach_negatives ? &dP_positives : nullptr, dQ);
   });
   const double unscale = 1.0 / scale;

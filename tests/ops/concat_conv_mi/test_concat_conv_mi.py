@@ -105,6 +105,19 @@ def test_many_chunks(fused, estimator, monkeypatch):
     check(backend, device, torch.float32, estimator, make_problem(4, 3, (5,), 2, (6, 4), 3, "all"))
 
 
+@pytest.mark.parametrize("keep", ["kept", "recomputed"])
+def test_uneven_chunks(fused, keep, monkeypatch):
+    """Chunks of 2 images over 5: the last one shorter than the per-call chunk buffers it
+    writes its rows into; with the activations kept and recomputed."""
+    widest, locations = 6, 5
+    monkeypatch.setenv("DIM_FUSED_CHUNK_VALUES", str(2 * widest * locations))
+    monkeypatch.setenv("DIM_FUSED_KEEP_BYTES", "256MiB" if keep == "kept" else "0")
+    backend, device = fused
+    problem = make_problem(5, 3, (locations,), 2, (widest, 4), 2, "all")
+    for dtype in [d for d in dtypes_for(backend, device) if d in (torch.float32, torch.bfloat16)]:
+        check(backend, device, dtype, "jsd", problem)
+
+
 @pytest.mark.parametrize("estimator", ["jsd", "infonce"])
 def test_detach_negatives(fused, estimator):
     backend, device = fused
