@@ -240,13 +240,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> first_layer_gradients
 }
 
 // A buffer of `width` columns for one chunk's rows, allocated once per call and reused by
-// every chunk (ChunkBuffer::rows gives a chunk its first rows). Each chunk then rewrites the
-// lines the last one wrote, in the same threads' caches; a fresh buffer per chunk was
-// whichever freed block the host cache held, often one the other core had last written
-// (another role's buffer, split between the threads another way): on the project's 2-core
-// AMD EPYC the passes writing them (the first layer, the score backward) then ran 3-5x
-// slower, and a forward+backward at 105 ms instead of 80 for as long as the cache's state
-// lasted (docs/design.md, "Host buffers").
+// every chunk (ChunkBuffer::rows gives a chunk its first rows): each chunk rewrites lines the
+// last one wrote, still in cache, where a block taken from the host cache per chunk could be
+// any block it held.
 struct ChunkBuffer {
   at::Tensor buffer;
   ChunkBuffer(const ConcatConvProblem& p, int64_t width, const at::TensorOptions& options)
