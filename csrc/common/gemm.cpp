@@ -136,10 +136,8 @@ at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, cons
   return plain(converted_operand(a, out), converted_operand(b, out));
 }
 
-// out += t, an fp32 `out` and a half `t` of its shape, t widened in registers. ATen's add_
-// of mixed dtypes converts t into a fresh fp32 tensor first: inside the concat plan's backward
-// on the project's AMD EPYC, 240 us per 512 x 512 weight-gradient block against 30 for the
-// add itself (3.8 ms of a 47 ms bf16 forward+backward).
+// out += t, an fp32 `out` and a half `t` of its shape, t widened in registers: one pass, where
+// ATen's add_ of mixed dtypes converts t into a fresh fp32 tensor first, then adds it.
 void add_widened(const at::Tensor& out, const at::Tensor& t) {
   if (!(out.is_cpu() && out.scalar_type() == at::kFloat && t.scalar_type() != at::kFloat &&
         out.sizes() == t.sizes() && out.is_contiguous() && t.is_contiguous())) {
