@@ -19,11 +19,11 @@ constexpr size_t kPage = 4096;
 
 // A new block at the start of a page. Through torch's allocator a block was 64-byte aligned
 // only, wherever glibc's heap had room once glibc served blocks of this size from its heap
-// rather than mmap (after it had unmapped larger ones, as when this cache is emptied: the
-// report does so before each memory measurement). concat_conv_mi at the CIFAR setting then ran
-// its forward+backward at 105 ms instead of 80 on the project's AMD EPYC (bf16: 56 instead of
-// 45), its first-layer and score-backward passes 3-5x slower, until the blocks changed again;
-// on page-aligned blocks, 80 (docs/design.md, "Host buffers").
+// rather than mmap (after it had unmapped larger ones, as when this cache is emptied). In a
+// loop emptying the cache every third block of calls, concat_conv_mi at the CIFAR setting
+// then ran at 105 ms instead of 80 on the project's AMD EPYC in every block; on page-aligned
+// blocks at 80 in every block. (Its slow state has another cause too: docs/design.md, "Host
+// buffers".)
 c10::DataPtr page_aligned(int64_t bytes) {
   void* data = nullptr;
   if (posix_memalign(&data, kPage, size_t(bytes)) != 0) throw std::bad_alloc();
