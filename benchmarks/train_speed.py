@@ -33,7 +33,7 @@ from .timing import Timing, measure_interleaved
 
 def warm_step(trainer: Trainer, warmup: int) -> Callable[[], object]:
     """A function running one optimizer step of `trainer` on its next batch, after
-    ``warmup`` steps (and the two of ``measure_interleaved``'s caller's first round)."""
+    ``warmup`` steps run here."""
     batches = trainer.batches()
     for _ in range(warmup):
         trainer.train_step(next(batches))

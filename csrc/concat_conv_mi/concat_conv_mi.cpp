@@ -404,7 +404,8 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   if (score_backward && p.biases[last]) d_biases[last].add_(d_scores.sum());
   const ChunkBuffer h1_rows(p, p.weights[0].size(0), P.options());
   const ChunkBuffer d_h1_rows(p, p.weights[0].size(0), P.options());
-  const ChunkBuffer d_z_rows(p, p.weights[last].size(1), P.options());
+  // The score layer's gradient, only where the device's score backward writes it.
+  const ChunkBuffer d_z_rows(p, score_backward ? p.weights[last].size(1) : 0, P.options());
   for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t, int64_t first_row, int64_t rows,
                         int64_t kept_row) {
     // The first layer is recomputed (a gather, no GEMM); the later ones too, unless kept.
