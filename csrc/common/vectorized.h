@@ -7,6 +7,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -116,21 +117,75 @@ void transform(T* data, int64_t begin, int64_t end, const F& f) {
   for (; i < end; ++i) data[i] = f(data[i]);
 }
 
+// v stored at p past the caches (a non-temporal store) where p allows it (AVX2, 32-byte
+// aligned), else an ordinary store. For rows a pass rewrites while the other core holds them
+// (a GEMM of both threads read them after the last write): an ordinary store waits for that
+// core to give up each line, a streaming one does not. Call stream_fence() before the data
+// is read by another thread.
+template <typename T>
+void stream_store(const at::vec::Vectorized<T>& v, T* p) {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+  if (reinterpret_cast<std::uintptr_t>(p) % 32 == 0) {
+    if constexpr (std::is_same_v<T, float>) {
+      _mm256_stream_ps(p, v);
+      return;
+    } else if constexpr (std::is_same_v<T, double>) {
+      _mm256_stream_pd(p, v);
+      return;
+    } else if constexpr (std::is_convertible_v<at::vec::Vectorized<T>, __m256i>) {
+      _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+      return;
+    }
+  }
+#endif
+  v.store(p);
+}
+
+// dst[i] = src[i] for i in [0, n): float values rounded to a 16-bit type, streamed.
+template <typename scalar_t>
+void stream_converted(const acc_type<scalar_t>* src, scalar_t* dst, int64_t n) {
+  using V = at::vec::Vectorized<scalar_t>;
+  using VT = at::vec::Vectorized<acc_type<scalar_t>>;
+  static_assert(V::size() == 2 * VT::size(), "a 16-bit type");
+  int64_t i = 0;
+  for (; i + V::size() <= n; i += V::size()) {
+    stream_store(
+        at::vec::convert_from_float<scalar_t>(VT::loadu(src + i), VT::loadu(src + i + VT::size())),
+        dst + i);
+  }
+  for (; i < n; ++i) dst[i] = scalar_t(src[i]);
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
 // out[i] = f(a[i], b[i]) for i in [0, n), with f over float or double SIMD vectors (and
 // scalars for the tail): 16-bit values are converted to float in registers, a 16-bit vector
 // making two float vectors.
+// With `streaming`, out's full vectors are written with stream_store.
 template <typename scalar_t, typename F>
-void binary_map(const scalar_t* a, const scalar_t* b, scalar_t* out, int64_t n, const F& f) {
+void binary_map(const scalar_t* a, const scalar_t* b, scalar_t* out, int64_t n, const F& f,
+                bool streaming = false) {
   using T = acc_type<scalar_t>;
   using V = at::vec::Vectorized<scalar_t>;
+  const auto put = [&](const V& v, scalar_t* p) {
+    if (streaming) {
+      stream_store(v, p);
+    } else {
+      v.store(p);
+    }
+  };
   int64_t i = 0;
   if constexpr (std::is_same_v<scalar_t, T>) {
-    for (; i + V::size() <= n; i += V::size()) f(V::loadu(a + i), V::loadu(b + i)).store(out + i);
+    for (; i + V::size() <= n; i += V::size()) put(f(V::loadu(a + i), V::loadu(b + i)), out + i);
   } else {
     for (; i + V::size() <= n; i += V::size()) {
       const auto [a_lo, a_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(a + i));
       const auto [b_lo, b_hi] = at::vec::convert_to_float<scalar_t>(V::loadu(b + i));
-      at::vec::convert_from_float<scalar_t>(f(a_lo, b_lo), f(a_hi, b_hi)).store(out + i);
+      put(at::vec::convert_from_float<scalar_t>(f(a_lo, b_lo), f(a_hi, b_hi)), out + i);
     }
   }
   for (; i < n; ++i) out[i] = scalar_t(f(T(a[i]), T(b[i])));

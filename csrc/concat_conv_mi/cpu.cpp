@@ -30,8 +30,9 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
         at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
             cpu::binary_map(p + source[r] * width, q + ((first_row + r) / locations) * width,
-                            o + r * width, width, relu_of_sum);
+                            o + r * width, width, relu_of_sum, /*streaming=*/true);
           }
+          cpu::stream_fence();
         });
       });
 }
@@ -190,7 +191,11 @@ void score_backward_cpu(const at::Tensor& h, const at::Tensor& d_score, const at
               at::vec::fmadd(V(g), hv, V::loadu(dw_sum.data() + c)).store(dw_sum.data() + c);
               // threshold_backward's rule: 0 where h <= 0 (a NaN h passes the gradient)
               const V dz = V::blendv(V(g) * V::loadu(w + begin + c), V(0), hv <= V(0));
-              dz.store(dz_row + c);
+              if constexpr (kSame) {
+                cpu::stream_store(dz, dz_row + c);
+              } else {
+                dz.store(dz_row + c);
+              }
               (V::loadu(db_sum.data() + c) + dz).store(db_sum.data() + c);
             }
             for (; c < n; ++c) {
@@ -198,8 +203,9 @@ void score_backward_cpu(const at::Tensor& h, const at::Tensor& d_score, const at
               dz_row[c] = h_row[c] <= T(0) ? T(0) : g * w[begin + c];
               db_sum[c] += dz_row[c];
             }
-            if constexpr (!kSame) at::vec::convert(dz_row, dh + r * width + begin, n);
+            if constexpr (!kSame) cpu::stream_converted(dz_row, dh + r * width + begin, n);
           }
+          cpu::stream_fence();
           for (int64_t c = 0; c < n; ++c) {
             dw[begin + c] += dw_sum[c];
             if (db != nullptr) db[begin + c] += db_sum[c];
