@@ -11,11 +11,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks import cases, configs
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
+from benchmarks import cases, configs  # noqa: E402
 
 PIECES = ("first_layer", "first_layer_backward", "hidden_epilogue", "score_backward", "onednn_matmul")
 
