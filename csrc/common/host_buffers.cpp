@@ -22,8 +22,8 @@ constexpr size_t kPage = 4096;
 // rather than mmap (after it had unmapped larger ones, as when this cache is emptied). In a
 // loop emptying the cache every third block of calls, concat_conv_mi at the CIFAR setting
 // then ran at 105 ms instead of 80 on the project's AMD EPYC in every block; on page-aligned
-// blocks at 80 in every block. (Its slow state has another cause too: docs/design.md, "Host
-// buffers".)
+// blocks at 80 in every block. (Its other slow state was the vCPUs' placement: docs/design.md,
+// "Two threads, far apart".)
 c10::DataPtr page_aligned(int64_t bytes) {
   void* data = nullptr;
   if (posix_memalign(&data, kPage, size_t(bytes)) != 0) throw std::bad_alloc();
