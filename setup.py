@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -69,6 +70,13 @@ cxx_flags = ["-O3"]  # torch picks the C++ standard its headers need
 # AVX2 kernels are) on x86-64 unless DIM_FUSED_CPU_CAPABILITY=default.
 if platform.machine() in ("x86_64", "AMD64") and os.environ.get("DIM_FUSED_CPU_CAPABILITY", "avx2") == "avx2":
     cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+# at::parallel_for splits a CPU kernel's range over torch's OpenMP threads only in code built
+# with OpenMP (ATen/Parallel-inl.h); without it every parallel_for here ran on one thread.
+# Linked against libgomp.so.1, the runtime torch has already loaded: one thread pool.
+link_args = []
+if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+    cxx_flags += ["-fopenmp"]
+    link_args += ["-fopenmp"]
 if with_cuda:
     sources += sorted(glob.glob("csrc/*/*.cu"))
     # The CUDA wheels torch depends on carry headers a bare toolkit may lack.
@@ -81,9 +89,12 @@ if with_cuda:
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         define_macros=[("DIM_FUSED_WITH_CUDA", "1")],
         libraries=["dl"],  # dlopen/dlsym of oneDNN's matmul (csrc/common/gemm.cpp)
+        extra_link_args=link_args,
     )
 else:
-    extension = CppExtension("dim_fused._C", sources, extra_compile_args=cxx_flags, libraries=["dl"])
+    extension = CppExtension(
+        "dim_fused._C", sources, extra_compile_args=cxx_flags, extra_link_args=link_args, libraries=["dl"]
+    )
 
 # The package's metadata (name, version, dependencies, extras) is in pyproject.toml.
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

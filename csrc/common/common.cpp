@@ -5,12 +5,16 @@
 #include "common.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <Python.h>
 #include <torch/library.h>
 
 #include <array>
+#include <atomic>
 #include <string>
 #include <utility>
+
+#include "bf16_gemm.h"
 
 namespace dim_fused {
 
@@ -49,6 +53,25 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
   m.def("set_cpu_gemm(str provider) -> str", &set_cpu_gemm);
   m.def("cpu_gemm() -> str", &cpu_gemm);
   m.def("cpu_gemm_choices() -> str[]", &cpu_gemm_choices);
+  // For the tests: a @ b in float32 as the CPU plans compute their scores (gemm_to), and
+  // whether this CPU runs the bf16 products on AVX512-BF16 (bf16_gemm.h).
+  m.def("cpu_gemm_to_float(Tensor a, Tensor b) -> Tensor",
+        [](const at::Tensor& a, const at::Tensor& b) {
+          TORCH_CHECK_VALUE(
+              a.is_cpu() && b.is_cpu() && a.dim() == b.dim() && (a.dim() == 2 || a.dim() == 3) &&
+                  a.size(-1) == b.size(-2) && (a.dim() == 2 || a.size(0) == b.size(0)),
+              "dim_fused.cpu_gemm_to_float: need CPU (M, K) @ (K, N) or batched, got ", a.sizes(),
+              " and ", b.sizes());
+          return a.dim() == 2 ? gemm_to(a, b, at::kFloat) : batched_gemm_to(a, b, at::kFloat);
+        });
+  m.def("cpu_bf16_dot() -> bool", &cpu::has_bf16_dot);
+  // For the tests: the ranges one at::parallel_for of this extension splits into (1 in a
+  // build without OpenMP, where it runs on the calling thread alone; setup.py).
+  m.def("cpu_parallel_ranges() -> int", [] {
+    std::atomic<int64_t> ranges{0};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { ++ranges; });
+    return ranges.load();
+  });
 }
 
 }  // namespace dim_fused

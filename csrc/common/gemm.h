@@ -2,8 +2,10 @@
 // bf16 GEMM that ships inside torch: oneDNN's matmul (what ATen itself takes for bf16
 // matmuls; on some x86-64 CPUs MKL's fp32 sgemm runs at under half its rate), found at run
 // time, in IEEE fp32 (no down-conversion), else BLAS through at::mm; in fp32, per shape class,
-// whichever of the two was measured faster here. DIM_FUSED_CPU_GEMM (read in Python, set with
-// dim_fused::set_cpu_gemm) forces either. On CUDA: cuBLAS.
+// whichever of the two was measured faster here; bf16 products with an fp32 result on the
+// project's AVX512-BF16 kernel (bf16_gemm.h) where the CPU has it. DIM_FUSED_CPU_GEMM (read in
+// Python, set with dim_fused::set_cpu_gemm) forces either provider (blas: no own kernel
+// either). On CUDA: cuBLAS.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,7 +20,8 @@ namespace dim_fused {
 // a @ b (2-D), in the inputs' dtype.
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
 // a @ b in `out` dtype with fp32 accumulation: CUDA writes float32 from half inputs directly
-// where ATen has aten::mm.dtype; elsewhere the operands are converted first. The operands
+// where ATen has aten::mm.dtype, a CPU from bf16 inputs on AVX512-BF16; elsewhere the operands
+// are converted first. The operands
 // may differ in dtype (one of them `out`'s).
 at::Tensor gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
 // out = a @ b (+ bias, broadcast over the rows), written in place.

@@ -53,3 +53,20 @@ def test_runs_without_the_extension():
     env = {k: v for k, v in os.environ.items() if k != "DIM_FUSED_QUIET"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()),
+    reason="the extension is built with OpenMP where torch is, on Linux",
+)
+def test_cpu_kernels_run_on_torchs_threads():
+    """at::parallel_for splits over torch's threads only in code compiled with OpenMP; a
+    build without it ran every CPU kernel of the extension on one thread."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.ops.dim_fused.cpu_parallel_ranges() == 2
+        torch.set_num_threads(1)
+        assert torch.ops.dim_fused.cpu_parallel_ranges() == 1
+    finally:
+        torch.set_num_threads(threads)

@@ -140,3 +140,119 @@ def test_the_providers_agree(monkeypatch):
         results.append([out, *torch.autograd.grad(out, leaves)])
     for one, other in zip(*results, strict=True):
         torch.testing.assert_close(one, other, rtol=2e-5, atol=2e-6)
+
+
+def _bf16_dot() -> bool:
+    return bool(torch.ops.dim_fused.cpu_bf16_dot())
+
+
+def _use(monkeypatch, provider: str) -> None:
+    """The provider for torch.ops.dim_fused.cpu_gemm_to_float, handed to the plans now (the
+    public ops hand DIM_FUSED_CPU_GEMM down on each call; the raw op does not)."""
+    _provider(monkeypatch, provider)
+    assert library.cpu_gemm() == provider
+
+
+def _bf16_products(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The plans' fp32 product of bf16 operands, the float64 product of the same values, and
+    the bound fp32 accumulation allows: 2 K 2^-24 |a| |b|, and K times fp32's smallest normal
+    (AVX512-BF16 flushes subnormal results to zero; the operands here are normal)."""
+    got = torch.ops.dim_fused.cpu_gemm_to_float(a, b)
+    want = torch.matmul(a.double(), b.double())
+    magnitude = torch.matmul(a.double().abs(), b.double().abs())
+    return got, want, float((magnitude * (2.0 * a.shape[-1] * 2.0**-24)).max()) + a.shape[-1] * 2.0**-126
+
+
+def _operand(shape, layout, generator):
+    """A bf16 operand of `shape` in `layout`: rows (row-major), columns (a transposed view),
+    strided (every other column of a wider tensor), broadcast (one matrix over a batch)."""
+    *batch, rows, cols = shape
+    if layout == "columns":
+        return torch.randn(*batch, cols, rows, generator=generator).bfloat16().transpose(-1, -2)
+    if layout == "strided":
+        return torch.randn(*batch, rows, 2 * cols, generator=generator).bfloat16()[..., ::2]
+    if layout == "broadcast":
+        return torch.randn(1, rows, cols, generator=generator).bfloat16().expand(*batch, rows, cols)
+    return torch.randn(*batch, rows, cols, generator=generator).bfloat16()
+
+
+# (M, K, N): one-element and tail tiles (M not a multiple of 6, N of 16 or 64), odd K (a last
+# k without its pair), more than one 64-column panel, and more than 48 rows of a transposed
+# output (its staged blocks).
+BF16_SHAPES = [(1, 1, 1), (7, 3, 5), (6, 2, 64), (13, 33, 70), (64, 40, 130), (130, 9, 3), (5, 64, 300)]
+BATCHED_BF16_SHAPES = [(3, 7, 33, 70), (4, 64, 40, 130), (2, 130, 9, 3)]
+BF16_LAYOUTS = [("rows", "rows"), ("rows", "columns"), ("columns", "columns"), ("rows", "strided")]
+
+
+@pytest.mark.parametrize("provider", ["onednn", "blas"])
+@pytest.mark.parametrize("shape", BF16_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layouts", BF16_LAYOUTS, ids=lambda pair: "-".join(pair))
+def test_bf16_products_are_fp32_exact_to_accumulation(monkeypatch, provider, shape, layouts):
+    """bf16 operands, fp32 results: on AVX512-BF16 the project's kernel (any provider but
+    BLAS), elsewhere converted operands; either way every element within fp32 accumulation
+    error of the float64 product of the same bf16 values (no rounding of the result to bf16)."""
+    require("cpu", "cpu")
+    _use(monkeypatch, provider)
+    m, k, n = shape
+    generator = torch.Generator().manual_seed(m * 1000 + k * 10 + n)
+    a = _operand((m, k), layouts[0], generator)
+    b = _operand((k, n), layouts[1], generator)
+    got, want, bound = _bf16_products(a, b)
+    assert got.dtype == torch.float32 and got.shape == (m, n) and got.is_contiguous()
+    assert (got.double() - want).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("shape", BATCHED_BF16_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("a_layout", ["rows", "broadcast", "columns"])
+@pytest.mark.parametrize("b_layout", ["rows", "columns"])
+def test_batched_bf16_products_are_fp32_exact_to_accumulation(monkeypatch, shape, a_layout, b_layout):
+    require("cpu", "cpu")
+    _use(monkeypatch, "onednn")
+    batch, m, k, n = shape
+    generator = torch.Generator().manual_seed(batch + m + k + n)
+    a = _operand((batch, m, k), a_layout, generator)
+    b = _operand((batch, k, n), b_layout, generator)
+    got, want, bound = _bf16_products(a, b)
+    assert got.shape == (batch, m, n) and got.is_contiguous()
+    assert (got.double() - want).abs().max().item() <= bound
+
+
+@pytest.mark.parametrize("provider", ["onednn", "blas"])
+def test_bf16_products_carry_extreme_values(monkeypatch, provider):
+    """Infinities and NaN where the float64 product has them, the largest bf16 values summed
+    in fp32, and the last k of an odd K alone: its pair's other half is padding, never the
+    next row's first value (an infinity or NaN here) times zero. Both operand orders (the
+    kernel reads the rows of a in place for a @ b, and for b^T @ a^T too, as the transposed
+    product)."""
+    require("cpu", "cpu")
+    _use(monkeypatch, provider)
+    big = torch.finfo(torch.bfloat16).max
+    nan, inf = float("nan"), float("inf")
+    a = torch.tensor([[big, big, 1.0], [1.0, -1.0, 0.0], [inf, 0.0, 1.0], [nan, 1.0, 1.0]]).bfloat16()
+    b = torch.tensor([[1e-30, 1.0], [1e-30, 0.0], [2.0, 2.0]]).bfloat16()
+    want = torch.matmul(a.double(), b.double()).float()
+    assert torch.isfinite(want[:2]).all() and want[2].isinf().all() and want[3].isnan().all()
+    for got in (torch.ops.dim_fused.cpu_gemm_to_float(a, b), torch.ops.dim_fused.cpu_gemm_to_float(b.t(), a.t()).t()):
+        torch.testing.assert_close(got, want, equal_nan=True, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+def test_bf16_scores_run_on_the_bf16_kernel_where_the_cpu_has_it(monkeypatch, layout):
+    """dot_product_mi's bf16 scores: on AVX512-BF16 the kernel (its profiler range), none
+    under DIM_FUSED_CPU_GEMM=blas."""
+    require("cpu", "cpu")
+    if not _bf16_dot():
+        pytest.skip("this CPU has no AVX512-BF16: the operands are converted")
+    local = torch.randn(4, 40, 3, 5).bfloat16()
+    if layout == "channels-last":
+        local = local.contiguous(memory_format=torch.channels_last)
+    global_codes = torch.randn(4, 40).bfloat16()
+
+    def ranges() -> list[str]:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            dim_fused.dot_product_mi(local, global_codes, estimator="jsd", backend="cpu")
+        return [e.key for e in prof.key_averages()]
+
+    for provider, expected in (("auto", True), ("onednn", True), ("blas", False)):
+        _provider(monkeypatch, provider)
+        assert ("dim_fused::bf16_gemm" in ranges()) == expected, provider
