@@ -2,14 +2,16 @@
 # issue 20, fifth pass: the concat op's chunk rows written with streaming stores, and each
 # command preceded and followed by the core-to-core round trip (pingpong.cpp: 50-85 ns or
 # 320-400 ns, the two placements of this VM's two vCPUs). The commands are the fourth pass's.
-# Usage: measure.sh K (the run's number), alone on the machine.
+# Usage: measure.sh K (the run's number), alone on the machine; OUT=folder writes there
+# instead (a later pass's folder, running these commands on its own commit).
 set -e
 cd "$(dirname "$0")/../../.."
-O=benchmarks/results/cpu-2core-2026-12-05-placement
+HERE=benchmarks/results/cpu-2core-2026-12-05-placement
+O=${OUT:-$HERE}
 K=$1
 RETAIN=(env MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296)
 PINGPONG=/tmp/dim_fused_pingpong
-g++ -O2 -pthread -o $PINGPONG $O/pingpong.cpp
+g++ -O2 -pthread -o $PINGPONG $HERE/pingpong.cpp
 probe() { echo "$(date -u +%T) $1 round_trip_ns=$($PINGPONG)" >> $O/placement-run$K.log; }
 : > $O/placement-run$K.log
 run() {  # name, command...
