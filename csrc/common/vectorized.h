@@ -141,25 +141,22 @@ void stream_store(const at::vec::Vectorized<T>& v, T* p) {
   v.store(p);
 }
 
-// dst[i] = src[i] for i in [0, n): float values rounded to a 16-bit type, streamed.
-template <typename scalar_t>
-void stream_converted(const acc_type<scalar_t>* src, scalar_t* dst, int64_t n) {
-  using V = at::vec::Vectorized<scalar_t>;
-  using VT = at::vec::Vectorized<acc_type<scalar_t>>;
-  static_assert(V::size() == 2 * VT::size(), "a 16-bit type");
-  int64_t i = 0;
-  for (; i + V::size() <= n; i += V::size()) {
-    stream_store(
-        at::vec::convert_from_float<scalar_t>(VT::loadu(src + i), VT::loadu(src + i + VT::size())),
-        dst + i);
-  }
-  for (; i < n; ++i) dst[i] = scalar_t(src[i]);
-}
-
 inline void stream_fence() {
 #if defined(CPU_CAPABILITY_AVX2) && defined(__AVX2__)
   _mm_sfence();
 #endif
+}
+
+// Asks for the cache lines of [p, p + n) ahead of their use. For the passes that split rows
+// by columns between the threads: each thread reads a part of every row, a run the hardware
+// prefetcher, which trains within a 4 KiB page, no longer follows across rows.
+template <typename T>
+void prefetch(const T* p, int64_t n) {
+  constexpr int64_t kLine = 64;
+  const char* const end = reinterpret_cast<const char*>(p + n);
+  for (const char* line = reinterpret_cast<const char*>(p); line < end; line += kLine) {
+    __builtin_prefetch(line);
+  }
 }
 
 // out[i] = f(a[i], b[i]) for i in [0, n), with f over float or double SIMD vectors (and

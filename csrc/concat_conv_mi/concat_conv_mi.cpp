@@ -5,12 +5,11 @@
 // per location (one GEMM over B * L rows) and Q = y W1y^T + b1 per image, so the
 // (B, C + D, L) concat and its shuffled copies never exist; a negative row just
 // reads another row of P. Chunks of whole images run the hidden layers as ATen
-// GEMMs (cuBLAS / BLAS) and keep the scores, in the accumulation dtype, and
-// (when the caller's memory budget allows) P, Q and the activations of hidden layers 2..;
-// the estimate is dim_fused::mi_bound of the scores. The backward recomputes each
-// chunk's first layer (a gather; P and Q too unless kept) and the later ones unless
-// kept, back-propagates
-// through them, and adds the first-layer gradient into dP (through each
+// GEMMs (cuBLAS / BLAS) and keep the scores, in the accumulation dtype, and (when the
+// caller's memory budget allows) every hidden layer's activations; the estimate is
+// dim_fused::mi_bound of the scores. The backward takes each chunk's activations from
+// the kept ones, or recomputes them (P and Q, the first layer's gather, the later GEMMs),
+// back-propagates through them, and adds the first-layer gradient into dP (through each
 // permutation) and dQ; four GEMMs then give the first layer's and the inputs'
 // gradients. docs/design.md ("Concat-and-conv") has the algebra.
 #include "concat_conv_mi.h"
@@ -150,20 +149,17 @@ void check_scores_shape(const at::Tensor& grad, const at::Tensor& scores, const 
 void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
                               const ConcatConvProblem& p, at::TensorList activations) {
   const int64_t rows = (p.num_negatives + 1) * p.rows();
-  TORCH_CHECK_VALUE(
-      activations.empty() || activations.size() == p.weights.size(),
-      "dim_fused.concat_conv_mi_backward: activations must be the forward's (P, Q, then one per "
-      "hidden layer after the first) or none");
+  TORCH_CHECK_VALUE(activations.empty() || activations.size() + 1 == p.weights.size(),
+                    "dim_fused.concat_conv_mi_backward: activations must be the forward's (one per "
+                    "hidden layer) or none");
   for (size_t i = 0; i < activations.size(); ++i) {
     const at::Tensor& a = activations[i];
-    const int64_t want_rows = i == 0 ? p.rows() : i == 1 ? p.batch : rows;
-    const int64_t units = p.weights[i < 2 ? 0 : i - 1].size(0);
-    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == want_rows && a.size(1) == units &&
+    const int64_t units = p.weights[i].size(0);
+    TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) == rows && a.size(1) == units &&
                           a.scalar_type() == p.local_rows.scalar_type() &&
                           a.device() == p.local_rows.device() && a.is_contiguous(),
                       "dim_fused.concat_conv_mi_backward: activations[", i,
-                      "] must be the forward's (", want_rows, ", ", units, ") tensor, got ",
-                      a.sizes());
+                      "] must be the forward's (", rows, ", ", units, ") tensor, got ", a.sizes());
   }
   check_scores_shape(grad, scores, p.local_rows, p.num_negatives, p.batch, p.locations);
 }
@@ -336,10 +332,11 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
   const auto acc = P.options().dtype(acc_dtype(P.scalar_type()));
   at::Tensor scores = at::empty({p.num_negatives + 1, p.batch, p.locations}, acc);
   const at::Tensor flat_scores = scores.view({-1});
+  // Every hidden layer's activations over all rows, kept for the backward: the first
+  // layer's too, which the backward would otherwise gather again.
   std::vector<at::Tensor> kept;
   if (p.keep_activations) {
-    kept = {P, Q};
-    for (size_t i = 1; i + 1 < p.weights.size(); ++i) {
+    for (size_t i = 0; i + 1 < p.weights.size(); ++i) {
       kept.push_back(
           host_empty({(p.num_negatives + 1) * p.rows(), p.weights[i].size(0)}, P.options()));
     }
@@ -347,15 +344,17 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forwa
   const EpilogueTerms terms = epilogue_terms(p, kernels);
   // The device's epilogue scores the last hidden layer as it applies its ReLU.
   const bool epilogue_scores = kernels.hidden_epilogue != nullptr && p.weights.size() > 2;
-  const ChunkBuffer h1(p, p.weights[0].size(0), P.options());
+  const ChunkBuffer h1(p, kept.empty() ? p.weights[0].size(0) : 0, P.options());
   for_each_chunk(
       p, [&](int64_t pairs, int64_t, int64_t, int64_t first_row, int64_t rows, int64_t kept_row) {
-        std::vector<at::Tensor> into;  // the chunk's rows of the kept activations: no copy
-        for (size_t i = 2; i < kept.size(); ++i) into.push_back(kept[i].narrow(0, kept_row, rows));
+        // The chunk's rows of the kept activations, written in place: no copy.
+        const at::Tensor first = kept.empty() ? h1.rows(rows) : kept[0].narrow(0, kept_row, rows);
+        std::vector<at::Tensor> into;  // layers 2..
+        for (size_t i = 1; i < kept.size(); ++i) into.push_back(kept[i].narrow(0, kept_row, rows));
         at::Tensor chunk = flat_scores.narrow(0, kept_row, rows);
-        const auto hidden = later_hidden(
-            p, kernels, terms, first_hidden(p, kernels, P, Q, pairs, first_row, h1.rows(rows)),
-            into, epilogue_scores ? &chunk : nullptr);
+        const auto hidden =
+            later_hidden(p, kernels, terms, first_hidden(p, kernels, P, Q, pairs, first_row, first),
+                         into, epilogue_scores ? &chunk : nullptr);
         if (!epilogue_scores) chunk.copy_(chunk_scores(p, hidden.back()));
       });
   if (p.biases.back()) flat_scores.add_(p.biases.back()->to(flat_scores.scalar_type()));
@@ -379,16 +378,19 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   const double scale = double(p.rows());
   const at::Tensor d_scores = (at::cat({d_pos.unsqueeze(0), d_neg}, 0) * scale).view({-1});
 
+  // P and Q only to recompute the first layer: kept activations hold it.
   const auto [P, Q] =
-      activations.empty() ? split_first_layer(p) : std::make_pair(activations[0], activations[1]);
+      activations.empty() ? split_first_layer(p) : std::pair<at::Tensor, at::Tensor>();
+  const int64_t first_units = p.weights[0].size(0);
+  const auto options = p.local_rows.options();
   const auto acc = acc_dtype(dtype);
-  const auto acc_options = P.options().dtype(acc);
+  const auto acc_options = options.dtype(acc);
   // dP feeds W1f's gradient (every pair) and the features' gradient (without the
   // negative pairs when they are detached, as the seed's stop_gradient does).
-  at::Tensor dP = host_empty(P.sizes(), acc_options).zero_();
+  at::Tensor dP = host_empty({p.rows(), first_units}, acc_options).zero_();
   at::Tensor dP_positives =
-      p.detach_negatives ? host_empty(P.sizes(), acc_options).zero_() : at::Tensor();
-  at::Tensor dQ = at::zeros(Q.sizes(), acc_options);
+      p.detach_negatives ? host_empty(dP.sizes(), acc_options).zero_() : at::Tensor();
+  at::Tensor dQ = at::zeros({p.batch, first_units}, acc_options);
   std::vector<at::Tensor> d_weights(p.weights.size()), d_biases(p.weights.size());
   for (size_t i = 1; i < p.weights.size(); ++i) {
     d_weights[i] = host_empty(p.weights[i].sizes(), acc_options).zero_();
@@ -402,22 +404,20 @@ concat_conv_mi_backward(const at::Tensor& grad, const ConcatConvProblem& p,
   const bool score_backward = kernels.score_backward != nullptr && last >= 2;
   at::Tensor d_score_weight = d_weights[last].view({-1});
   if (score_backward && p.biases[last]) d_biases[last].add_(d_scores.sum());
-  const ChunkBuffer h1_rows(p, p.weights[0].size(0), P.options());
-  const ChunkBuffer d_h1_rows(p, p.weights[0].size(0), P.options());
+  const ChunkBuffer h1_rows(p, activations.empty() ? first_units : 0, options);
+  const ChunkBuffer d_h1_rows(p, first_units, options);
   // The score layer's gradient, only where the device's score backward writes it.
-  const ChunkBuffer d_z_rows(p, score_backward ? p.weights[last].size(1) : 0, P.options());
+  const ChunkBuffer d_z_rows(p, score_backward ? p.weights[last].size(1) : 0, options);
   for_each_chunk(p, [&](int64_t pairs, int64_t image, int64_t, int64_t first_row, int64_t rows,
                         int64_t kept_row) {
-    // The first layer is recomputed (a gather, no GEMM); the later ones too, unless kept.
-    const at::Tensor h1 = first_hidden(p, kernels, P, Q, pairs, first_row, h1_rows.rows(rows));
-    std::vector<at::Tensor> hidden{h1};
-    if (activations.empty()) {
-      hidden = later_hidden(p, kernels, terms, h1);
+    std::vector<at::Tensor> hidden;
+    if (activations.empty()) {  // the first layer a gather, the later ones GEMMs
+      hidden = later_hidden(p, kernels, terms,
+                            first_hidden(p, kernels, P, Q, pairs, first_row, h1_rows.rows(rows)));
     } else {
-      for (size_t i = 2; i < activations.size(); ++i) {
-        hidden.push_back(activations[i].narrow(0, kept_row, rows));
-      }
+      for (const at::Tensor& a : activations) hidden.push_back(a.narrow(0, kept_row, rows));
     }
+    const at::Tensor& h1 = hidden.front();
     // d_z: the gradient at layer i's output before its activation, from the score down;
     // summed: whether its layer's bias gradient is added already.
     at::Tensor d_z;

@@ -30,9 +30,9 @@ struct ConcatConvProblem {
   Estimator estimator;
   c10::string_view estimator_name;
   bool detach_negatives;
-  // Whether the forward returns the first layer's halves P and Q and the hidden activations
-  // after the first layer (what the backward would otherwise recompute with GEMMs); the
-  // caller decides under a memory budget.
+  // Whether the forward returns every hidden layer's activations over all rows (what the
+  // backward would otherwise recompute: P and Q, the first layer's gather and the later
+  // layers' GEMMs); the caller decides under a memory budget.
   bool keep_activations;
   int64_t chunk_values;  // values of the widest layer per chunk of rows, at most
 
@@ -48,7 +48,7 @@ ConcatConvProblem concat_conv_problem(const at::Tensor& feature_map, const at::T
                                       bool detach_negatives, bool keep_activations,
                                       int64_t chunk_values);
 // The backward's grad (one element), the forward's scores (1 + K, B, L) and kept
-// activations (none, or P, Q and one per hidden layer after the first).
+// activations (none, or one per hidden layer, (1 + K) * B * L rows each).
 void check_concat_conv_scores(const at::Tensor& grad, const at::Tensor& scores,
                               const ConcatConvProblem& p, at::TensorList activations);
 
@@ -84,8 +84,8 @@ struct ConcatConvKernels {
 };
 
 // (estimate, scores (1 + K, B, L) in the accumulation dtype, kept tensors when
-// keep_activations, else none: P (B L, H1), Q (B, H1), then the activations of hidden layers
-// 2.. over all (1 + K) B L rows): what the backward needs.
+// keep_activations, else none: every hidden layer's activations over all (1 + K) B L rows):
+// what the backward needs.
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> concat_conv_mi_forward(
     const ConcatConvProblem& p, const ConcatConvKernels& kernels);
 // (d feature_map (B, C, L), d global_code, d weights, d biases (empty where none)).

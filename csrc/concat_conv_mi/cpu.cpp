@@ -16,6 +16,9 @@
 namespace dim_fused {
 namespace {
 
+// How far ahead the passes over a chunk's rows ask for a row they will read (cpu::prefetch).
+constexpr int64_t kRowsAhead = 4;
+
 void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor& src,
                      int64_t first_row, int64_t locations, at::Tensor& out) {
   DIM_FUSED_DEVICE_PIECE("first_layer");
@@ -29,12 +32,47 @@ void first_layer_cpu(const at::Tensor& P, const at::Tensor& Q, const at::Tensor&
         const auto relu_of_sum = [](auto x, auto y) { return Math<decltype(x)>::relu(x + y); };
         at::parallel_for(0, out.size(0), 16, [&](int64_t begin, int64_t end) {
           for (int64_t r = begin; r < end; ++r) {
+            if (r + kRowsAhead < end) cpu::prefetch(p + source[r + kRowsAhead] * width, width);
             cpu::binary_map(p + source[r] * width, q + ((first_row + r) / locations) * width,
                             o + r * width, width, relu_of_sum, /*streaming=*/true);
           }
           cpu::stream_fence();
         });
       });
+}
+
+// One row's columns [begin, end) of the first layer's backward: dz = dh * (h > 0) added into
+// each target row given (a 16-bit row converted to float in registers).
+template <typename scalar_t>
+void first_layer_backward_row(const scalar_t* dh, const scalar_t* h,
+                              cpu::acc_type<scalar_t>* const (&targets)[3], int64_t begin,
+                              int64_t end) {
+  using T = cpu::acc_type<scalar_t>;
+  using V = at::vec::Vectorized<T>;
+  const auto add = [&](const V& d, const V& hv, int64_t c) {
+    const V dz = V::blendv(V(0), d, hv > V(0));
+    for (T* t : targets) {
+      if (t != nullptr) (V::loadu(t + c) + dz).store(t + c);
+    }
+  };
+  int64_t c = begin;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    for (; c + V::size() <= end; c += V::size()) add(V::loadu(dh + c), V::loadu(h + c), c);
+  } else {  // a 16-bit vector is two float vectors
+    using V16 = at::vec::Vectorized<scalar_t>;
+    for (; c + V16::size() <= end; c += V16::size()) {
+      const auto [d_lo, d_hi] = at::vec::convert_to_float<scalar_t>(V16::loadu(dh + c));
+      const auto [h_lo, h_hi] = at::vec::convert_to_float<scalar_t>(V16::loadu(h + c));
+      add(d_lo, h_lo, c);
+      add(d_hi, h_hi, c + V::size());
+    }
+  }
+  for (; c < end; ++c) {
+    const T dz = T(h[c]) > T(0) ? T(dh[c]) : T(0);
+    for (T* t : targets) {
+      if (t != nullptr) t[c] += dz;
+    }
+  }
 }
 
 // dZ1 = dH1 * (H1 > 0) into dP (at each row's source) and dQ (at its image), in one pass.
@@ -49,48 +87,22 @@ void first_layer_backward_cpu(const at::Tensor& dH1, const at::Tensor& H1, const
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, dH1.scalar_type(), "first_layer_backward_cpu", [&] {
         using T = cpu::acc_type<scalar_t>;
-        using V = at::vec::Vectorized<T>;
         const scalar_t* dh = dH1.const_data_ptr<scalar_t>();
         const scalar_t* h1 = H1.const_data_ptr<scalar_t>();
         T* dp = dP.data_ptr<T>();
         T* dp_features = dP_features != nullptr ? dP_features->data_ptr<T>() : nullptr;
         T* dq = dQ.data_ptr<T>();
         at::parallel_for(0, width, 64, [&](int64_t begin, int64_t end) {
-          // A 16-bit row's columns [begin, end) in T: converted in cache, not as a whole copy.
-          std::vector<T> dh_columns, h_columns;
-          if constexpr (!std::is_same_v<scalar_t, T>) {
-            dh_columns.resize(end - begin);
-            h_columns.resize(end - begin);
-          }
           for (int64_t r = 0; r < rows; ++r) {
-            const T* dh_row;
-            const T* h_row;
-            if constexpr (std::is_same_v<scalar_t, T>) {
-              // the same type (a cast only because this lambda is no template: both branches
-              // compile)
-              dh_row = reinterpret_cast<const T*>(dh + r * width);
-              h_row = reinterpret_cast<const T*>(h1 + r * width);
-            } else {
-              at::vec::convert(dh + r * width + begin, dh_columns.data(), end - begin);
-              at::vec::convert(h1 + r * width + begin, h_columns.data(), end - begin);
-              dh_row = dh_columns.data() - begin;  // indexed by column below
-              h_row = h_columns.data() - begin;
+            if (const int64_t ahead = r + kRowsAhead; ahead < rows) {
+              cpu::prefetch(dh + ahead * width + begin, end - begin);
+              cpu::prefetch(h1 + ahead * width + begin, end - begin);
+              cpu::prefetch(dp + source[ahead] * width + begin, end - begin);
             }
-            T* targets[3] = {dp + source[r] * width, dq + (image + r / locations) * width,
-                             dp_features != nullptr ? dp_features + source[r] * width : nullptr};
-            int64_t c = begin;
-            for (; c + V::size() <= end; c += V::size()) {
-              const V dz = V::blendv(V(0), V::loadu(dh_row + c), V::loadu(h_row + c) > V(0));
-              for (T* t : targets) {
-                if (t != nullptr) (V::loadu(t + c) + dz).store(t + c);
-              }
-            }
-            for (; c < end; ++c) {
-              const T dz = h_row[c] > T(0) ? dh_row[c] : T(0);
-              for (T* t : targets) {
-                if (t != nullptr) t[c] += dz;
-              }
-            }
+            T* const targets[3] = {
+                dp + source[r] * width, dq + (image + r / locations) * width,
+                dp_features != nullptr ? dp_features + source[r] * width : nullptr};
+            first_layer_backward_row(dh + r * width, h1 + r * width, targets, begin, end);
           }
         });
       });
@@ -152,6 +164,42 @@ void hidden_epilogue_cpu(at::Tensor& z, const at::Tensor& bias, const at::Tensor
       });
 }
 
+// One row's columns of the score layer's backward (g: the row's score gradient): dw_sum +=
+// g h, dz = g w where h > 0 (0 elsewhere; a NaN h passes it, as threshold_backward), db_sum +=
+// dz; dz streamed to `dz_out` in h's dtype (a 16-bit row converted in registers).
+template <typename scalar_t>
+void score_backward_row(const scalar_t* h, cpu::acc_type<scalar_t> g,
+                        const cpu::acc_type<scalar_t>* w, cpu::acc_type<scalar_t>* dw_sum,
+                        cpu::acc_type<scalar_t>* db_sum, scalar_t* dz_out, int64_t n) {
+  using T = cpu::acc_type<scalar_t>;
+  using V = at::vec::Vectorized<T>;
+  const auto step = [&](const V& hv, int64_t c) {
+    at::vec::fmadd(V(g), hv, V::loadu(dw_sum + c)).store(dw_sum + c);
+    const V dz = V::blendv(V(g) * V::loadu(w + c), V(0), hv <= V(0));
+    (V::loadu(db_sum + c) + dz).store(db_sum + c);
+    return dz;
+  };
+  int64_t c = 0;
+  if constexpr (std::is_same_v<scalar_t, T>) {
+    for (; c + V::size() <= n; c += V::size())
+      cpu::stream_store(step(V::loadu(h + c), c), dz_out + c);
+  } else {  // a 16-bit vector is two float vectors
+    using V16 = at::vec::Vectorized<scalar_t>;
+    for (; c + V16::size() <= n; c += V16::size()) {
+      const auto [lo, hi] = at::vec::convert_to_float<scalar_t>(V16::loadu(h + c));
+      cpu::stream_store(at::vec::convert_from_float<scalar_t>(step(lo, c), step(hi, c + V::size())),
+                        dz_out + c);
+    }
+  }
+  for (; c < n; ++c) {
+    const T hv = T(h[c]);
+    const T dz = hv <= T(0) ? T(0) : g * w[c];
+    dw_sum[c] += g * hv;
+    dz_out[c] = scalar_t(dz);
+    db_sum[c] += dz;
+  }
+}
+
 // Parallel over columns, every row in order within a column range (deterministic sums).
 void score_backward_cpu(const at::Tensor& h, const at::Tensor& d_score, const at::Tensor& weight,
                         at::Tensor& d_weight, at::Tensor& d_bias, at::Tensor& d_h) {
@@ -160,8 +208,6 @@ void score_backward_cpu(const at::Tensor& h, const at::Tensor& d_score, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kHalf, at::kBFloat16, h.scalar_type(), "score_backward_cpu", [&] {
         using T = cpu::acc_type<scalar_t>;
-        using V = at::vec::Vectorized<T>;
-        constexpr bool kSame = std::is_same_v<scalar_t, T>;
         const scalar_t* hidden = h.const_data_ptr<scalar_t>();
         const T* ds = d_score.const_data_ptr<T>();
         const T* w = weight.const_data_ptr<T>();
@@ -171,39 +217,10 @@ void score_backward_cpu(const at::Tensor& h, const at::Tensor& d_score, const at
         at::parallel_for(0, width, 128, [&](int64_t begin, int64_t end) {
           const int64_t n = end - begin;
           std::vector<T> dw_sum(n, T(0)), db_sum(n, T(0));
-          // A 16-bit row's columns in T, converted in cache (kSame: read and written in place).
-          std::vector<T> h_cols(kSame ? 0 : n), dz_cols(kSame ? 0 : n);
           for (int64_t r = 0; r < rows; ++r) {
-            const T* h_row;
-            T* dz_row;
-            if constexpr (kSame) {
-              h_row = reinterpret_cast<const T*>(hidden + r * width + begin);
-              dz_row = reinterpret_cast<T*>(dh + r * width + begin);
-            } else {
-              at::vec::convert(hidden + r * width + begin, h_cols.data(), n);
-              h_row = h_cols.data();
-              dz_row = dz_cols.data();
-            }
-            const T g = ds[r];
-            int64_t c = 0;
-            for (; c + V::size() <= n; c += V::size()) {
-              const V hv = V::loadu(h_row + c);
-              at::vec::fmadd(V(g), hv, V::loadu(dw_sum.data() + c)).store(dw_sum.data() + c);
-              // threshold_backward's rule: 0 where h <= 0 (a NaN h passes the gradient)
-              const V dz = V::blendv(V(g) * V::loadu(w + begin + c), V(0), hv <= V(0));
-              if constexpr (kSame) {
-                cpu::stream_store(dz, dz_row + c);
-              } else {
-                dz.store(dz_row + c);
-              }
-              (V::loadu(db_sum.data() + c) + dz).store(db_sum.data() + c);
-            }
-            for (; c < n; ++c) {
-              dw_sum[c] += g * h_row[c];
-              dz_row[c] = h_row[c] <= T(0) ? T(0) : g * w[begin + c];
-              db_sum[c] += dz_row[c];
-            }
-            if constexpr (!kSame) cpu::stream_converted(dz_row, dh + r * width + begin, n);
+            if (r + kRowsAhead < rows) cpu::prefetch(hidden + (r + kRowsAhead) * width + begin, n);
+            score_backward_row(hidden + r * width + begin, ds[r], w + begin, dw_sum.data(),
+                               db_sum.data(), dh + r * width + begin, n);
           }
           cpu::stream_fence();
           for (int64_t c = 0; c < n; ++c) {

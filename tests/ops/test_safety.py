@@ -73,8 +73,10 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
             torch.ones(2), f, y, w, b, good, scores, [], "jsd", False, CHUNK))
         case("backward, wrong activations", lambda: ops.concat_conv_mi_backward(
             torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(3, 6)], "jsd", False, CHUNK))
-        case("backward, short Q", lambda: ops.concat_conv_mi_backward(  # P (B L, H1) fits, Q (B, H1) does not
-            torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(20, 6), torch.randn(3, 6)], "jsd", False, CHUNK))
+        case("backward, positive rows only", lambda: ops.concat_conv_mi_backward(  # B L rows, not (1 + K) B L
+            torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(20, 6)], "jsd", False, CHUNK))
+        case("backward, one too many", lambda: ops.concat_conv_mi_backward(  # two for one hidden layer
+            torch.tensor(1.0), f, y, w, b, good, scores, [torch.randn(40, 6)] * 2, "jsd", False, CHUNK))
         case("meta feature map", lambda: ops.concat_conv_mi(f.to("meta"), y, w, b, good, "jsd", False, False, CHUNK))
         longs = [t.long() for t in (f, y, *w, *b)]
         case("integer feature map", lambda: ops.concat_conv_mi(
@@ -87,8 +89,9 @@ def test_concat_conv_op_refuses_what_would_read_out_of_bounds():
     assert "ValueError" in results["no locations"] and "at least one channel, location" in results["no locations"]
     assert "scores must be the forward's (1 + K, B, L)" in results["backward, scores broadcast"]
     assert "grad must be one element" in results["backward, two-element grad"]
-    assert "activations must be the forward's" in results["backward, wrong activations"]
-    assert "activations[1] must be the forward's (4, 6)" in results["backward, short Q"], results["backward, short Q"]
+    for name in ("backward, wrong activations", "backward, positive rows only"):
+        assert "activations[0] must be the forward's (40, 6)" in results[name], results[name]
+    assert "activations must be the forward's (one per hidden layer)" in results["backward, one too many"]
     assert "several devices" in results["meta feature map"], results["meta feature map"]
     assert "float64, float32, bfloat16 or float16" in results["integer feature map"], results["integer feature map"]
 

@@ -86,14 +86,13 @@ def concat_conv_mi(
 
 
 def keep_activations(feature_map: torch.Tensor, weights: Sequence[torch.Tensor], perm: torch.Tensor) -> bool:
-    """The C++ plan's memory policy: whether its forward keeps the first layer's halves P
-    (B L, H1) and Q (B, H1) and the hidden activations after the first layer for the
-    backward (which then skips re-running their GEMMs), when they take at most
-    DIM_FUSED_KEEP_BYTES (default 256 MiB). The first layer's activations are always
-    recomputed (a gather from P and Q)."""
+    """The C++ plan's memory policy: whether its forward keeps every hidden layer's
+    activations over all (1 + K) B L rows for the backward (which then skips re-running
+    the first layer's halves P and Q, its gather, and the later layers' GEMMs), when they
+    take at most DIM_FUSED_KEEP_BYTES (default 256 MiB)."""
     batch, locations = feature_map.shape[0], feature_map[0, 0].numel()
     rows = (perm.shape[0] + 1) * batch * locations
-    values = (batch * locations + batch) * weights[0].shape[0] + rows * sum(w.shape[0] for w in weights[1:-1])
+    values = rows * sum(w.shape[0] for w in weights[:-1])
     return 0 < values * feature_map.element_size() <= tunables.keep_bytes()
 
 

@@ -1,6 +1,6 @@
 """concat_conv_mi's torch.library registrations: the fake kernels and the autograd
 formula of dim_fused::concat_conv_mi (C++) and dim_fused::concat_conv_mi_triton (whose
-kept tensors are the first layer's halves instead of the later activations)."""
+kept tensors are the first layer's halves instead of the hidden activations)."""
 
 import torch
 
@@ -22,10 +22,8 @@ def _fake(feature_map, global_code, weights, biases, perm, estimator, detach_neg
     shape = (perm.shape[0] + 1, feature_map.shape[0], feature_map[0, 0].numel())
     rows = shape[0] * shape[1] * shape[2]
     kept = []
-    if keep_activations:  # P, Q, then the activations of hidden layers 2..
-        kept = [feature_map.new_empty((shape[1] * shape[2], weights[0].shape[0]))]
-        kept += [feature_map.new_empty((shape[1], weights[0].shape[0]))]
-        kept += [feature_map.new_empty((rows, w.shape[0])) for w in weights[1:-1]]
+    if keep_activations:  # every hidden layer's activations over all (1 + K) B L rows
+        kept = [feature_map.new_empty((rows, w.shape[0])) for w in weights[:-1]]
     return feature_map.new_empty(()), feature_map.new_empty(shape, dtype=accumulation_dtype(feature_map.dtype)), kept
 
 

@@ -510,8 +510,8 @@ def forward(
     """(estimate, scores, [P, Q, normaliser]): the kernels keep the first layer's halves
     for the backward (B L x H1 + B x H1 values) and the bound's normaliser (one value), and
     recompute the rest on chip, so `keep` (the C++
-    plan's later activations) must be False; `chunk` (its row chunks) does not apply."""
-    torch._check_value(not keep, lambda: "dim_fused.concat_conv_mi_triton keeps no later activations: pass False")
+    plan's hidden activations) must be False; `chunk` (its row chunks) does not apply."""
+    torch._check_value(not keep, lambda: "dim_fused.concat_conv_mi_triton keeps no hidden activations: pass False")
     p = _Problem(feature_map, global_code, weights, biases, perm, estimator)
     scores = torch.empty(p.rows // p.rows_per_pair, p.batch, p.locations, dtype=p.acc, device=feature_map.device)
     with device_of(feature_map):

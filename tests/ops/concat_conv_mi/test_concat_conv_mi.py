@@ -190,7 +190,7 @@ def test_opcheck(fused, requires_grad, keep):
     detached = [w.detach() for w in weights]
     with torch.no_grad():
         _, scores, activations = op(fmap, code, detached, biases, perm.to(device), "jsd", False, keep, CHUNK)
-    assert len(activations) == (3 if backend == "triton" else 3 if keep else 0)  # C++: P, Q, layer 2's
+    assert len(activations) == (3 if backend == "triton" else 2 if keep else 0)  # C++: layers 1 and 2
     one = torch.tensor(0.5, device=device)
     backward_args = (
         one,
@@ -210,8 +210,8 @@ def test_opcheck(fused, requires_grad, keep):
 
 @pytest.mark.parametrize("estimator", ["jsd", "infonce"])
 def test_kept_activations_give_the_recomputed_gradients(estimator, monkeypatch):
-    """The C++ plan keeps the hidden activations after the first layer when they fit the
-    memory budget (DIM_FUSED_KEEP_BYTES) and recomputes them otherwise: same gradients."""
+    """The C++ plan keeps every hidden layer's activations when they fit the memory budget
+    (DIM_FUSED_KEEP_BYTES) and recomputes them otherwise: same gradients."""
     require("cpu", "cpu")
     problem = make_problem(4, 3, (5,), 2, (9, 7, 6), 3, "all")
     results = []
