@@ -149,7 +149,8 @@ inline void stream_fence() {
 
 // Asks for the cache lines of [p, p + n) ahead of their use. For the passes that split rows
 // by columns between the threads: each thread reads a part of every row, a run the hardware
-// prefetcher, which trains within a 4 KiB page, no longer follows across rows.
+// prefetcher, which trains within a 4 KiB page, most likely loses across rows (the gain is
+// measured, the reason inferred: docs/design.md, "Two threads, far apart").
 template <typename T>
 void prefetch(const T* p, int64_t n) {
   constexpr int64_t kLine = 64;
