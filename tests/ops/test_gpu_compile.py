@@ -107,7 +107,10 @@ def test_cuda_kernels_use_no_stack_but_float64_ones():
         [str(CUOBJDUMP), "-res-usage", _cuda_extension()], capture_output=True, text=True, check=True
     )
     mangled = re.findall(r"Function (\S+):\s*\n\s*REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage.stdout)
-    assert len(mangled) >= 40, usage.stdout[:2000]  # every kernel, for sm_80 and sm_90
+    # Every kernel (26 of them) for each architecture built: TORCH_CUDA_ARCH_LIST is 8.0;9.0
+    # here and 9.0 alone on the GPU machine (benchmarks/gpu_check.sh).
+    architectures = set(re.findall(r"arch = (sm_\d+)", usage.stdout))
+    assert architectures and len(mangled) >= 26 * len(architectures), usage.stdout[:2000]
     names = subprocess.run(
         ["c++filt"], input="\n".join(m[0] for m in mangled), capture_output=True, text=True, check=True
     ).stdout.splitlines()

@@ -293,6 +293,23 @@ def test_forward_and_loss_compile_as_one_graph(critic, views):
         torch.testing.assert_close(grad, expected, rtol=1e-3, atol=2e-4)
 
 
+def test_forward_and_loss_compile_as_one_graph_under_autocast():
+    """The fused ops' autocast policy (read while tracing) breaks no graph either: what the
+    --amp training step compiles."""
+    torch._dynamo.reset()
+    model = small_model(alpha=0.5, beta=1.0, critic="concat", global_critic="flat")
+    x = images(4)
+    negatives = model.negatives(4, torch.Generator().manual_seed(5))
+
+    def loss(x, negatives):
+        return model(x, negatives=negatives).loss
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = loss(x, negatives)
+        compiled = torch.compile(loss, fullgraph=True)(x, negatives)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("views", [1, 2])
 def test_negatives_drawn_before_are_what_the_generator_draws_in_forward(views):
     model = small_model(alpha=0.5, critic="concat", global_critic="flat", estimator="jsd", views=views)

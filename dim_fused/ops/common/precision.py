@@ -24,13 +24,20 @@ def tf32_allowed(tensor: torch.Tensor) -> bool:
     return precision == "tf32"
 
 
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    # A constant to torch.compile: dynamo in torch 2.11 (the GPU machine's) cannot trace the C function behind
+    # torch.amp.is_autocast_available, and a graph break here breaks fullgraph compiles.
+    return torch.amp.is_autocast_available(device_type)
+
+
 def autocast(values: Sequence[object], device: torch.device) -> list:
     """The GEMM-bound ops' autocast policy (concat_conv_mi, dot_product_mi; like the matmuls
     autocast lowers): under autocast for the tensors' device, every floating tensor among
     ``values`` is cast to autocast's dtype and the op runs there, its scores and reductions
     still in float32. Anything else (None, a wrong argument the checks then name) and
     every value outside autocast is left as it is."""
-    if not torch.amp.is_autocast_available(device.type) or not torch.is_autocast_enabled(device.type):
+    if not _autocast_available(device.type) or not torch.is_autocast_enabled(device.type):
         return list(values)
     dtype = torch.get_autocast_dtype(device.type)
     return [v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in values]
