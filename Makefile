@@ -11,7 +11,7 @@ GPU_TRITON_VERSION ?= 3.6.0
 CXX_SOURCES := $(wildcard csrc/*/*.h csrc/*/*.cuh csrc/*/*.cpp csrc/*/*.cu)
 EXT_SOURCES := setup.py $(CXX_SOURCES)
 
-.PHONY: setup build datasets demo train report test bench lint format clean
+.PHONY: setup build datasets demo train report test gpu-platform bench lint format clean
 
 # The pinned platform first: the extension compiles against it.
 $(VENV)/.installed: requirements.txt
@@ -67,6 +67,30 @@ report: build
 # The test suite; without a GPU the Triton kernels run under the interpreter.
 test: build
 	$(PYTHON) -m pytest tests -q
+
+# The GPU machine's platform, on this CPU: torch $(GPU_TORCH_VERSION) and the Triton it brings
+# ($(GPU_TRITON_VERSION)), in their own venv, the extension built as benchmarks/gpu_check.sh builds it
+# there (sm_90, CUDA required), and the tests where torch versions differ (torch.library,
+# torch.compile, the profiler's launch counts, the GPU check's dry run, the kernels' resources).
+# A copy of the tree in $(GPU_PLATFORM)/src (its build folder kept: rebuilds only what changed),
+# so this build never replaces the main one. numpy < 2.4: Triton 3.6's interpreter takes int()
+# of one-element arrays, which numpy 2.4 refuses.
+GPU_TORCH_VERSION ?= 2.11.0
+GPU_TORCHVISION_VERSION ?= 0.26.0
+GPU_PLATFORM := build/gpu-platform
+GPU_PLATFORM_TESTS := tests/ops tests/benchmarks/test_launches.py tests/benchmarks/test_gpu_check.py \
+	tests/training/test_models.py -k "opcheck or compile or build or launch or gpu_check or graph or autocast"
+gpu-platform:
+	mkdir -p $(GPU_PLATFORM)/src
+	test -x $(GPU_PLATFORM)/venv/bin/python || $(PYTHON_SYSTEM) -m venv $(GPU_PLATFORM)/venv
+	printf 'torch==%s\ntorchvision==%s\nnumpy<2.4\n' $(GPU_TORCH_VERSION) $(GPU_TORCHVISION_VERSION) >$(GPU_PLATFORM)/constraints.txt
+	find $(GPU_PLATFORM)/src -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -C $(GPU_PLATFORM)/src -xf -
+	cd $(GPU_PLATFORM)/src && ../venv/bin/python -m pip install -q -c ../constraints.txt setuptools wheel ninja torch
+	cd $(GPU_PLATFORM)/src && DIM_FUSED_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \
+	  ../venv/bin/python -m pip install -q --no-build-isolation -c ../constraints.txt -e ".[test]"
+	cd $(GPU_PLATFORM)/src && ../venv/bin/python -m pytest -q -p no:cacheprovider \
+	  -W "ignore:Conversion of an array with ndim:DeprecationWarning" $(GPU_PLATFORM_TESTS)
 
 bench: build
 	$(PYTHON) -m pytest benchmarks -q
