@@ -83,7 +83,8 @@ GPU_PLATFORM_TESTS := tests/ops tests/benchmarks/test_launches.py tests/benchmar
 gpu-platform:
 	mkdir -p $(GPU_PLATFORM)/src
 	test -x $(GPU_PLATFORM)/venv/bin/python || $(PYTHON_SYSTEM) -m venv $(GPU_PLATFORM)/venv
-	printf 'torch==%s\ntorchvision==%s\nnumpy<2.4\n' $(GPU_TORCH_VERSION) $(GPU_TORCHVISION_VERSION) >$(GPU_PLATFORM)/constraints.txt
+	printf 'torch==%s\ntorchvision==%s\ntriton==%s\nnumpy<2.4\n' $(GPU_TORCH_VERSION) $(GPU_TORCHVISION_VERSION) \
+	  $(GPU_TRITON_VERSION) >$(GPU_PLATFORM)/constraints.txt
 	find $(GPU_PLATFORM)/src -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
 	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -C $(GPU_PLATFORM)/src -xf -
 	cd $(GPU_PLATFORM)/src && ../venv/bin/python -m pip install -q -c ../constraints.txt setuptools wheel ninja torch

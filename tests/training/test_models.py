@@ -294,8 +294,8 @@ def test_forward_and_loss_compile_as_one_graph(critic, views):
 
 
 def test_forward_and_loss_compile_as_one_graph_under_autocast():
-    """The fused ops' autocast policy (read while tracing) breaks no graph either: what the
-    --amp training step compiles."""
+    """The fused ops' autocast policy (read while tracing) breaks no graph either: the
+    objective compiled inside torch.autocast, as a mixed-precision user's step would be."""
     torch._dynamo.reset()
     model = small_model(alpha=0.5, beta=1.0, critic="concat", global_critic="flat")
     x = images(4)
