@@ -22,6 +22,10 @@
 # far it got: summary.md (environment, every step's status, the headline tables), log.txt
 # (the end of every step's log), rows.json (every timed row of every report) and tests.xml
 # (JUnit). Commit them as benchmarks/results/<gpu>-<date>/call-<N>/.
+#
+# A step that cannot run on the machine's runtime (compute-sanitizer refuses the GPU under
+# gVisor: "Device not supported") is recorded as "unsupported", not as a failure.
+# GPU_CHECK_SANITIZER names the compute-sanitizer to use (empty: none).
 set -uo pipefail
 DRY=0
 CALL=
@@ -43,6 +47,8 @@ rm -f "$OUT/summary.md" "$OUT/log.txt" "$OUT/rows.json" "$OUT/tests.xml"
 export PYTHONUNBUFFERED=1 DIM_FUSED_CUDA=1 DIM_FUSED_QUIET=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
 PY=${PYTHON:-python3}
+# This checkout's package, whether pip installed it editable or it was built in place.
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ "$CALL" = 1 ]; then BUDGET=${GPU_CHECK_SECONDS:-315}; else BUDGET=${GPU_CHECK_SECONDS:-200}; fi
 START=$SECONDS
 COMMAND="bash benchmarks/gpu_check.sh $([ $DRY = 1 ] && echo '--dry-run ')--call $CALL OUT  ($(date -u +%FT%TZ), budget ${BUDGET} s)"
@@ -59,12 +65,14 @@ import platform, torch, triton
 print("python", platform.python_version(), "/ torch", torch.__version__, "/ cuda", torch.version.cuda, "/ triton", triton.__version__)
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
 EOF
+# The kernel names the runtime: 4.4.0 is gVisor's (no compute-sanitizer there, KINDS.md).
+echo "kernel $(uname -r)" >>"$WORK/versions.txt"
 # The tools that may not be on PATH: look in the CUDA toolkit's folders too.
 find_tool() {
   command -v "$1" 2>/dev/null && return
   ls -d /usr/local/cuda*/bin/"$1" /usr/local/cuda*/"$1"/"$1" /opt/nvidia/*/"$1" /opt/nvidia/*/*/"$1" 2>/dev/null | head -n 1
 }
-SANITIZER=$([ $DRY = 1 ] || find_tool compute-sanitizer)
+SANITIZER=${GPU_CHECK_SANITIZER-$([ $DRY = 1 ] || find_tool compute-sanitizer)}
 echo "compute-sanitizer: ${SANITIZER:-not found}" >>"$WORK/versions.txt"
 
 rows=()
@@ -113,21 +121,31 @@ step() {
   # Through bash, so that a step may be one of the functions below (exported).
   timeout --signal=TERM --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$WORK/$name.log" 2>&1
   local rc=$?
-  local last
+  local last shown=$rc
   last=$(grep -v '^\s*$' "$WORK/$name.log" | tail -n 1 | cut -c1-110 | tr '|' '/')
-  rows+=("| $name | $rc | $((SECONDS - begin)) | $last |")
-  [ $rc = 0 ] || FAILED=1
+  if [ $rc = "$UNSUPPORTED" ]; then shown=unsupported; elif [ $rc != 0 ]; then FAILED=1; fi
+  rows+=("| $name | $shown | $((SECONDS - begin)) | $last |")
   { echo "==== $name: rc $rc, $((SECONDS - begin)) s (limit $limit s); the last 300 lines ===="; tail -n 300 "$WORK/$name.log"; echo; } >>"$OUT/log.txt"
   summary
   return $rc
 }
+# The exit status of a step that this machine cannot run (not a failure of the project).
+UNSUPPORTED=75
 note() { rows+=("| $1 | - | 0 | $2 |"); summary; }
 
 summary
 if [ $DRY = 1 ]; then
   step build 60 "$PY" -c "import dim_fused; print('already built:', dim_fused.available_backends())"
 else
-  step build 110 "$PY" -m pip install --no-build-isolation --no-deps -e . || {
+  # pip may fail where the image's setuptools or site-packages does not allow an editable
+  # install: the same extension is then built in place (PYTHONPATH above finds it).
+  build_extension() {
+    "$PY" -m pip install --no-build-isolation --no-deps -e . && return
+    echo "pip could not install the package editable (above): building it in place instead"
+    "$PY" setup.py build_ext --inplace
+  }
+  export -f build_extension
+  step build 110 build_extension || {
     echo "the build failed: see $OUT/log.txt" >&2
     exit 1
   }
@@ -139,8 +157,18 @@ gpu_tests() {
   "$PY" -m pytest "$@" -n "$WORKERS" --timeout 90 -q -rfE -p no:cacheprovider --junitxml="$WORK/tests.xml"
 }
 smoke=("$PY" -m benchmarks.gpu_smoke --device "$DEVICE" --backends $BACKENDS)
-# The sanitizer where there is one (a dry run has none: the same command runs without it).
-sanitized() { if [ -n "$SANITIZER" ]; then "$SANITIZER" --tool "$1" --error-exitcode 1 "${@:2}"; else "${@:2}"; fi; }
+# The sanitizer where there is one (a dry run has none: the same command runs without it);
+# where it refuses the GPU, the step is unsupported here, and its last line says why.
+sanitized() {
+  [ -n "$SANITIZER" ] || { "${@:2}"; return; }
+  "$SANITIZER" --tool "$1" --error-exitcode 1 "${@:2}" 2>&1 | tee "$WORK/sanitizer.log"
+  local rc=${PIPESTATUS[0]}
+  if [ "$rc" != 0 ] && grep -qi "device not supported" "$WORK/sanitizer.log"; then
+    echo "not checked: $(basename "$SANITIZER") refused this GPU (Device not supported; kernel $(uname -r))"
+    return "$UNSUPPORTED"
+  fi
+  return "$rc"
+}
 report() { "$PY" -m benchmarks.report --device "$DEVICE" --modes forward+backward --no-launches "$@"; }
 if [ $DRY = 1 ]; then
   SIZE=(--tiny) LARGE=(--configs tiny) SPEED=(--critics concat --backends reference cpu --batch-size 8 --warmup 1 --min-time 0.2)
@@ -152,7 +180,7 @@ fi
 NO_COMPILE=(--peers reference official seed matmuls $BACKENDS)
 targets() { "$PY" -m benchmarks.targets "$WORK" --out "$WORK/targets.md"; }
 export -f gpu_tests sanitized report targets
-export PY WORK WORKERS DEVICE SANITIZER
+export PY WORK WORKERS DEVICE SANITIZER UNSUPPORTED
 
 if [ "$CALL" = 1 ]; then
   DIM_FUSED_AUTOTUNE=0 step tests 130 gpu_tests "${TESTS[@]}"

@@ -39,6 +39,21 @@ STEPS = {
 }
 
 
+# Stand-ins for compute-sanitizer: one that runs the program it is given (as the real one does
+# where it works), one that refuses the GPU as it does under gVisor (KINDS.md).
+SANITIZERS = {
+    "passes": 'while [ "${1#-}" != "$1" ]; do shift 2; done; exec "$@"',
+    "refuses": 'echo "========= Error: Device not supported"; exit 1',
+}
+
+
+def fake_sanitizer(tmp_path: Path, behaviour: str) -> str:
+    path = tmp_path / f"compute-sanitizer-{behaviour}"
+    path.write_text(f"#!/usr/bin/env bash\n{SANITIZERS[behaviour]}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
 def dry_run(call: str, out: Path, **extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHON": sys.executable, **extra}
     env.pop("TRITON_INTERPRET", None)  # as on a machine whose only Triton is the GPU one
@@ -54,14 +69,23 @@ def dry_run(call: str, out: Path, **extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("call", ["1", "2"])
 def test_each_call_runs_end_to_end_in_dry_run_mode(tmp_path, call):
+    """Call 1 with a sanitizer that refuses the GPU (its step is unsupported, not failed),
+    call 2 with one that runs the program (its step passes)."""
     out = tmp_path / "check"
-    rerun = {"GPU_CHECK_RERUN": "tests/ops/mi_bound/test_mi_bound.py::test_opcheck"} if call == "2" else {}
-    result = dry_run(call, out, **rerun)
+    extra = {"GPU_CHECK_SANITIZER": fake_sanitizer(tmp_path, "refuses" if call == "1" else "passes")}
+    if call == "2":
+        extra["GPU_CHECK_RERUN"] = "tests/ops/mi_bound/test_mi_bound.py::test_opcheck"
+    result = dry_run(call, out, **extra)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = (out / "summary.md").read_text()
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in summary.splitlines() if line[:2] == "| "}
+    unsupported = {"memcheck"} if call == "1" else set()
     for step in STEPS[call]:
-        assert rows.get(step) == "0", f"step {step}: {rows.get(step)}\n{summary}"
+        wanted = "unsupported" if step in unsupported else "0"
+        assert rows.get(step) == wanted, f"step {step}: {rows.get(step)}\n{summary}"
+    if unsupported:
+        assert "refused this GPU (Device not supported" in summary
+    assert "kernel " in summary
     files = [p for p in out.rglob("*") if p.is_file()]
     assert sorted(p.name for p in files) == ["log.txt", "rows.json", "summary.md", "tests.xml"]
     assert all(p.stat().st_size < 16 << 20 for p in files)
@@ -76,7 +100,8 @@ def test_each_call_runs_end_to_end_in_dry_run_mode(tmp_path, call):
     assert set(reports) == expected[call]
     assert all(run["rows"] for run in reports.values())
     log = (out / "log.txt").read_text()
-    assert all(f"==== {step}: rc 0" in log for step in STEPS[call] if step != "rerun" or call == "2")
+    assert all(f"==== {step}: rc 0" in log for step in STEPS[call] if step not in unsupported)
+    assert all(f"==== {step}: rc 75" in log for step in unsupported)
 
 
 def test_the_calls_refuse_a_wrong_call_number(tmp_path):
