@@ -68,24 +68,31 @@ report: build
 test: build
 	$(PYTHON) -m pytest tests -q
 
-# The GPU machine's platform, on this CPU: torch $(GPU_TORCH_VERSION) and the Triton it brings
-# ($(GPU_TRITON_VERSION)), in their own venv, the extension built as benchmarks/gpu_check.sh builds it
-# there (sm_90, CUDA required), and the tests where torch versions differ (torch.library,
+# The GPU machine's platform, on this CPU: its Python (3.12: pyenv's where python3.12 is not on
+# PATH; this machine's python3, said so, where neither is), torch $(GPU_TORCH_VERSION) and Triton
+# $(GPU_TRITON_VERSION), in their own venv, the extension built as benchmarks/gpu_check.sh builds
+# it there (sm_90, CUDA required), and the tests where versions differ (torch.library,
 # torch.compile, the profiler's launch counts, the GPU check's dry run, the kernels' resources).
-# A copy of the tree in $(GPU_PLATFORM)/src (its build folder kept: rebuilds only what changed),
-# so this build never replaces the main one. numpy < 2.4: Triton 3.6's interpreter takes int()
-# of one-element arrays, which numpy 2.4 refuses.
+# A copy of the tree in $(GPU_PLATFORM)/src, so this build never replaces the main one (pip's
+# editable build compiles in a temporary folder: all of it, each time). numpy < 2.4: Triton
+# 3.6's interpreter takes int() of one-element arrays, which numpy 2.4 refuses.
 GPU_TORCH_VERSION ?= 2.11.0
 GPU_TORCHVISION_VERSION ?= 0.26.0
+GPU_PYTHON_VERSION ?= 3.12
+GPU_PYTHON ?= $(shell for p in python$(GPU_PYTHON_VERSION) \
+	  $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$(GPU_PYTHON_VERSION).*/bin/python3 2>/dev/null); do \
+	  "$$p" -V >/dev/null 2>&1 && { echo "$$p"; exit; }; done; echo $(PYTHON_SYSTEM))
 GPU_PLATFORM := build/gpu-platform
 GPU_PLATFORM_TESTS := tests/ops tests/benchmarks/test_launches.py tests/benchmarks/test_gpu_check.py \
 	tests/training/test_models.py -k "opcheck or compile or build or launch or gpu_check or graph or autocast"
 gpu-platform:
 	mkdir -p $(GPU_PLATFORM)/src
-	test -x $(GPU_PLATFORM)/venv/bin/python || $(PYTHON_SYSTEM) -m venv $(GPU_PLATFORM)/venv
+	@echo "gpu-platform: $$($(GPU_PYTHON) -V 2>&1) (the GPU machine's: Python $(GPU_PYTHON_VERSION))"
+	test "$$($(GPU_PLATFORM)/venv/bin/python -V 2>&1)" = "$$($(GPU_PYTHON) -V 2>&1)" || \
+	  { rm -rf $(GPU_PLATFORM)/venv && $(GPU_PYTHON) -m venv $(GPU_PLATFORM)/venv; }
 	printf 'torch==%s\ntorchvision==%s\ntriton==%s\nnumpy<2.4\n' $(GPU_TORCH_VERSION) $(GPU_TORCHVISION_VERSION) \
 	  $(GPU_TRITON_VERSION) >$(GPU_PLATFORM)/constraints.txt
-	find $(GPU_PLATFORM)/src -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	find $(GPU_PLATFORM)/src -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -C $(GPU_PLATFORM)/src -xf -
 	cd $(GPU_PLATFORM)/src && ../venv/bin/python -m pip install -q -c ../constraints.txt setuptools wheel ninja torch
 	cd $(GPU_PLATFORM)/src && DIM_FUSED_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \

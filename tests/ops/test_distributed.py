@@ -67,7 +67,7 @@ def rank_main(rank: int, world: int, init_file: str, cases: list, results) -> No
 
 
 def run_ranks(tmp_path, world: int, cases: list) -> list[dict]:
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(rank_main, args=(world, str(tmp_path / "init"), cases, results), nprocs=world, join=True)
         return [results[r] for r in range(world)]
@@ -123,7 +123,7 @@ def test_across_ranks_refuses_on_every_rank(tmp_path, case, message):
     """Every rank raises the same clear error (none waits in a collective the others skip)."""
     if case == "backends differ" and "cpu" not in dim_fused.available_backends("cpu"):
         pytest.skip("needs the compiled cpu backend")
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_refusal, args=(str(tmp_path / "init"), case, results), nprocs=2, join=True)
         messages = [results[r] for r in range(2)]

@@ -40,7 +40,7 @@ def _rank_main(rank: int, init_file: str, results) -> None:
 
 
 def test_one_rank_with_a_bad_tensor_fails_every_rank_alike(tmp_path):
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_rank_main, args=(str(tmp_path / "init"), results), nprocs=WORLD, join=True)
         per_rank = [dict(results[r]) for r in range(WORLD)]

@@ -304,7 +304,7 @@ def _disagreeing_rank(rank: int, init_file: str, results) -> None:
 
 
 def test_ranks_that_disagree_get_a_clear_error_on_every_rank(tmp_path):
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_disagreeing_rank, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
         per_rank = [results[r] for r in range(2)]

@@ -293,7 +293,7 @@ def test_several_processes_take_the_single_process_step(tmp_path, world):
     f-measure with every rank's pairs: the same objective, value and gradients as one process."""
     needs_cpu_backend()
     estimators = ["infonce", "dv", "jsd"] if world == 2 else ["infonce"]
-    with mp.Manager() as manager:
+    with mp.get_context("spawn").Manager() as manager:
         results = manager.dict()
         mp.spawn(_rank_main, args=(world, str(tmp_path / "init"), estimators, results), nprocs=world, join=True)
         per_rank = [results[r] for r in range(world)]
