@@ -41,13 +41,15 @@ OUT=${1:?usage: bash benchmarks/gpu_check.sh [--dry-run] --call 1|2 OUT}
 case "$CALL" in 1 | 2) ;; *) echo "usage: bash benchmarks/gpu_check.sh [--dry-run] --call 1|2 OUT" >&2; exit 2 ;; esac
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# The checkout this script is in: every path below is relative to it.
+cd "$(dirname "$0")/.." || exit 2
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 rm -f "$OUT/summary.md" "$OUT/log.txt" "$OUT/rows.json" "$OUT/tests.xml"
 export PYTHONUNBUFFERED=1 DIM_FUSED_CUDA=1 DIM_FUSED_QUIET=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-$(nproc)}
 PY=${PYTHON:-python3}
-# This checkout's package, whether pip installed it editable or it was built in place.
+# The checkout's package, whether pip installed it editable or it was built in place.
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ "$CALL" = 1 ]; then BUDGET=${GPU_CHECK_SECONDS:-315}; else BUDGET=${GPU_CHECK_SECONDS:-200}; fi
 START=$SECONDS
