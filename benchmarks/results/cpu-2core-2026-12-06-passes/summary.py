@@ -2,13 +2,16 @@
 fused `cpu` case's median and its ratios (the report's own fields), and the training steps'
 ratios to the reference backend.
 
-    .venv/bin/python benchmarks/results/cpu-2core-2026-12-06-passes/summary.py
+    .venv/bin/python benchmarks/results/cpu-2core-2026-12-06-passes/summary.py [FOLDER]
+
+FOLDER (default: this one) is another folder of the same runs (`OUT=FOLDER measure.sh K`).
 """
 
 import json
+import sys
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent
 RUNS = (1, 2, 3)
 # The report's ratio fields a README column quotes, per results folder.
 REPORTS = {
