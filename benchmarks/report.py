@@ -444,7 +444,10 @@ def write(rows: list[dict], meta: dict, out: Path) -> list[Path]:
     (out / "table.md").write_text(f"Command: `{meta['command']}`\n\n{header}\n\n{markdown(rows)}\n")
     choices = "".join(f"\n- {line}" for line in meta.get("cpu_gemm_choices", []))
     if choices:
-        choices = f"\nThe CPU plans' fp32 GEMM provider per shape class (DIM_FUSED_CPU_GEMM=auto, measured):{choices}\n"
+        choices = (
+            "\nThe CPU plans' GEMM provider per shape class of fp32 products and of bf16 products"
+            f" with fp32 results (DIM_FUSED_CPU_GEMM=auto, measured):{choices}\n"
+        )
     cache = meta.get("cpu_cache")
     if cache and cache[0]:
         choices += (

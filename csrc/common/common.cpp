@@ -53,8 +53,9 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
   m.def("set_cpu_gemm(str provider) -> str", &set_cpu_gemm);
   m.def("cpu_gemm() -> str", &cpu_gemm);
   m.def("cpu_gemm_choices() -> str[]", &cpu_gemm_choices);
-  // For the tests: a @ b in float32 as the CPU plans compute their scores (gemm_to), and
-  // whether this CPU runs the bf16 products on AVX512-BF16 (bf16_gemm.h).
+  // For the tests: a @ b in float32 as the CPU plans compute their scores (gemm_to), whether
+  // this CPU runs the bf16 products on AVX512-BF16 (bf16_gemm.h), and whether this torch has
+  // MKL's bf16 GEMM (gemm.h).
   m.def("cpu_gemm_to_float(Tensor a, Tensor b) -> Tensor",
         [](const at::Tensor& a, const at::Tensor& b) {
           TORCH_CHECK_VALUE(
@@ -65,6 +66,7 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
           return a.dim() == 2 ? gemm_to(a, b, at::kFloat) : batched_gemm_to(a, b, at::kFloat);
         });
   m.def("cpu_bf16_dot() -> bool", &cpu::has_bf16_dot);
+  m.def("cpu_blas_bf16() -> bool", &cpu_blas_bf16);
   // For the tests: the ranges one at::parallel_for of this extension splits into (1 in a
   // build without OpenMP, where it runs on the calling thread alone; setup.py).
   m.def("cpu_parallel_ranges() -> int", [] {

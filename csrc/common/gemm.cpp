@@ -1,7 +1,8 @@
 // The host plans' matrix products (see gemm.h). oneDNN is reached through ATen's own entry,
-// at::native::mkldnn_matmul (exported by libtorch_cpu, not in its public headers): looked up
-// at run time and tried once per dtype, so that a torch without it, or one that refuses fp32
-// there, falls back to BLAS instead of failing to load.
+// at::native::mkldnn_matmul (exported by libtorch_cpu, not in its public headers), and MKL's
+// bf16 x bf16 -> fp32 GEMM through cblas_gemm_bf16bf16f32 (exported where torch links MKL):
+// each looked up at run time and tried once, so that a torch without it, or one that refuses
+// a dtype there, falls back instead of failing to load.
 #include "gemm.h"
 
 #include <ATen/ATen.h>
@@ -68,6 +69,94 @@ bool onednn_runs(at::ScalarType dtype) {
   }
 }
 
+// C = alpha A B + beta C in row-major CBLAS terms (MKL's LP64 interface, the one torch links):
+// bf16 A and B (their bits), fp32 C.
+using BlasBf16Gemm = void (*)(int layout, int trans_a, int trans_b, int m, int n, int k,
+                              float alpha, const uint16_t* a, int lda, const uint16_t* b, int ldb,
+                              float beta, float* c, int ldc);
+constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
+
+BlasBf16Gemm find_blas_bf16() {
+  void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+  void* symbol = dlsym(torch_cpu != nullptr ? torch_cpu : RTLD_DEFAULT, "cblas_gemm_bf16bf16f32");
+  return reinterpret_cast<BlasBf16Gemm>(symbol);
+}
+
+// How BLAS reads one matrix of an operand: transposed or not, and its leading dimension;
+// nullopt where it cannot (no unit stride, or a size past its 32-bit integers).
+struct BlasMatrix {
+  int trans, ld;
+};
+std::optional<BlasMatrix> blas_matrix(const at::Tensor& t) {
+  const int64_t rows = t.size(-2), cols = t.size(-1);
+  const auto fits = [](int64_t v) { return v <= std::numeric_limits<int>::max(); };
+  if (!fits(rows) || !fits(cols)) return std::nullopt;
+  if (t.stride(-1) == 1 || cols == 1) {
+    const int64_t ld = rows == 1 ? std::max<int64_t>(cols, 1) : t.stride(-2);
+    if (ld >= std::max<int64_t>(cols, 1) && fits(ld)) return BlasMatrix{kCblasNoTrans, int(ld)};
+  }
+  if (t.stride(-2) == 1 || rows == 1) {
+    const int64_t ld = cols == 1 ? std::max<int64_t>(rows, 1) : t.stride(-1);
+    if (ld >= std::max<int64_t>(rows, 1) && fits(ld)) return BlasMatrix{kCblasTrans, int(ld)};
+  }
+  return std::nullopt;
+}
+
+// out = a @ b on MKL's bf16 x bf16 -> fp32 GEMM (fp32 accumulation, the result unrounded):
+// 2-D, or 3-D batched (a zero batch stride allowed). False, writing nothing, where it does
+// not apply: no such entry in this torch, other dtypes, an operand BLAS cannot read.
+bool blas_bf16_to_float(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// Whether MKL's entry is found and right on a 3 x 3 case.
+bool blas_bf16_runs() {
+  static const bool runs = [] {
+    if (find_blas_bf16() == nullptr) return false;
+    try {
+      const at::Tensor a = at::arange(9, at::dtype(at::kBFloat16)).view({3, 3});
+      const at::Tensor out = at::empty({3, 3}, at::dtype(at::kFloat));
+      return blas_bf16_to_float(out, a, a.t()) &&
+             at::equal(out, at::mm(a.to(at::kFloat), a.to(at::kFloat).t()));
+    } catch (const std::exception&) {
+      return false;
+    }
+  }();
+  return runs;
+}
+
+bool blas_bf16_to_float(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  static const BlasBf16Gemm gemm = find_blas_bf16();
+  if (gemm == nullptr || !a.is_cpu() || a.scalar_type() != at::kBFloat16 ||
+      b.scalar_type() != at::kBFloat16 || out.scalar_type() != at::kFloat || !out.is_contiguous() ||
+      a.dim() != b.dim() || out.dim() != a.dim() || (a.dim() != 2 && a.dim() != 3) ||
+      out.numel() == 0) {
+    return false;
+  }
+  const int64_t m = a.size(-2), k = a.size(-1), n = b.size(-1);
+  const int64_t batch = a.dim() == 3 ? a.size(0) : 1;
+  const auto a_matrix = blas_matrix(a), b_matrix = blas_matrix(b);
+  if (!a_matrix || !b_matrix || k > std::numeric_limits<int>::max() || k == 0) return false;
+  RECORD_FUNCTION("dim_fused::blas_bf16_gemm", std::vector<c10::IValue>({a, b}));
+  const auto* a_bits = reinterpret_cast<const uint16_t*>(a.const_data_ptr<at::BFloat16>());
+  const auto* b_bits = reinterpret_cast<const uint16_t*>(b.const_data_ptr<at::BFloat16>());
+  float* c = out.data_ptr<float>();
+  const int64_t a_batch = batch > 1 ? a.stride(0) : 0, b_batch = batch > 1 ? b.stride(0) : 0;
+  const auto product = [&](int64_t i) {
+    gemm(kCblasRowMajor, a_matrix->trans, b_matrix->trans, int(m), int(n), int(k), 1.0f,
+         a_bits + i * a_batch, a_matrix->ld, b_bits + i * b_batch, b_matrix->ld, 0.0f,
+         c + i * m * n, int(n));
+  };
+  // A batch of at least one product per thread: the products split among torch's threads, each
+  // call on one (MKL runs single-threaded inside a parallel region); fewer: MKL threads each.
+  if (batch >= at::get_num_threads()) {
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) product(i);
+    });
+  } else {
+    for (int64_t i = 0; i < batch; ++i) product(i);
+  }
+  return true;
+}
+
 // A batch of one matrix (a zero stride on the batch dimension only): oneDNN's matmul
 // broadcasts it itself when given the one matrix, (1, M, K).
 bool batch_broadcast(const at::Tensor& t) {
@@ -85,6 +174,7 @@ bool broadcast(const at::Tensor& t) {
 }
 
 bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b);
+bool direct_bf16_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
 // Whether a product of these operands goes to oneDNN.
 bool use_onednn(const at::Tensor& a, const at::Tensor& b) {
@@ -136,12 +226,11 @@ at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, cons
     }
   }
   if (a.is_cpu() && out == at::kFloat && a.scalar_type() == at::kBFloat16 &&
-      b.scalar_type() == at::kBFloat16 && g_provider.load() != Provider::Blas &&
-      cpu::has_bf16_dot()) {
+      b.scalar_type() == at::kBFloat16) {
     std::vector<int64_t> sizes = a.sizes().vec();
     sizes.back() = b.size(-1);
     at::Tensor result = host_empty(sizes, a.options().dtype(out));
-    if (cpu::bf16_gemm_to_float(result, a, b)) return result;
+    if (direct_bf16_product(result, a, b)) return result;
   }
   return plain(converted_operand(a, out), converted_operand(b, out));
 }
@@ -201,12 +290,16 @@ void onednn_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor
   }
 }
 
-// auto's choice for fp32 (MKL is the alternative there; ATen itself sends bf16 products to
-// oneDNN): per shape class, whichever provider computed one product of the class faster on
-// this machine, measured once at the first such product and kept. Neither provider wins
-// everywhere: on the project's AMD EPYC oneDNN runs most products at twice MKL's rate but
-// those of inner dimension 64 at half of it. Products of under kMeasuredFlops run on oneDNN
-// unmeasured (their timing would be noise), and BLAS must be 10% faster to be chosen.
+// auto's choices, per shape class, whichever provider computed one product of the class faster
+// on this machine, measured once at the first such product and kept: for fp32 products
+// oneDNN or MKL (ATen itself sends bf16 products to oneDNN); for bf16 products with an fp32
+// result the project's AVX512-BF16 kernel (else the converted operands' fp32 product) or
+// MKL's bf16 x bf16 -> fp32 GEMM. Neither wins everywhere: on the project's AMD EPYC oneDNN
+// runs most fp32 products at twice MKL's rate but those of inner dimension 64 at half of it;
+// on an Intel Xeon with AMX, MKL's bf16 GEMM runs the score products at about 5x the
+// kernel's rate but (4096 x 64) @ (64 x 2048) at a quarter of it. Products of under
+// kMeasuredFlops run on the first unmeasured (their timing would be noise), and BLAS must be
+// 10% faster to be chosen.
 constexpr double kMeasuredFlops = double(int64_t(1) << 24);
 
 // ceil(log2(n)): the shape classes are powers of two.
@@ -216,13 +309,18 @@ int64_t size_class(int64_t n) {
   return c;
 }
 
-// (batch, M, K, N classes, each operand's rows contiguous, a broadcast operand, threads).
-using ShapeClass = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int>;
+// The products auto measures: their name in cpu_gemm_choices, and the provider BLAS is timed
+// against.
+enum class Products { Fp32, Bf16ToFp32 };
+
+// (products, batch, M, K, N classes, each operand's rows contiguous, a broadcast operand,
+// threads).
+using ShapeClass = std::tuple<Products, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, int>;
 
 struct Measured {
-  bool onednn;
-  double onednn_ms, blas_ms;
-  std::string shape;
+  bool first;  // the provider BLAS was timed against won
+  double first_ms, blas_ms;
+  std::string line;  // "<products> <shape>: ", then the names and times
 };
 
 std::mutex g_measured_mutex;
@@ -242,14 +340,19 @@ double best_ms(const std::function<void()>& product) {
   return best;
 }
 
-bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != at::kFloat) return true;
+// Whether `first` (named so) runs products of a's and b's shape class: measured against `blas`
+// at the first product of the class of at least kMeasuredFlops, each writing a @ b into an
+// fp32 tensor of the product's shape.
+bool first_measured_faster(Products products, const char* name, const at::Tensor& a,
+                           const at::Tensor& b, const std::function<void(const at::Tensor&)>& first,
+                           const std::function<void(const at::Tensor&)>& blas) {
   const bool batched = a.dim() == 3;
   const int64_t batch = batched ? a.size(0) : 1;
   if (2.0 * double(batch * a.size(-2)) * double(a.size(-1) * b.size(-1)) < kMeasuredFlops) {
     return true;
   }
-  const ShapeClass key{batched ? size_class(batch) : -1,
+  const ShapeClass key{products,
+                       batched ? size_class(batch) : -1,
                        size_class(a.size(-2)),
                        size_class(a.size(-1)),
                        size_class(b.size(-1)),
@@ -260,25 +363,59 @@ bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b) {
   {
     const std::lock_guard<std::mutex> lock(g_measured_mutex);
     const auto found = g_measured.find(key);
-    if (found != g_measured.end()) return found->second.onednn;
+    if (found != g_measured.end()) return found->second.first;
   }
-  const at::Tensor out = batched ? at::empty({batch, a.size(1), b.size(2)}, a.options())
-                                 : at::empty({a.size(0), b.size(1)}, a.options());
+  const at::Tensor out = batched ? at::empty({batch, a.size(1), b.size(2)}, at::kFloat)
+                                 : at::empty({a.size(0), b.size(1)}, at::kFloat);
   Measured m;
-  m.onednn_ms = best_ms([&] { onednn_product(out, a, b); });
-  m.blas_ms = best_ms([&] {
-    at::Tensor result = out;
-    batched ? at::bmm_out(result, a, b) : at::mm_out(result, a, b);
-  });
-  m.onednn = !(m.blas_ms < 0.9 * m.onednn_ms);
+  m.first_ms = best_ms([&] { first(out); });
+  m.blas_ms = best_ms([&] { blas(out); });
+  m.first = !(m.blas_ms < 0.9 * m.first_ms);
   const auto layout = [](const at::Tensor& t) {
     return batch_broadcast(t) ? "broadcast" : (t.stride(-1) == 1 ? "rows" : "columns");
   };
-  m.shape = c10::str(batched ? c10::str(batch, " x ") : std::string(), a.size(-2), " x ",
-                     a.size(-1), " @ ", b.size(-2), " x ", b.size(-1), " (", layout(a), ", ",
-                     layout(b), "), ", at::get_num_threads(), " threads");
+  m.line = c10::str(products == Products::Fp32 ? "fp32 " : "bf16 to fp32 ",
+                    batched ? c10::str(batch, " x ") : std::string(), a.size(-2), " x ", a.size(-1),
+                    " @ ", b.size(-2), " x ", b.size(-1), " (", layout(a), ", ", layout(b), "), ",
+                    at::get_num_threads(), " threads: ", m.first ? name : "blas", " (", name, " ",
+                    m.first_ms, " ms, blas ", m.blas_ms, " ms)");
   const std::lock_guard<std::mutex> lock(g_measured_mutex);
-  return g_measured.emplace(key, m).first->second.onednn;
+  return g_measured.emplace(key, m).first->second.first;
+}
+
+bool onednn_measured_faster(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != at::kFloat) return true;
+  return first_measured_faster(
+      Products::Fp32, "onednn", a, b, [&](const at::Tensor& out) { onednn_product(out, a, b); },
+      [&](const at::Tensor& out) {
+        at::Tensor result = out;
+        a.dim() == 3 ? at::bmm_out(result, a, b) : at::mm_out(result, a, b);
+      });
+}
+
+// out = a @ b, bf16 operands, fp32 out, without converting the operands: on the project's
+// AVX512-BF16 kernel (onednn), on MKL's bf16 GEMM (blas), or under auto whichever was measured
+// faster for the shape class (the kernel's alternative, where the CPU lacks it, being the
+// converted operands' fp32 product). False where the provider's product does not apply: the
+// caller converts the operands.
+bool direct_bf16_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const Provider provider = g_provider.load();
+  if (provider == Provider::OneDnn) return cpu::bf16_gemm_to_float(out, a, b);
+  if (provider == Provider::Blas) return blas_bf16_runs() && blas_bf16_to_float(out, a, b);
+  const bool kernel = cpu::has_bf16_dot();
+  if (!blas_bf16_runs() || !blas_matrix(a) || !blas_matrix(b)) {
+    return kernel && cpu::bf16_gemm_to_float(out, a, b);
+  }
+  const bool first = first_measured_faster(
+      Products::Bf16ToFp32, kernel ? "avx512-bf16" : "converted", a, b,
+      [&](const at::Tensor& result) {
+        if (!(kernel && cpu::bf16_gemm_to_float(result, a, b))) {
+          result.copy_(at::matmul(a.to(at::kFloat), b.to(at::kFloat)));
+        }
+      },
+      [&](const at::Tensor& result) { blas_bf16_to_float(result, a, b); });
+  if (first) return kernel && cpu::bf16_gemm_to_float(out, a, b);
+  return blas_bf16_to_float(out, a, b);
 }
 
 }  // namespace
@@ -372,12 +509,11 @@ std::string cpu_gemm() {
 std::vector<std::string> cpu_gemm_choices() {
   const std::lock_guard<std::mutex> lock(g_measured_mutex);
   std::vector<std::string> lines;
-  for (const auto& [key, m] : g_measured) {
-    lines.push_back(c10::str("fp32 ", m.shape, ": ", m.onednn ? "onednn" : "blas", " (onednn ",
-                             m.onednn_ms, " ms, blas ", m.blas_ms, " ms)"));
-  }
+  for (const auto& [key, m] : g_measured) lines.push_back(m.line);
   return lines;
 }
+
+bool cpu_blas_bf16() { return blas_bf16_runs(); }
 
 std::string set_cpu_gemm(c10::string_view provider) {
   if (provider == "auto") {

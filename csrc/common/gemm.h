@@ -2,10 +2,11 @@
 // bf16 GEMM that ships inside torch: oneDNN's matmul (what ATen itself takes for bf16
 // matmuls; on some x86-64 CPUs MKL's fp32 sgemm runs at under half its rate), found at run
 // time, in IEEE fp32 (no down-conversion), else BLAS through at::mm; in fp32, per shape class,
-// whichever of the two was measured faster here; bf16 products with an fp32 result on the
-// project's AVX512-BF16 kernel (bf16_gemm.h) where the CPU has it. DIM_FUSED_CPU_GEMM (read in
-// Python, set with dim_fused::set_cpu_gemm) forces either provider (blas: no own kernel
-// either). On CUDA: cuBLAS.
+// whichever of the two was measured faster here. bf16 products with an fp32 result, per shape
+// class, on whichever was measured faster of the project's AVX512-BF16 kernel (bf16_gemm.h)
+// where the CPU has it and MKL's bf16 x bf16 -> fp32 GEMM where torch links MKL (AMX on recent
+// Intel Xeons). DIM_FUSED_CPU_GEMM (read in Python, set with dim_fused::set_cpu_gemm) forces
+// either provider (onednn: the own kernel for those; blas: MKL's). On CUDA: cuBLAS.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -20,8 +21,8 @@ namespace dim_fused {
 // a @ b (2-D), in the inputs' dtype.
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
 // a @ b in `out` dtype with fp32 accumulation: CUDA writes float32 from half inputs directly
-// where ATen has aten::mm.dtype, a CPU from bf16 inputs on AVX512-BF16; elsewhere the operands
-// are converted first. The operands
+// where ATen has aten::mm.dtype, a CPU from bf16 inputs on AVX512-BF16 or MKL; elsewhere the
+// operands are converted first. The operands
 // may differ in dtype (one of them `out`'s).
 at::Tensor gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
 // out = a @ b (+ bias, broadcast over the rows), written in place.
@@ -45,5 +46,7 @@ std::string set_cpu_gemm(c10::string_view provider);
 std::string cpu_gemm();
 // auto's measured choices so far, one line per shape class: the shape, the provider, both times.
 std::vector<std::string> cpu_gemm_choices();
+// Whether MKL's bf16 x bf16 -> fp32 GEMM is found in this torch and right.
+bool cpu_blas_bf16();
 
 }  // namespace dim_fused

@@ -52,9 +52,10 @@ def test_auto_times_each_shape_class_once_and_stays_right(monkeypatch):
         fused, oracle, [local, global_codes], dtype=torch.float32, device="cpu", names=["local", "global"], what="auto"
     )
     choices = library.cpu_gemm_choices()
-    assert any("x 1024 @ 1024 x" in line for line in choices), choices  # this op's score products
-    for line in choices:
-        assert line.startswith("fp32 ") and (": onednn (" in line or ": blas (" in line), line
+    fp32 = [line for line in choices if line.startswith("fp32 ")]
+    assert any("x 1024 @ 1024 x" in line for line in fp32), choices  # this op's score products
+    for line in fp32:
+        assert ": onednn (onednn " in line or ": blas (onednn " in line, line
         assert " ms, blas " in line, line
     fused(local.float(), global_codes.float())
     assert library.cpu_gemm_choices() == choices  # the same classes: nothing timed again
@@ -146,6 +147,10 @@ def _bf16_dot() -> bool:
     return bool(torch.ops.dim_fused.cpu_bf16_dot())
 
 
+def _blas_bf16() -> bool:
+    return bool(torch.ops.dim_fused.cpu_blas_bf16())
+
+
 def _use(monkeypatch, provider: str) -> None:
     """The provider for torch.ops.dim_fused.cpu_gemm_to_float, handed to the plans now (the
     public ops hand DIM_FUSED_CPU_GEMM down on each call; the raw op does not)."""
@@ -188,9 +193,10 @@ BF16_LAYOUTS = [("rows", "rows"), ("rows", "columns"), ("columns", "columns"), (
 @pytest.mark.parametrize("shape", BF16_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("layouts", BF16_LAYOUTS, ids=lambda pair: "-".join(pair))
 def test_bf16_products_are_fp32_exact_to_accumulation(monkeypatch, provider, shape, layouts):
-    """bf16 operands, fp32 results: on AVX512-BF16 the project's kernel (any provider but
-    BLAS), elsewhere converted operands; either way every element within fp32 accumulation
-    error of the float64 product of the same bf16 values (no rounding of the result to bf16)."""
+    """bf16 operands, fp32 results: on AVX512-BF16 the project's kernel (onednn), MKL's bf16
+    GEMM (blas) where torch links MKL, elsewhere converted operands; either way every element
+    within fp32 accumulation error of the float64 product of the same bf16 values (no rounding
+    of the result to bf16)."""
     require("cpu", "cpu")
     _use(monkeypatch, provider)
     m, k, n = shape
@@ -238,8 +244,9 @@ def test_bf16_products_carry_extreme_values(monkeypatch, provider):
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
 def test_bf16_scores_run_on_the_bf16_kernel_where_the_cpu_has_it(monkeypatch, layout):
-    """dot_product_mi's bf16 scores: on AVX512-BF16 the kernel (its profiler range), none
-    under DIM_FUSED_CPU_GEMM=blas."""
+    """dot_product_mi's bf16 scores: on AVX512-BF16 the kernel (its profiler range) under auto
+    (products too small to time) and onednn; under DIM_FUSED_CPU_GEMM=blas MKL's bf16 GEMM
+    where torch links MKL, never the kernel."""
     require("cpu", "cpu")
     if not _bf16_dot():
         pytest.skip("this CPU has no AVX512-BF16: the operands are converted")
@@ -253,6 +260,35 @@ def test_bf16_scores_run_on_the_bf16_kernel_where_the_cpu_has_it(monkeypatch, la
             dim_fused.dot_product_mi(local, global_codes, estimator="jsd", backend="cpu")
         return [e.key for e in prof.key_averages()]
 
-    for provider, expected in (("auto", True), ("onednn", True), ("blas", False)):
+    for provider, kernel, blas in (("auto", True, False), ("onednn", True, False), ("blas", False, _blas_bf16())):
         _provider(monkeypatch, provider)
-        assert ("dim_fused::bf16_gemm" in ranges()) == expected, provider
+        seen = ranges()
+        assert ("dim_fused::bf16_gemm" in seen) == kernel, provider
+        assert ("dim_fused::blas_bf16_gemm" in seen) == blas, provider
+
+
+def test_auto_times_bf16_products_against_mkl(monkeypatch):
+    """bf16 products with an fp32 result of at least 2^24 FLOPs under auto: the kernel (or
+    converted operands) and MKL's bf16 GEMM timed once per shape class, both times listed,
+    the result within fp32 accumulation error whichever won (a broadcast batch too)."""
+    require("cpu", "cpu")
+    if not _blas_bf16():
+        pytest.skip("this torch has no MKL bf16 GEMM: auto has nothing to time for bf16")
+    _use(monkeypatch, "auto")
+    generator = torch.Generator().manual_seed(11)
+    # Shapes no other test multiplies in bf16 (a class is timed once per process).
+    a = _operand((200, 520), "rows", generator)
+    b = _operand((520, 300), "columns", generator)
+    batched_a = _operand((3, 40, 700), "broadcast", generator)
+    batched_b = _operand((3, 700, 300), "rows", generator)
+    for x, y in ((a, b), (batched_a, batched_b)):
+        got, want, bound = _bf16_products(x, y)
+        assert (got.double() - want).abs().max().item() <= bound
+    bf16 = [line for line in library.cpu_gemm_choices() if line.startswith("bf16 to fp32 ")]
+    first = "avx512-bf16" if _bf16_dot() else "converted"
+    for shape in ("200 x 520 @ 520 x 300 (rows, columns)", "3 x 40 x 700 @ 700 x 300 (broadcast, rows)"):
+        [line] = [line for line in bf16 if shape in line]
+        assert f": {first} ({first} " in line or f": blas ({first} " in line, line
+        assert " ms, blas " in line, line
+    _bf16_products(a, b)
+    assert [line for line in library.cpu_gemm_choices() if line.startswith("bf16 to fp32 ")] == bf16

@@ -77,8 +77,9 @@ def _apply_cpu_settings() -> None:
 
 def cpu_gemm() -> str:
     """The GEMM provider the CPU plans run ('auto', 'onednn' or 'blas'), after handing them
-    DIM_FUSED_CPU_GEMM (auto: per shape class of fp32 products, whichever of oneDNN and BLAS
-    was measured faster on this machine; 'blas' where this torch has no oneDNN).
+    DIM_FUSED_CPU_GEMM (auto: per shape class, whichever was measured faster on this machine,
+    of oneDNN and BLAS for fp32 products, of the project's AVX512-BF16 kernel and MKL's bf16
+    GEMM for bf16 products with fp32 results; 'blas' where this torch has no oneDNN).
     docs/design.md, "GEMMs"."""
     _apply_cpu_settings()
     return torch.ops.dim_fused.cpu_gemm()
