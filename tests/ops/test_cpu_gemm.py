@@ -151,6 +151,16 @@ def _blas_bf16() -> bool:
     return bool(torch.ops.dim_fused.cpu_blas_bf16())
 
 
+def test_mkl_bf16_gemm_is_found_where_torch_links_mkl():
+    """MKL's bf16 x bf16 -> fp32 GEMM, looked up at run time, is found and passes its 3 x 3
+    check wherever torch links MKL: its absence would quietly leave these products to the
+    kernel or to converted operands."""
+    require("cpu", "cpu")
+    if not torch.backends.mkl.is_available():
+        pytest.skip("this torch does not link MKL")
+    assert _blas_bf16()
+
+
 def _use(monkeypatch, provider: str) -> None:
     """The provider for torch.ops.dim_fused.cpu_gemm_to_float, handed to the plans now (the
     public ops hand DIM_FUSED_CPU_GEMM down on each call; the raw op does not)."""
@@ -159,9 +169,12 @@ def _use(monkeypatch, provider: str) -> None:
 
 
 def _bf16_products(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The plans' fp32 product of bf16 operands, the float64 product of the same values, and
-    the bound fp32 accumulation allows: 2 K 2^-24 |a| |b|, and K times fp32's smallest normal
+    """The plans' fp32 product of bf16 operands (written over a NaN-poisoned buffer of its
+    size), the float64 product of the same values, and the bound fp32 accumulation allows: 2 K 2^-24 |a| |b|, and K times fp32's smallest normal
     (AVX512-BF16 flushes subnormal results to zero; the operands here are normal)."""
+    poisoned = torch.ops.dim_fused.cpu_gemm_to_float(a, b)
+    poisoned.fill_(float("nan"))  # freed into the plans' buffer cache: the next product's output
+    del poisoned
     got = torch.ops.dim_fused.cpu_gemm_to_float(a, b)
     want = torch.matmul(a.double(), b.double())
     magnitude = torch.matmul(a.double().abs(), b.double().abs())
