@@ -170,8 +170,9 @@ def _use(monkeypatch, provider: str) -> None:
 
 def _bf16_products(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The plans' fp32 product of bf16 operands (written over a NaN-poisoned buffer of its
-    size), the float64 product of the same values, and the bound fp32 accumulation allows: 2 K 2^-24 |a| |b|, and K times fp32's smallest normal
-    (AVX512-BF16 flushes subnormal results to zero; the operands here are normal)."""
+    size), the float64 product of the same values, and the bound fp32 accumulation allows:
+    2 K 2^-24 |a| |b|, and K times fp32's smallest normal (AVX512-BF16 flushes subnormal
+    results to zero; the operands here are normal)."""
     poisoned = torch.ops.dim_fused.cpu_gemm_to_float(a, b)
     poisoned.fill_(float("nan"))  # freed into the plans' buffer cache: the next product's output
     del poisoned
