@@ -11,6 +11,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/record_function.h>
+#include <c10/util/FunctionRef.h>
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -33,11 +34,14 @@ using OneDnnMatmul = void (*)(const at::Tensor&, const at::Tensor&, const at::Te
                               float);
 constexpr const char* kOneDnnMatmul = "_ZN2at6native13mkldnn_matmulERKNS_6TensorES3_S3_ff";
 
-OneDnnMatmul find_onednn() {
+// A function libtorch_cpu exports, by its (mangled) name; nullptr where this torch has none.
+template <typename Function>
+Function find_in_torch(const char* name) {
   void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-  void* symbol = dlsym(torch_cpu != nullptr ? torch_cpu : RTLD_DEFAULT, kOneDnnMatmul);
-  return reinterpret_cast<OneDnnMatmul>(symbol);
+  return reinterpret_cast<Function>(dlsym(torch_cpu != nullptr ? torch_cpu : RTLD_DEFAULT, name));
 }
+
+OneDnnMatmul find_onednn() { return find_in_torch<OneDnnMatmul>(kOneDnnMatmul); }
 
 enum class Provider { Auto, OneDnn, Blas };
 std::atomic<Provider> g_provider{Provider::Auto};
@@ -76,11 +80,7 @@ using BlasBf16Gemm = void (*)(int layout, int trans_a, int trans_b, int m, int n
                               float beta, float* c, int ldc);
 constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
 
-BlasBf16Gemm find_blas_bf16() {
-  void* torch_cpu = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
-  void* symbol = dlsym(torch_cpu != nullptr ? torch_cpu : RTLD_DEFAULT, "cblas_gemm_bf16bf16f32");
-  return reinterpret_cast<BlasBf16Gemm>(symbol);
-}
+BlasBf16Gemm find_blas_bf16() { return find_in_torch<BlasBf16Gemm>("cblas_gemm_bf16bf16f32"); }
 
 // How BLAS reads one matrix of an operand: transposed or not, and its leading dimension;
 // nullopt where it cannot (no unit stride, or a size past its 32-bit integers).
@@ -297,7 +297,7 @@ void onednn_product(const at::Tensor& out, const at::Tensor& a, const at::Tensor
 // MKL's bf16 x bf16 -> fp32 GEMM. Neither wins everywhere: on the project's AMD EPYC oneDNN
 // runs most fp32 products at twice MKL's rate but those of inner dimension 64 at half of it;
 // on an Intel Xeon with AMX, MKL's bf16 GEMM runs the score products at about 5x the
-// kernel's rate but (4096 x 64) @ (64 x 2048) at a quarter of it. Products of under
+// kernel's rate but (4096 x 64) @ (64 x 2048) at about a third of it. Products of under
 // kMeasuredFlops run on the first unmeasured (their timing would be noise), and BLAS must be
 // 10% faster to be chosen.
 constexpr double kMeasuredFlops = double(int64_t(1) << 24);
@@ -344,8 +344,8 @@ double best_ms(const std::function<void()>& product) {
 // at the first product of the class of at least kMeasuredFlops, each writing a @ b into an
 // fp32 tensor of the product's shape.
 bool first_measured_faster(Products products, const char* name, const at::Tensor& a,
-                           const at::Tensor& b, const std::function<void(const at::Tensor&)>& first,
-                           const std::function<void(const at::Tensor&)>& blas) {
+                           const at::Tensor& b, c10::function_ref<void(const at::Tensor&)> first,
+                           c10::function_ref<void(const at::Tensor&)> blas) {
   const bool batched = a.dim() == 3;
   const int64_t batch = batched ? a.size(0) : 1;
   if (2.0 * double(batch * a.size(-2)) * double(a.size(-1) * b.size(-1)) < kMeasuredFlops) {
