@@ -42,7 +42,7 @@ def require(backend: str, device: str) -> None:
 # The tunables the public ops pass down to the registered ops (dim_fused/ops/common/
 # tunables.py: scores per dot_product_mi tile, values per concat_conv_mi row chunk), for
 # the tests that call those ops directly.
-TILE, CHUNK = 1 << 20, 1 << 18
+TILE, CHUNK = 1 << 20, 1 << 20
 
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import require, stable_seed
+from helpers import CHUNK, TILE, require, stable_seed
 
 import dim_fused
 from dim_fused.ops.common import tunables
@@ -64,6 +64,14 @@ def test_the_public_ops_report_a_bad_variable_by_name(monkeypatch):
     monkeypatch.setenv("DIM_FUSED_TILE_SCORES", "lots")
     with pytest.raises(ValueError, match="DIM_FUSED_TILE_SCORES must be a positive integer"):
         dim_fused.dot_product_mi(torch.randn(3, 4, 5), torch.randn(3, 4), backend="cpu")
+
+
+def test_the_tests_that_call_the_registered_ops_pass_the_cpu_defaults(monkeypatch):
+    """helpers.TILE and CHUNK: what the public ops pass down on a CPU when nothing is set."""
+    monkeypatch.delenv("DIM_FUSED_TILE_SCORES", raising=False)
+    monkeypatch.delenv("DIM_FUSED_CHUNK_VALUES", raising=False)
+    cpu = torch.device("cpu")
+    assert (tunables.tile_scores(cpu), tunables.chunk_values(cpu)) == (TILE, CHUNK)
 
 
 @pytest.mark.parametrize(

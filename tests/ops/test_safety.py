@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from helpers import CHUNK, require
+from helpers import CHUNK, TILE, require
 
 import dim_fused
 from dim_fused import reference
@@ -24,7 +24,6 @@ os.environ.setdefault("DIM_FUSED_QUIET", "1")
 import dim_fused
 ops = torch.ops.dim_fused
 results = {}
-TILE, CHUNK = 1 << 20, 1 << 18  # the tunables the Python layer passes down
 
 def case(name, call):
     try:
@@ -41,7 +40,8 @@ def run_cases(body: str, triton: bool = False) -> dict[str, str]:
     env = {**os.environ, "DIM_FUSED_QUIET": "1"}
     if triton and not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"
-    script = CASES_PRELUDE + textwrap.dedent(body) + "\nprint(repr(results))\n"
+    tunables = f"TILE, CHUNK = {TILE}, {CHUNK}\n"  # what the Python layer passes down
+    script = CASES_PRELUDE + tunables + textwrap.dedent(body) + "\nprint(repr(results))\n"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, f"the process died (rc {result.returncode}):\n{result.stderr[-3000:]}"
     return eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 - our own repr

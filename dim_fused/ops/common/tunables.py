@@ -56,7 +56,10 @@ def tile_scores(device: torch.device) -> int:
 
 
 def chunk_values(device: torch.device) -> int:
-    return _positive("DIM_FUSED_CHUNK_VALUES", 1 << 22 if device.type == "cuda" else 1 << 18)
+    """Values per row chunk of concat_conv_mi's widest layer (2^22 on a GPU, 2^20 on a CPU: a
+    CPU's bf16 GEMMs need the rows; on an Intel Xeon with AMX oneDNN ran a chunk's (512 x 512)
+    @ (512 x 512) at half the rate of (1024 x 512) @ (512 x 512), docs/design.md)."""
+    return _positive("DIM_FUSED_CHUNK_VALUES", 1 << 22 if device.type == "cuda" else 1 << 20)
 
 
 def keep_bytes() -> int:
