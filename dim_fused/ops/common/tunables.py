@@ -72,8 +72,8 @@ def triton_programs() -> int:
 
 
 def cpu_gemm() -> str:
-    """The CPU plans' GEMM provider: auto (per shape class of fp32 products, the faster of
-    oneDNN and BLAS as measured here; oneDNN for bf16), onednn or blas."""
+    """The CPU plans' GEMM provider: auto (per shape class, whichever provider was measured
+    faster here), onednn or blas (docs/design.md, "GEMMs")."""
     value = os.environ.get("DIM_FUSED_CPU_GEMM", "auto")
     if value not in ("auto", "onednn", "blas"):
         raise ValueError(f"DIM_FUSED_CPU_GEMM must be auto, onednn or blas, got {value!r}")
