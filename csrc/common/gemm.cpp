@@ -209,10 +209,10 @@ at::Tensor converted_operand(const at::Tensor& t, at::ScalarType dtype) {
 
 // a (op) b in `out` dtype with fp32 accumulation. On CUDA, the ATen overload with an out_dtype
 // (aten::mm.dtype, aten::bmm.dtype: cuBLAS writes float32 from half inputs) where this torch
-// has one; on a CPU with AVX512-BF16, bf16 operands on the project's kernel (bf16_gemm.h:
-// neither oneDNN's entry nor ATen writes float32 from bf16 there); elsewhere the operands are
-// converted and multiplied in float32, so that scores and weight gradients reach their
-// epilogues unrounded.
+// has one; on a CPU, bf16 operands unconverted where the project's AVX512-BF16 kernel or MKL's
+// bf16 GEMM runs (direct_bf16_product: neither oneDNN's entry nor ATen writes float32 from
+// bf16 there); elsewhere the operands are converted and multiplied in float32, so that scores
+// and weight gradients reach their epilogues unrounded.
 // Operands of two dtypes (an fp32 gradient against half activations) meet in the half one on
 // CUDA (its tensor cores) and in `out` on a CPU (no rounding of the fp32 one).
 at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, const at::Tensor&),
@@ -226,7 +226,7 @@ at::Tensor converted(const char* op, at::Tensor (*plain)(const at::Tensor&, cons
     }
   }
   if (a.is_cpu() && out == at::kFloat && a.scalar_type() == at::kBFloat16 &&
-      b.scalar_type() == at::kBFloat16) {
+      b.scalar_type() == at::kBFloat16 && (cpu::has_bf16_dot() || blas_bf16_runs())) {
     std::vector<int64_t> sizes = a.sizes().vec();
     sizes.back() = b.size(-1);
     at::Tensor result = host_empty(sizes, a.options().dtype(out));

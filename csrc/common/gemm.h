@@ -22,8 +22,7 @@ namespace dim_fused {
 at::Tensor gemm(const at::Tensor& a, const at::Tensor& b);
 // a @ b in `out` dtype with fp32 accumulation: CUDA writes float32 from half inputs directly
 // where ATen has aten::mm.dtype, a CPU from bf16 inputs on AVX512-BF16 or MKL; elsewhere the
-// operands are converted first. The operands
-// may differ in dtype (one of them `out`'s).
+// operands are converted first. The operands may differ in dtype (one of them `out`'s).
 at::Tensor gemm_to(const at::Tensor& a, const at::Tensor& b, at::ScalarType out);
 // out = a @ b (+ bias, broadcast over the rows), written in place.
 void gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
