@@ -65,6 +65,22 @@ TORCH_LIBRARY_FRAGMENT(dim_fused, m) {
               " and ", b.sizes());
           return a.dim() == 2 ? gemm_to(a, b, at::kFloat) : batched_gemm_to(a, b, at::kFloat);
         });
+  // For the tests: start + sum over the batch of a_i @ b_i in float32, as the CPU plans sum
+  // dot_product_mi's d_global (batched_gemm_sum_into).
+  m.def("cpu_gemm_sum_to_float(Tensor start, Tensor a, Tensor b) -> Tensor",
+        [](const at::Tensor& start, const at::Tensor& a, const at::Tensor& b) {
+          TORCH_CHECK_VALUE(start.is_cpu() && a.is_cpu() && b.is_cpu() && start.dim() == 2 &&
+                                a.dim() == 3 && b.dim() == 3 && a.size(0) == b.size(0) &&
+                                a.size(2) == b.size(1) && start.size(0) == a.size(1) &&
+                                start.size(1) == b.size(2),
+                            "dim_fused.cpu_gemm_sum_to_float: need CPU (M, N) + sum of (B, M, K) "
+                            "@ (B, K, N), got ",
+                            start.sizes(), ", ", a.sizes(), " and ", b.sizes());
+          const at::Tensor out = at::empty(start.sizes(), start.options().dtype(at::kFloat));
+          out.copy_(start);
+          batched_gemm_sum_into(out, a, b);
+          return out;
+        });
   m.def("cpu_bf16_dot() -> bool", &cpu::has_bf16_dot);
   m.def("cpu_blas_bf16() -> bool", &cpu_blas_bf16);
   // For the tests: the ranges one at::parallel_for of this extension splits into (1 in a

@@ -157,6 +157,53 @@ bool blas_bf16_to_float(const at::Tensor& out, const at::Tensor& a, const at::Te
   return true;
 }
 
+// out += sum over the batch of a_i @ b_i on MKL's bf16 GEMM, out fp32 (2-D, contiguous), the
+// products added unrounded (beta = 1). A product of small inner dimension K (64 for
+// dot_product_mi's d_global) runs at a fraction of MKL's rate, so the batch is summed in
+// groups as products of inner dimension group * K: each of torch's threads takes a block of
+// out's columns and, per group, gathers the group's a_i side by side into (M x group K) and
+// its b_i columns into (cols x group K), sized to stay in the core's cache (b's at most
+// 2^19 values: 1 MiB, half the L2 of the project's Intel Xeon), then adds their product.
+// False, writing nothing, where it does not apply (as blas_bf16_to_float).
+bool blas_bf16_sum_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  static const BlasBf16Gemm gemm = find_blas_bf16();
+  const auto fits = [](int64_t v) { return v <= std::numeric_limits<int>::max(); };
+  if (gemm == nullptr || !a.is_cpu() || a.scalar_type() != at::kBFloat16 ||
+      b.scalar_type() != at::kBFloat16 || out.scalar_type() != at::kFloat || !out.is_contiguous() ||
+      a.dim() != 3 || b.dim() != 3 || out.dim() != 2 || out.numel() == 0 || a.size(2) == 0 ||
+      !fits(a.size(1)) || !fits(a.size(2)) || !fits(b.size(2))) {
+    return false;
+  }
+  const int64_t m = a.size(1), k = a.size(2), n = b.size(2), batch = a.size(0);
+  const int64_t threads = at::get_num_threads();
+  const int64_t columns = std::max<int64_t>((n + threads - 1) / threads, 16);
+  const int64_t group = std::clamp<int64_t>((int64_t(1) << 19) / (columns * k), 1, batch);
+  if (!fits(group * k)) return false;
+  RECORD_FUNCTION("dim_fused::blas_bf16_gemm_sum", std::vector<c10::IValue>({a, b}));
+  // One buffer per thread, from the plans' cache (a fresh one would be page-faulted per call).
+  const int64_t a_values = m * group * k, per_thread = a_values + columns * group * k;
+  const at::Tensor buffers = host_empty({threads * per_thread}, a.options());
+  float* c = out.data_ptr<float>();
+  at::parallel_for(0, n, columns, [&](int64_t begin, int64_t end) {
+    const at::Tensor mine = buffers.narrow(0, at::get_thread_num() * per_thread, per_thread);
+    for (int64_t block = begin; block < end; block += columns) {
+      const int64_t cols = std::min(columns, end - block);
+      for (int64_t first = 0; first < batch; first += group) {
+        const int64_t images = std::min(group, batch - first), inner = images * k;
+        const at::Tensor a_group = mine.narrow(0, 0, m * inner).view({m, images, k});
+        const at::Tensor b_group = mine.narrow(0, a_values, cols * inner).view({cols, images, k});
+        a_group.copy_(a.narrow(0, first, images).permute({1, 0, 2}));
+        b_group.copy_(b.narrow(0, first, images).narrow(2, block, cols).permute({2, 0, 1}));
+        gemm(kCblasRowMajor, kCblasNoTrans, kCblasTrans, int(m), int(cols), int(inner), 1.0f,
+             reinterpret_cast<const uint16_t*>(a_group.const_data_ptr<at::BFloat16>()), int(inner),
+             reinterpret_cast<const uint16_t*>(b_group.const_data_ptr<at::BFloat16>()), int(inner),
+             1.0f, c + block, int(n));
+      }
+    }
+  });
+  return true;
+}
+
 // A batch of one matrix (a zero stride on the batch dimension only): oneDNN's matmul
 // broadcasts it itself when given the one matrix, (1, M, K).
 bool batch_broadcast(const at::Tensor& t) {
@@ -311,7 +358,7 @@ int64_t size_class(int64_t n) {
 
 // The products auto measures: their name in cpu_gemm_choices, and the provider BLAS is timed
 // against.
-enum class Products { Fp32, Bf16ToFp32 };
+enum class Products { Fp32, Bf16ToFp32, Bf16SumToFp32 };
 
 // (products, batch, M, K, N classes, each operand's rows contiguous, a broadcast operand,
 // threads).
@@ -342,7 +389,8 @@ double best_ms(const std::function<void()>& product) {
 
 // Whether `first` (named so) runs products of a's and b's shape class: measured against `blas`
 // at the first product of the class of at least kMeasuredFlops, each writing a @ b into an
-// fp32 tensor of the product's shape.
+// fp32 tensor of the product's shape (for Bf16SumToFp32: adding the batch's sum of products
+// into one of the sum's).
 bool first_measured_faster(Products products, const char* name, const at::Tensor& a,
                            const at::Tensor& b, c10::function_ref<void(const at::Tensor&)> first,
                            c10::function_ref<void(const at::Tensor&)> blas) {
@@ -365,8 +413,10 @@ bool first_measured_faster(Products products, const char* name, const at::Tensor
     const auto found = g_measured.find(key);
     if (found != g_measured.end()) return found->second.first;
   }
-  const at::Tensor out = batched ? at::empty({batch, a.size(1), b.size(2)}, at::kFloat)
-                                 : at::empty({a.size(0), b.size(1)}, at::kFloat);
+  const at::Tensor out = products == Products::Bf16SumToFp32
+                             ? at::zeros({a.size(-2), b.size(-1)}, at::kFloat)
+                         : batched ? at::empty({batch, a.size(1), b.size(2)}, at::kFloat)
+                                   : at::empty({a.size(0), b.size(1)}, at::kFloat);
   Measured m;
   m.first_ms = best_ms([&] { first(out); });
   m.blas_ms = best_ms([&] { blas(out); });
@@ -374,11 +424,13 @@ bool first_measured_faster(Products products, const char* name, const at::Tensor
   const auto layout = [](const at::Tensor& t) {
     return batch_broadcast(t) ? "broadcast" : (t.stride(-1) == 1 ? "rows" : "columns");
   };
-  m.line = c10::str(products == Products::Fp32 ? "fp32 " : "bf16 to fp32 ",
-                    batched ? c10::str(batch, " x ") : std::string(), a.size(-2), " x ", a.size(-1),
-                    " @ ", b.size(-2), " x ", b.size(-1), " (", layout(a), ", ", layout(b), "), ",
-                    at::get_num_threads(), " threads: ", m.first ? name : "blas", " (", name, " ",
-                    m.first_ms, " ms, blas ", m.blas_ms, " ms)");
+  const char* kind = products == Products::Fp32         ? "fp32 "
+                     : products == Products::Bf16ToFp32 ? "bf16 to fp32 "
+                                                        : "bf16 summed in fp32 ";
+  m.line = c10::str(kind, batched ? c10::str(batch, " x ") : std::string(), a.size(-2), " x ",
+                    a.size(-1), " @ ", b.size(-2), " x ", b.size(-1), " (", layout(a), ", ",
+                    layout(b), "), ", at::get_num_threads(), " threads: ", m.first ? name : "blas",
+                    " (", name, " ", m.first_ms, " ms, blas ", m.blas_ms, " ms)");
   const std::lock_guard<std::mutex> lock(g_measured_mutex);
   return g_measured.emplace(key, m).first->second.first;
 }
@@ -492,12 +544,39 @@ void batched_gemm_out(const at::Tensor& out, const at::Tensor& a, const at::Tens
   onednn(out, a, b, 0.0f);
 }
 
-void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+namespace {
+
+// out += the sum of the batch's products, each product computed whole, the batch then summed.
+void sum_of_products_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   const bool in_operands_dtype =
       a.is_cpu() && out.scalar_type() != a.scalar_type() && use_onednn(a, b);
   const at::Tensor products =
       in_operands_dtype ? batched_gemm(a, b) : batched_gemm_to(a, b, out.scalar_type());
   add_widened(out, products.sum(0));  // fp32 inside the sum, rounded once to the products' dtype
+}
+
+// Whether a bf16 sum of products into fp32 goes to MKL's bf16 GEMM (blas_bf16_sum_into): under
+// blas, and under auto where that was measured faster for the shape class than the products
+// summed after (on the Intel Xeon with AMX, dot_product_mi's d_global in 0.6-0.75 of the
+// time; on AMD's Zen 4, without AMX, MKL's bf16 GEMM runs at a third of oneDNN's rate).
+bool blas_sums(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const Provider provider = g_provider.load();
+  if (provider == Provider::OneDnn || !a.is_cpu() || a.scalar_type() != at::kBFloat16 ||
+      b.scalar_type() != at::kBFloat16 || out.scalar_type() != at::kFloat || !blas_bf16_runs()) {
+    return false;
+  }
+  return provider == Provider::Blas ||
+         !first_measured_faster(
+             Products::Bf16SumToFp32, "summed after", a, b,
+             [&](const at::Tensor& sum) { sum_of_products_into(sum, a, b); },
+             [&](const at::Tensor& sum) { blas_bf16_sum_into(sum, a, b); });
+}
+
+}  // namespace
+
+void batched_gemm_sum_into(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  if (blas_sums(out, a, b) && blas_bf16_sum_into(out, a, b)) return;
+  sum_of_products_into(out, a, b);
 }
 
 std::string cpu_gemm() {

@@ -306,3 +306,65 @@ def test_auto_times_bf16_products_against_mkl(monkeypatch):
         assert " ms, blas " in line, line
     _bf16_products(a, b)
     assert [line for line in library.cpu_gemm_choices() if line.startswith("bf16 to fp32 ")] == bf16
+
+
+def _bf16_sum(start: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The plans' start + sum over the batch of a_i @ b_i (fp32, bf16 operands), the float64
+    sum of the same values, and the sum of |a_i| |b_i| (the scale of its rounding error)."""
+    got = torch.ops.dim_fused.cpu_gemm_sum_to_float(start, a, b)
+    want = start.double() + torch.matmul(a.double(), b.double()).sum(0)
+    magnitude = torch.matmul(a.double().abs(), b.double().abs()).sum(0)
+    return got, want, magnitude
+
+
+# (batch, M, K, N): a batch that is not a multiple of MKL's groups (2^19 values of b's
+# columns per thread: 70 images of K = 64 over 150 columns come in groups of 54), fewer
+# columns than threads' blocks, odd K, one image.
+SUMMED_BF16_SHAPES = [(3, 7, 33, 70), (5, 64, 40, 130), (70, 5, 64, 300), (9, 130, 9, 3), (1, 6, 64, 20)]
+
+
+@pytest.mark.parametrize("provider", ["onednn", "blas"])
+@pytest.mark.parametrize("shape", SUMMED_BF16_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("a_layout", ["rows", "broadcast", "columns"])
+@pytest.mark.parametrize("b_layout", ["rows", "columns"])
+def test_bf16_sums_of_products_add_into_their_start(monkeypatch, provider, shape, a_layout, b_layout):
+    """dot_product_mi's d_global, out += sum_i a_i @ b_i with bf16 operands and an fp32 out:
+    on MKL's bf16 GEMM (blas, where torch links MKL) each product added unrounded, within fp32
+    accumulation error of the float64 sum; with each product in bf16 on oneDNN (onednn),
+    within bf16 rounding of each product. Either way added to what out held."""
+    require("cpu", "cpu")
+    _use(monkeypatch, provider)
+    batch, m, k, n = shape
+    generator = torch.Generator().manual_seed(batch + m + k + n)
+    a = _operand((batch, m, k), a_layout, generator)
+    b = _operand((batch, k, n), b_layout, generator)
+    start = torch.randn(m, n, generator=generator)
+    got, want, magnitude = _bf16_sum(start, a, b)
+    assert got.dtype == torch.float32 and got.shape == (m, n)
+    exact = provider == "blas" and _blas_bf16()
+    # fp32: each partial sum rounded (K per product, batch in all); bf16: each product once.
+    ulp = 2.0 * batch * k * 2.0**-24 if exact else 2.0**-8 + 2.0 * batch * k * 2.0**-24
+    bound = magnitude * ulp + want.abs() * 2.0**-24 + batch * k * 2.0**-126
+    assert ((got.double() - want).abs() <= bound).all()
+
+
+def test_auto_times_bf16_sums_against_mkl(monkeypatch):
+    """A bf16 sum of products into fp32 of at least 2^24 FLOPs under auto: the products summed
+    after and MKL's grouped sum timed once per shape class, both times listed, the result
+    within bf16 rounding of each product whichever won."""
+    require("cpu", "cpu")
+    if not _blas_bf16():
+        pytest.skip("this torch has no MKL bf16 GEMM: auto has nothing to time for bf16 sums")
+    _use(monkeypatch, "auto")
+    generator = torch.Generator().manual_seed(12)
+    a = _operand((24, 40, 64), "rows", generator)  # 86 MFLOP, a shape no other test sums
+    b = _operand((24, 64, 700), "columns", generator)
+    start = torch.zeros(40, 700)
+    got, want, magnitude = _bf16_sum(start, a, b)
+    assert ((got.double() - want).abs() <= magnitude * (2.0**-8 + 2.0 * 24 * 64 * 2.0**-24)).all()
+    summed = [line for line in library.cpu_gemm_choices() if line.startswith("bf16 summed in fp32 ")]
+    [line] = [line for line in summed if "24 x 40 x 64 @ 64 x 700 (rows, columns)" in line]
+    assert ": summed after (summed after " in line or ": blas (summed after " in line, line
+    assert " ms, blas " in line, line
+    _bf16_sum(start, a, b)
+    assert [line for line in library.cpu_gemm_choices() if line.startswith("bf16 summed in fp32 ")] == summed
