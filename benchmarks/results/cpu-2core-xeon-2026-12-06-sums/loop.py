@@ -1,8 +1,9 @@
-"""bf16 dot_product_mi at the CIFAR setting (B = 64, E = 2048, 8 x 8), forward+backward in a
-plain loop: the fused `cpu` backend or the reference, 5 untimed steps then the median and best
-of 40; then auto's measured GEMM choices.
+"""bf16 dot_product_mi at the CIFAR setting (B = 64, E = 2048, 8 x 8; or another batch, the
+report's b256 setting with 256), forward+backward in a plain loop: the fused `cpu` backend or
+the reference, 5 untimed steps then the median and best of 40; then auto's measured GEMM
+choices.
 
-    .venv/bin/python benchmarks/results/cpu-2core-xeon-2026-12-06-sums/loop.py cpu jsd
+    .venv/bin/python benchmarks/results/cpu-2core-xeon-2026-12-06-sums/loop.py cpu jsd [256]
 """
 
 import sys
@@ -15,9 +16,9 @@ from dim_fused import reference
 from dim_fused.ops.common import library
 
 
-def main(backend: str, estimator: str) -> None:
-    local = (torch.randn(64, 2048, 8, 8) * 0.05).bfloat16().requires_grad_()
-    global_codes = (torch.randn(64, 2048) * 0.05).bfloat16().requires_grad_()
+def main(backend: str, estimator: str, batch: int) -> None:
+    local = (torch.randn(batch, 2048, 8, 8) * 0.05).bfloat16().requires_grad_()
+    global_codes = (torch.randn(batch, 2048) * 0.05).bfloat16().requires_grad_()
 
     def step() -> None:
         if backend == "reference":
@@ -34,10 +35,10 @@ def main(backend: str, estimator: str) -> None:
         step()
         times.append(time.perf_counter() - start)
     times.sort()
-    print(f"{backend} {estimator}: median {times[20] * 1e3:.2f} ms, best {times[0] * 1e3:.2f} ms")
+    print(f"{backend} {estimator} B={batch}: median {times[20] * 1e3:.2f} ms, best {times[0] * 1e3:.2f} ms")
     for line in library.cpu_gemm_choices():
         print(f"  {line}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 64)
