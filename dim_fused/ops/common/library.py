@@ -79,7 +79,8 @@ def cpu_gemm() -> str:
     """The GEMM provider the CPU plans run ('auto', 'onednn' or 'blas'), after handing them
     DIM_FUSED_CPU_GEMM (auto: per shape class, whichever was measured faster on this machine,
     of oneDNN and BLAS for fp32 products, of the project's AVX512-BF16 kernel and MKL's bf16
-    GEMM for bf16 products with fp32 results; 'blas' where this torch has no oneDNN).
+    GEMM for bf16 products with fp32 results, of oneDNN's products summed after and MKL's bf16
+    GEMM on groups of images for bf16 sums into fp32; 'blas' where this torch has no oneDNN).
     docs/design.md, "GEMMs"."""
     _apply_cpu_settings()
     return torch.ops.dim_fused.cpu_gemm()
